@@ -1,0 +1,47 @@
+"""Hooks the training loop calls, so tracking and progress display stay out of the loop itself."""
+
+from tqdm import tqdm
+
+
+class Callback:
+    """Base class: override the hooks you need."""
+
+    def on_train_start(self, total_steps: int, steps_per_epoch: int) -> None:
+        pass
+
+    def on_step_end(self, step: int, loss: float) -> None:
+        pass
+
+    def on_epoch_end(self, record: dict) -> None:
+        """`record` holds epoch, step, train_loss, val_miou, lr and elapsed_s."""
+
+    def on_train_end(self) -> None:
+        pass
+
+
+class ProgressBar(Callback):
+    """A tqdm bar over all steps, showing the epoch, the running loss and the last validation mIoU."""
+
+    def __init__(self, epochs: int):
+        self.epochs = epochs
+        self.bar = None
+        self.epoch = 1
+        self.val_miou = None
+
+    def on_train_start(self, total_steps: int, steps_per_epoch: int) -> None:
+        self.bar = tqdm(total=total_steps, unit="step", dynamic_ncols=True, mininterval=1.0)
+        self.bar.set_description(f"epoch 1/{self.epochs}")
+
+    def on_step_end(self, step: int, loss: float) -> None:
+        self.bar.update(1)
+        postfix = {"loss": f"{loss:.4f}"}
+        if self.val_miou is not None:
+            postfix["val_miou"] = f"{self.val_miou:.4f}"
+        self.bar.set_postfix(postfix, refresh=False)
+
+    def on_epoch_end(self, record: dict) -> None:
+        self.val_miou = record["val_miou"]
+        self.bar.set_description(f"epoch {min(record['epoch'] + 1, self.epochs)}/{self.epochs}")
+
+    def on_train_end(self) -> None:
+        self.bar.close()

@@ -1,0 +1,58 @@
+"""Loading prepared arrays and turning them into model batches."""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from segnet.errors import DatasetError
+
+
+def load_split(folder: Path, split: str, mmap: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Loads one split written by prepare_dataset.
+
+    Args:
+        folder: The prepared data folder.
+        split: "train" or "test".
+        mmap: Memory-map the files instead of reading them into memory.
+
+    Returns:
+        images: (N, H, W, 3) uint8 (k/255 pixels) or float32; labels: (N, H, W) uint8.
+    """
+    arrays = []
+    for kind in ("images", "labels"):
+        path = Path(folder) / f"{split}_{kind}.npy"
+        if not path.is_file():
+            raise DatasetError(f"{path}: missing; run the prepare stage first (dvc repro prepare)")
+        arrays.append(np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False))
+    images, labels = arrays
+    if images.ndim != 4 or labels.ndim != 3 or images.shape[:3] != labels.shape:
+        raise DatasetError(f"{folder}: {split} images {images.shape} and labels {labels.shape} disagree")
+    # from_numpy shares memory; memory-mapped arrays are read-only, which torch only warns about.
+    return torch.from_numpy(np.asarray(images)), torch.from_numpy(np.asarray(labels))
+
+
+def split_indices(count: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded random split of range(count) into training and validation indices (each sorted)."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must lie in [0, 1), got {val_fraction}")
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
+    val_count = int(round(count * val_fraction))
+    if val_fraction > 0 and val_count == 0:
+        val_count = 1
+    return order[val_count:].sort().values, order[:val_count].sort().values
+
+
+def to_input(images: torch.Tensor, device: torch.device, channels_last: bool = True) -> torch.Tensor:
+    """(N, H, W, 3) uint8 or float pixels -> float32 (N, 3, H, W) in [0, 1] on the device.
+
+    The permute leaves the data in NHWC order, i.e. PyTorch's channels-last memory format, which
+    CPU and GPU convolutions run faster on; `channels_last=False` makes it plain contiguous NCHW.
+    """
+    images = images.to(device, non_blocking=True)
+    if images.dtype == torch.uint8:
+        images = images.float().div_(255.0)
+    else:
+        images = images.float()
+    images = images.permute(0, 3, 1, 2)
+    return images if channels_last else images.contiguous()

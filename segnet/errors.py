@@ -1,0 +1,8 @@
+"""The project's own error type: every problem with user input surfaces as one of these."""
+
+
+class DatasetError(ValueError):
+    """Raised when an archive or a .mat file does not hold a valid multi-digit MNIST dataset.
+
+    The message always names the offending file (and the zip member where there is one).
+    """

@@ -1,0 +1,52 @@
+"""Running a model over a dataset: predictions and the accumulated confusion matrix."""
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from segnet.data import to_input
+from segnet.metrics import confusion_matrix
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """Mixed-precision context for `dtype` (None: plain float32)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@torch.inference_mode()
+def predict_batches(
+    model: nn.Module,
+    images: torch.Tensor,
+    batch_size: int,
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = True,
+) -> Iterator[tuple[slice, torch.Tensor]]:
+    """Yields (slice of the input, predicted classes (B, H, W) int64 on the CPU), batch by batch."""
+    model.eval()
+    for start in range(0, len(images), batch_size):
+        window = slice(start, start + batch_size)
+        with autocast(device, amp_dtype):
+            logits = model(to_input(images[window], device, channels_last))
+        yield window, logits.argmax(1).cpu()
+
+
+def accumulate_confusion(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    batch_size: int,
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = True,
+) -> torch.Tensor:
+    """One confusion matrix (classes, classes) over every pixel of every image."""
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    for window, prediction in predict_batches(model, images, batch_size, device, amp_dtype, channels_last):
+        confusion += confusion_matrix(labels[window], prediction, num_classes)
+    return confusion

@@ -1,0 +1,114 @@
+"""SegNet (Badrinarayanan et al., 2017) sized for 64x64 multi-digit MNIST panels.
+
+Each encoder level is conv -> batch norm -> ReLU -> 2x2 max pooling that keeps its indices; each
+decoder level is max unpooling with the matching level's indices -> conv -> batch norm -> ReLU.
+A final linear 1x1 conv maps to class scores. Softmax lives in the loss and in prediction.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class SegNetConfig:
+    """Widths per level (encoder top-down, decoder bottom-up), kernel size, classes, input channels."""
+
+    encoder_channels: tuple[int, ...] = (32, 64, 128, 256)
+    decoder_channels: tuple[int, ...] = (128, 64, 32, 32)
+    kernel_size: int = 3
+    num_classes: int = 11
+    in_channels: int = 3
+
+    def __post_init__(self):
+        object.__setattr__(self, "encoder_channels", tuple(int(c) for c in self.encoder_channels))
+        object.__setattr__(self, "decoder_channels", tuple(int(c) for c in self.decoder_channels))
+        if len(self.encoder_channels) == 0 or len(self.encoder_channels) != len(self.decoder_channels):
+            raise ValueError(
+                "encoder_channels and decoder_channels need the same non-zero length (one decoder level per "
+                f"encoder level), got {self.encoder_channels} and {self.decoder_channels}"
+            )
+        if any(c < 1 for c in self.encoder_channels + self.decoder_channels):
+            raise ValueError("every channel width must be >= 1")
+        # Decoder level i unpools with the indices of encoder level L-1-i, so its input width must match that
+        # level's width: decoder_channels[i] feeds decoder level i+1, which uses encoder level L-2-i.
+        expected = tuple(reversed(self.encoder_channels))[1:]
+        if self.decoder_channels[:-1] != expected:
+            raise ValueError(
+                f"decoder_channels[:-1] must mirror the encoder ({expected}) so that unpooling indices fit, "
+                f"got {self.decoder_channels}"
+            )
+        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd and >= 1 (to keep the size), got {self.kernel_size}")
+        if self.num_classes < 2 or self.in_channels < 1:
+            raise ValueError(f"need num_classes >= 2 and in_channels >= 1, got {self.num_classes}, {self.in_channels}")
+
+    @property
+    def downsampling(self) -> int:
+        """Input height and width must be multiples of this."""
+        return 2 ** len(self.encoder_channels)
+
+
+def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int) -> nn.Sequential:
+    # No conv bias: batch norm's shift makes it redundant.
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+class EncoderLevel(nn.Module):
+    """conv-bn-relu, then 2x2 max pooling that returns where each maximum came from."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int):
+        super().__init__()
+        self.block = conv_bn_relu(in_channels, out_channels, kernel_size)
+        self.pool = nn.MaxPool2d(2, stride=2, return_indices=True)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.pool(self.block(x))  # (N, C, H/2, W/2) values and pool_indices
+
+
+class DecoderLevel(nn.Module):
+    """2x2 max unpooling with the encoder's indices, then conv-bn-relu."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int):
+        super().__init__()
+        self.unpool = nn.MaxUnpool2d(2, stride=2)
+        self.block = conv_bn_relu(in_channels, out_channels, kernel_size)
+
+    def forward(self, x: torch.Tensor, pool_indices: torch.Tensor) -> torch.Tensor:
+        return self.block(self.unpool(x, pool_indices))  # (N, C, H, W) -> (N, C', 2H, 2W)
+
+
+class SegNet(nn.Module):
+    """Encoder-decoder segmentation network returning per-pixel class logits (N, classes, H, W)."""
+
+    def __init__(self, config: SegNetConfig = SegNetConfig()):
+        super().__init__()
+        self.config = config
+        widths = (config.in_channels,) + config.encoder_channels
+        self.encoder = nn.ModuleList(
+            EncoderLevel(widths[i], widths[i + 1], config.kernel_size) for i in range(len(config.encoder_channels))
+        )
+        # The first decoder level unpools the deepest encoder output, so it starts at that width.
+        widths = (config.encoder_channels[-1],) + config.decoder_channels
+        self.decoder = nn.ModuleList(
+            DecoderLevel(widths[i], widths[i + 1], config.kernel_size) for i in range(len(config.decoder_channels))
+        )
+        self.classifier = nn.Conv2d(config.decoder_channels[-1], config.num_classes, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] % self.config.downsampling or x.shape[-2] % self.config.downsampling:
+            raise ValueError(
+                f"input height and width must be multiples of {self.config.downsampling}, got {tuple(x.shape[-2:])}"
+            )
+        pool_indices = []
+        for level in self.encoder:  # (N, 3, 64, 64) -> (N, 256, 4, 4) with defaults
+            x, indices = level(x)
+            pool_indices.append(indices)
+        for level, indices in zip(self.decoder, reversed(pool_indices)):  # -> (N, 32, 64, 64)
+            x = level(x, indices)
+        return self.classifier(x)  # (N, classes, H, W) logits

@@ -1,0 +1,68 @@
+"""Pictures for the evaluation: a confusion matrix and a grid of sample predictions (PNG bytes)."""
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on training machines
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.colors import ListedColormap  # noqa: E402
+
+from segnet import CLASS_NAMES  # noqa: E402
+
+# Background black, then one distinct colour per class, fixed so pictures compare across runs.
+_LABEL_COLOURS = ListedColormap(["#000000"] + [plt.get_cmap("tab10")(i) for i in range(10)])
+
+
+def _png(figure) -> bytes:
+    buffer = io.BytesIO()
+    # A fixed Software entry and no timestamp, so the same figure gives the same bytes.
+    figure.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def confusion_png(confusion: torch.Tensor) -> bytes:
+    """Row-normalised confusion matrix (each true class sums to 1), with the counts' shares printed."""
+    counts = confusion.double().numpy()
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    figure, axes = plt.subplots(figsize=(7.5, 6.5))
+    image = axes.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    names = CLASS_NAMES[: len(shares)]
+    axes.set_xticks(range(len(names)), names, rotation=45)
+    axes.set_yticks(range(len(names)), names)
+    axes.set_xlabel("predicted class")
+    axes.set_ylabel("true class")
+    for (row, column), share in np.ndenumerate(shares):
+        if share >= 0.005:
+            colour = "white" if share > 0.5 else "black"
+            axes.text(column, row, f"{share:.2f}", ha="center", va="center", fontsize=7, color=colour)
+    figure.colorbar(image, ax=axes, label="share of the true class's pixels")
+    axes.set_title("Test confusion matrix (row-normalised)")
+    figure.tight_layout()
+    return _png(figure)
+
+
+def predictions_png(images: torch.Tensor, labels: torch.Tensor, predictions: torch.Tensor) -> bytes:
+    """One row per sample: the image, the true labels and the predicted labels."""
+    rows = len(images)
+    figure, axes = plt.subplots(rows, 3, figsize=(6, 2 * rows), squeeze=False)
+    for row in range(rows):
+        pixels = images[row].float().numpy()
+        if images.dtype == torch.uint8:
+            pixels = pixels / 255.0
+        panels = (pixels, labels[row].numpy(), predictions[row].numpy())
+        for column, (panel, title) in enumerate(zip(panels, ("image", "truth", "prediction"))):
+            axis = axes[row, column]
+            if column == 0:
+                axis.imshow(panel, vmin=0, vmax=1)
+            else:
+                axis.imshow(panel, cmap=_LABEL_COLOURS, vmin=0, vmax=len(CLASS_NAMES) - 1, interpolation="nearest")
+            axis.set_axis_off()
+            if row == 0:
+                axis.set_title(title)
+    figure.tight_layout()
+    return _png(figure)

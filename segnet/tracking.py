@@ -1,0 +1,109 @@
+"""MLflow tracking: one run per stage execution, all in one store at the repository root.
+
+The default store is `sqlite:///<root>/mlflow.db` with artifacts in `<root>/mlartifacts/`, where <root>
+is the repository root even when DVC runs a stage in a temporary copy (`dvc exp run --temp` or
+`--queue` execute under `<root>/.dvc/tmp/exps/`). MLFLOW_TRACKING_URI overrides the store.
+"""
+
+import contextlib
+import logging
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from segnet.callbacks import Callback
+from segnet.params import flatten
+
+log = logging.getLogger(__name__)
+
+TRAIN_STAGE = "train"
+
+
+def project_root(start: Path | None = None) -> Path:
+    """The repository whose tracking store runs belong to, seen from `start` (default: the cwd)."""
+    path = (start or Path.cwd()).resolve()
+    parts = path.parts
+    for i in range(len(parts) - 2):
+        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    return path
+
+
+def tracking_uri(root: Path) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
+
+
+def _experiment_id(client: MlflowClient, name: str, root: Path) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    # Only the project's own store gets the project's artifact folder; a server decides for itself.
+    location = None if os.environ.get("MLFLOW_TRACKING_URI") else (root / "mlartifacts").as_uri()
+    return client.create_experiment(name, artifact_location=location)
+
+
+def _git_commit(cwd: Path) -> str | None:
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return result.stdout.strip()
+
+
+@contextlib.contextmanager
+def stage_run(stage: str, experiment: str, params: dict, tags: dict | None = None) -> Iterator[mlflow.ActiveRun]:
+    """Opens the MLflow run of one stage execution, with its params and identifying tags.
+
+    A stage that raises ends its run as FAILED (mlflow.start_run's context does that).
+    """
+    root = project_root()
+    mlflow.set_tracking_uri(tracking_uri(root))
+    experiment_id = _experiment_id(MlflowClient(), experiment, root)
+    dvc_experiment = os.environ.get("DVC_EXP_NAME")
+    run_tags = {"stage": stage, "project_root": str(root)}
+    if dvc_experiment:
+        run_tags["dvc_experiment"] = dvc_experiment
+    if os.environ.get("DVC_EXP_BASELINE_REV"):
+        run_tags["dvc_baseline_rev"] = os.environ["DVC_EXP_BASELINE_REV"]
+    commit = _git_commit(Path.cwd())
+    if commit:
+        run_tags["git_commit"] = commit
+        run_tags["mlflow.source.git.commit"] = commit
+    run_tags.update(tags or {})
+    run_name = f"{stage} {dvc_experiment}" if dvc_experiment else stage
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=run_tags) as run:
+        mlflow.log_params(flatten(params))
+        yield run
+
+
+def find_run(experiment: str, stage: str, tag: str, value: str) -> str | None:
+    """The id of the latest run of `stage` whose tag `tag` equals `value` (None if there is none)."""
+    client = MlflowClient()
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    runs = client.search_runs(
+        [found.experiment_id],
+        filter_string=f"tags.stage = '{stage}' and tags.{tag} = '{value}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def log_metrics(values: dict, step: int | None = None) -> None:
+    """Logs the numeric leaves of a (nested) metrics dict; nulls (absent classes) are skipped."""
+    numeric = {k: float(v) for k, v in flatten(values).items() if isinstance(v, (int, float)) and v is not None}
+    mlflow.log_metrics(numeric, step=step)
+
+
+class MLflowCallback(Callback):
+    """Logs every epoch's record (loss, validation mIoU, learning rate, elapsed time) to the active run."""
+
+    def on_epoch_end(self, record: dict) -> None:
+        epoch = record["epoch"]
+        mlflow.log_metrics({k: float(v) for k, v in record.items() if k not in ("epoch", "step")}, step=epoch)

@@ -1,0 +1,248 @@
+"""The training loop: model-agnostic, driven by a TrainConfig, reporting through callbacks."""
+
+import copy
+import logging
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from segnet.callbacks import Callback
+from segnet.data import to_input
+from segnet.inference import accumulate_confusion, autocast
+from segnet.metrics import mean_iou
+
+log = logging.getLogger(__name__)
+
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("onecycle", "cosine", "constant")
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+CLASS_WEIGHTINGS = ("none", "median_frequency")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every setting of a training run; the defaults here are overridden by params.yaml."""
+
+    epochs: int = 10
+    batch_size: int = 32
+    optimizer: str = "adamw"
+    lr: float = 3e-3
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    schedule: str = "onecycle"
+    warmup_fraction: float = 0.2
+    val_fraction: float = 0.1
+    val_batch_size: int = 256
+    class_weighting: str = "none"
+    device: str = "auto"
+    precision: str = "auto"
+    channels_last: bool = True
+    threads: int = 0
+
+    def __post_init__(self):
+        checks = {
+            "epochs": self.epochs >= 1,
+            "batch_size": self.batch_size >= 2,  # batch norm needs more than one value per channel
+            "lr": self.lr > 0,
+            "weight_decay": self.weight_decay >= 0,
+            "warmup_fraction": 0 < self.warmup_fraction < 1,
+            "val_fraction": 0 < self.val_fraction < 1,
+            "val_batch_size": self.val_batch_size >= 1,
+            "threads": self.threads >= 0,
+            "optimizer": self.optimizer in OPTIMIZERS,
+            "schedule": self.schedule in SCHEDULES,
+            "precision": self.precision in PRECISIONS,
+            "class_weighting": self.class_weighting in CLASS_WEIGHTINGS,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError("invalid train settings: " + ", ".join(f"{n}={getattr(self, n)!r}" for n in bad))
+
+
+@dataclass
+class TrainResult:
+    """The selected model's weights and the per-epoch history."""
+
+    best_state: dict
+    best_epoch: int
+    best_val_miou: float
+    history: list[dict] = field(default_factory=list)
+    train_seconds: float = 0.0
+    device: str = "cpu"
+    amp_dtype: str = "float32"
+
+
+def set_seed(seed: int) -> None:
+    """Seeds every random number generator training touches."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def select_device(name: str) -> torch.device:
+    """`auto` picks CUDA when available, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device '{name}' requested but CUDA is not available")
+    return device
+
+
+def select_amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for `precision` on `device`; None means plain float32.
+
+    `auto` uses bfloat16 where the hardware computes it natively (CUDA with bf16, CPUs with AVX-512
+    BF16 or AMX), float32 elsewhere. Master weights always stay float32.
+    """
+    if precision == "float32":
+        return None
+    if precision == "bfloat16":
+        return torch.bfloat16
+    if precision == "float16":
+        return torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if torch.backends.mkldnn.is_available() and _cpu_has_native_bf16() else None
+
+
+def _cpu_has_native_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def class_weights(label_counts: torch.Tensor) -> torch.Tensor:
+    """Median-frequency balancing (Eigen & Fergus; the SegNet paper): median(freq) / freq(class)."""
+    frequency = label_counts.double() / label_counts.sum()
+    present = frequency > 0
+    weights = torch.zeros_like(frequency)
+    weights[present] = frequency[present].median() / frequency[present]
+    return weights.float()
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    # Weight decay on conv weights only: decaying batch-norm scales and biases only hurts.
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
+    return torch.optim.AdamW(groups, lr=config.lr)
+
+
+def make_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int):
+    if config.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=config.lr, total_steps=total_steps, pct_start=config.warmup_fraction
+        )
+    if config.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+
+def train(
+    model: nn.Module,
+    train_images: torch.Tensor,
+    train_labels: torch.Tensor,
+    val_images: torch.Tensor,
+    val_labels: torch.Tensor,
+    num_classes: int,
+    config: TrainConfig,
+    seed: int,
+    callbacks: Sequence[Callback] = (),
+) -> TrainResult:
+    """Trains `model` and returns the weights of the epoch with the best validation mIoU.
+
+    Args:
+        model: Any module mapping (N, 3, H, W) floats to (N, classes, H, W) logits.
+        train_images, val_images: (N, H, W, 3) uint8 or float pixels (see segnet.data).
+        train_labels, val_labels: (N, H, W) class indices.
+        num_classes: Number of classes in the labels.
+        config: Optimisation and hardware settings.
+        seed: Seeds initialisation-independent randomness here (batch order).
+        callbacks: Receive progress events.
+    """
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = select_device(config.device)
+    amp_dtype = select_amp_dtype(config.precision, device)
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    model.to(device=device, memory_format=memory_format)
+
+    weights = None
+    if config.class_weighting == "median_frequency":
+        weights = class_weights(torch.bincount(train_labels.reshape(-1).long(), minlength=num_classes)).to(device)
+    optimizer = make_optimizer(model, config)
+    steps_per_epoch = len(train_images) // config.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"batch_size {config.batch_size} exceeds the {len(train_images)} training images")
+    total_steps = steps_per_epoch * config.epochs
+    schedule = make_schedule(optimizer, config, total_steps)
+    batch_order = torch.Generator().manual_seed(seed)
+
+    for callback in callbacks:
+        callback.on_train_start(total_steps, steps_per_epoch)
+    best_state, best_epoch, best_miou, history = None, 0, -math.inf, []
+    start = time.perf_counter()
+    step = 0
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        running_loss = torch.zeros((), dtype=torch.float64)
+        # The last partial batch is dropped: every step sees the same batch size, which keeps
+        # batch-norm statistics and the learning-rate schedule consistent.
+        order = torch.randperm(len(train_images), generator=batch_order)[: steps_per_epoch * config.batch_size]
+        for batch in order.view(steps_per_epoch, config.batch_size):
+            inputs = to_input(train_images[batch], device, config.channels_last)
+            targets = train_labels[batch].to(device, non_blocking=True).long()
+            with autocast(device, amp_dtype):
+                logits = model(inputs)
+            loss = F.cross_entropy(logits.float(), targets, weight=weights)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            step += 1
+            loss_value = loss.detach()
+            running_loss += loss_value.cpu()
+            for callback in callbacks:
+                callback.on_step_end(step, float(loss_value))
+
+        confusion = accumulate_confusion(
+            model, val_images, val_labels, num_classes, config.val_batch_size, device, amp_dtype, config.channels_last
+        )
+        record = {
+            "epoch": epoch,
+            "step": step,
+            "train_loss": float(running_loss) / steps_per_epoch,
+            "val_miou": mean_iou(confusion),
+            "lr": optimizer.param_groups[0]["lr"],
+            "elapsed_s": time.perf_counter() - start,
+        }
+        history.append(record)
+        if record["val_miou"] > best_miou:
+            best_miou, best_epoch = record["val_miou"], epoch
+            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+        for callback in callbacks:
+            callback.on_epoch_end(record)
+    for callback in callbacks:
+        callback.on_train_end()
+
+    return TrainResult(
+        best_state=best_state,
+        best_epoch=best_epoch,
+        best_val_miou=best_miou,
+        history=history,
+        train_seconds=time.perf_counter() - start,
+        device=str(device),
+        amp_dtype=str(amp_dtype).replace("torch.", "") if amp_dtype else "float32",
+    )
+

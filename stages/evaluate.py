@@ -1,0 +1,72 @@
+"""DVC stage `evaluate`: scores the trained model on the whole test split with one confusion matrix.
+
+Usage: python stages/evaluate.py PREPARED_DIR MODEL_DIR METRICS_JSON CONFUSION_PNG PREDICTIONS_PNG
+"""
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import mlflow
+import torch
+
+from segnet.archive import sha256_file
+from segnet.cli import run_stage
+from segnet.data import load_split
+from segnet.files import write_bytes, write_json
+from segnet.inference import accumulate_confusion, predict_batches
+from segnet.metrics import summarize
+from segnet.model import SegNet, SegNetConfig
+from segnet.params import load_params
+from segnet.plots import confusion_png, predictions_png
+from segnet.tracking import TRAIN_STAGE, find_run, log_metrics, stage_run
+from segnet.train import select_device
+
+log = logging.getLogger("segnet.evaluate")
+
+
+def main() -> None:
+    prepared_dir, model_dir, metrics_path, confusion_path, predictions_path = (Path(a) for a in sys.argv[1:6])
+    params = load_params()
+    settings = params["evaluate"]
+    experiment = params["tracking"]["experiment"]
+    # The training params come from the model's own record, so the evaluate run carries exactly what
+    # produced the weights it scores: evaluate runs alone can then be compared param against mIoU.
+    trained = json.loads((model_dir / "config.json").read_text())
+    model_sha256 = sha256_file(model_dir / "model.pt")
+    tags = {"model_sha256": model_sha256, "dataset_sha256": trained["dataset_sha256"]}
+    logged = {"seed": trained["seed"], "model": trained["model"], "train": trained["train"], "evaluate": settings}
+
+    with stage_run("evaluate", experiment, logged, tags):
+        # The weights' hash names the train run that wrote them, in whatever workspace it ran.
+        train_run_id = find_run(experiment, TRAIN_STAGE, "model_sha256", model_sha256)
+        if train_run_id:
+            mlflow.set_tag("train_run_id", train_run_id)
+        else:
+            log.warning("no train run with this model's hash in the tracking store; the evaluate run is unlinked")
+        model = SegNet(SegNetConfig(**trained["model"]))
+        model.load_state_dict(torch.load(model_dir / "model.pt", map_location="cpu", weights_only=True))
+        device = select_device(trained["train"]["device"])
+        model.to(device=device, memory_format=torch.channels_last)
+        images, labels = load_split(prepared_dir, "test")
+        # Evaluation runs in float32 whatever training used: the reported numbers must not depend on it.
+        confusion = accumulate_confusion(
+            model, images, labels, model.config.num_classes, settings["batch_size"], device
+        )
+        metrics = summarize(confusion)
+        write_json(metrics_path, metrics)
+        write_bytes(confusion_path, confusion_png(confusion))
+        samples = slice(0, settings["samples"])
+        _, predictions = next(predict_batches(model, images[samples], settings["samples"], device))
+        write_bytes(predictions_path, predictions_png(images[samples], labels[samples], predictions))
+
+        per_class = {f"iou_{name}": value for name, value in metrics.pop("per_class_iou").items()}
+        log_metrics({**metrics, **per_class})
+        mlflow.log_dict(confusion.tolist(), "confusion_matrix.json")
+        for path in (metrics_path, confusion_path, predictions_path):
+            mlflow.log_artifact(str(path))
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,34 @@
+"""DVC stage `prepare`: validates the archive named by data.archive and writes the split arrays.
+
+Usage: python stages/prepare.py OUTPUT_DIR METRICS_JSON
+"""
+
+import sys
+from pathlib import Path
+
+import mlflow
+
+from segnet import CLASS_NAMES
+from segnet.cli import run_stage
+from segnet.files import write_json
+from segnet.params import load_params
+from segnet.prepare import prepare_dataset
+from segnet.tracking import log_metrics, stage_run
+
+
+def main() -> None:
+    output_dir, metrics_path = Path(sys.argv[1]), Path(sys.argv[2])
+    params = load_params()
+    archive = Path(params["data"]["archive"])
+    with stage_run("prepare", params["tracking"]["experiment"], {"data": params["data"]}):
+        summary = prepare_dataset(archive, output_dir)
+        mlflow.set_tag("archive_sha256", summary["archive_sha256"])
+        for split in ("train", "test"):
+            summary[f"{split}_class_pixels"] = dict(zip(CLASS_NAMES, summary[f"{split}_class_pixels"]))
+        write_json(metrics_path, summary)
+        log_metrics(summary)
+        mlflow.log_artifact(str(metrics_path))
+
+
+if __name__ == "__main__":
+    run_stage(main)
