@@ -33,17 +33,15 @@ def project_root(start: Path | None = None) -> Path:
     return path
 
 
-def tracking_uri(root: Path) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
+def default_tracking_uri(root: Path) -> str:
+    return f"sqlite:///{root / 'mlflow.db'}"
 
 
-def _experiment_id(client: MlflowClient, name: str, root: Path) -> str:
+def _experiment_id(client: MlflowClient, name: str, artifact_location: str | None) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    # Only the project's own store gets the project's artifact folder; a server decides for itself.
-    location = None if os.environ.get("MLFLOW_TRACKING_URI") else (root / "mlartifacts").as_uri()
-    return client.create_experiment(name, artifact_location=location)
+    return client.create_experiment(name, artifact_location=artifact_location)
 
 
 def _git_commit(cwd: Path) -> str | None:
@@ -61,8 +59,12 @@ def stage_run(stage: str, experiment: str, params: dict, tags: dict | None = Non
     A stage that raises ends its run as FAILED (mlflow.start_run's context does that).
     """
     root = project_root()
-    mlflow.set_tracking_uri(tracking_uri(root))
-    experiment_id = _experiment_id(MlflowClient(), experiment, root)
+    # Read before set_tracking_uri, which writes MLFLOW_TRACKING_URI into the environment itself.
+    user_uri = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(user_uri or default_tracking_uri(root))
+    # Only the project's own store gets the project's artifact folder; a server decides for itself.
+    artifact_location = None if user_uri else (root / "mlartifacts").as_uri()
+    experiment_id = _experiment_id(MlflowClient(), experiment, artifact_location)
     dvc_experiment = os.environ.get("DVC_EXP_NAME")
     run_tags = {"stage": stage, "project_root": str(root)}
     if dvc_experiment:

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from segnet.augment import overlay_panels
 from segnet.callbacks import Callback
 from segnet.data import to_input
 from segnet.inference import accumulate_confusion, autocast
@@ -39,6 +40,7 @@ class TrainConfig:
     schedule: str = "onecycle"
     warmup_fraction: float = 0.2
     val_fraction: float = 0.1
+    overlay_probability: float = 0.5
     val_batch_size: int = 256
     class_weighting: str = "none"
     device: str = "auto"
@@ -54,6 +56,7 @@ class TrainConfig:
             "weight_decay": self.weight_decay >= 0,
             "warmup_fraction": 0 < self.warmup_fraction < 1,
             "val_fraction": 0 < self.val_fraction < 1,
+            "overlay_probability": 0 <= self.overlay_probability <= 1,
             "val_batch_size": self.val_batch_size >= 1,
             "threads": self.threads >= 0,
             "optimizer": self.optimizer in OPTIMIZERS,
@@ -201,8 +204,11 @@ def train(
         # batch-norm statistics and the learning-rate schedule consistent.
         order = torch.randperm(len(train_images), generator=batch_order)[: steps_per_epoch * config.batch_size]
         for batch in order.view(steps_per_epoch, config.batch_size):
-            inputs = to_input(train_images[batch], device, config.channels_last)
-            targets = train_labels[batch].to(device, non_blocking=True).long()
+            batch_images, batch_labels = overlay_panels(
+                train_images[batch], train_labels[batch], config.overlay_probability, batch_order
+            )
+            inputs = to_input(batch_images, device, config.channels_last)
+            targets = batch_labels.to(device, non_blocking=True).long()
             with autocast(device, amp_dtype):
                 logits = model(inputs)
             loss = F.cross_entropy(logits.float(), targets, weight=weights)

@@ -1,6 +1,6 @@
 """DVC stage `evaluate`: scores the trained model on the whole test split with one confusion matrix.
 
-Usage: python stages/evaluate.py PREPARED_DIR MODEL_DIR METRICS_JSON CONFUSION_PNG PREDICTIONS_PNG
+Usage: python -m stages.evaluate PREPARED_DIR MODEL_DIR METRICS_JSON CONFUSION_PNG PREDICTIONS_PNG
 """
 
 import json

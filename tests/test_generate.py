@@ -1,0 +1,97 @@
+import hashlib
+import zipfile
+
+import numpy as np
+import pytest
+
+from segnet.generate import (
+    CELL_OFFSETS,
+    SplitSpec,
+    build_archive,
+    compose_panel,
+    load_mnist_digits,
+    make_panels,
+    split_digits,
+)
+from segnet.matfile import read_panels
+
+SMALL = dict(
+    train=SplitSpec(files=3, panels_per_file=5, min_digits=0, max_digits=4),
+    test=SplitSpec(files=2, panels_per_file=6, min_digits=0, max_digits=9),
+    test_digit_fraction=0.2,
+)
+
+
+def test_later_digit_overwrites_image_and_label_where_its_pixel_is_nonzero():
+    first = np.zeros((28, 28), np.uint8)
+    first[:, :] = 100
+    second = np.zeros((28, 28), np.uint8)
+    second[0, :] = 200  # only the top row has ink
+    image, mask = compose_panel(np.stack([first, second]), np.array([3, 7]), np.array([0, 1]))
+    # Cell 1 starts at column 17, overlapping cell 0 (columns 0-27) on columns 17-27.
+    assert image[0, 17] == 200 and mask[0, 17] == 7
+    assert image[1, 17] == 100 and mask[1, 17] == 3  # no ink in the later digit: the earlier stays
+    assert image[0, 45] == 0 or mask[0, 45] == 7
+    assert mask[40, 40] == 0 and image[40, 40] == 0
+
+
+def test_label_is_background_where_the_digit_pixel_is_zero():
+    digit = np.zeros((28, 28), np.uint8)
+    digit[10, 10] = 1
+    image, mask = compose_panel(digit[None], np.array([10]), np.array([8]))
+    top = left = CELL_OFFSETS[2]
+    assert mask.sum() == 10 and mask[top + 10, left + 10] == 10 and image[top + 10, left + 10] == 1
+
+
+def test_train_and_test_digits_are_disjoint_and_stratified():
+    _, digits = load_mnist_digits()
+    train, test = split_digits(digits, 0.2, np.random.default_rng(0))
+    assert not set(train) & set(test)
+    assert len(train) + len(test) == len(digits) == 5000
+    assert np.bincount(digits[test]).tolist() == [100] * 10
+
+
+def test_archive_matches_the_course_format(tmp_path):
+    summary = build_archive(tmp_path / "a.zip", seed=1, **SMALL)
+    assert summary["train_images"] == 15 and summary["test_images"] == 12
+    with zipfile.ZipFile(tmp_path / "a.zip") as archive:
+        names = archive.namelist()
+        assert names == [f"multi-digit-mnist/batch{i:05d}.mat" for i in (1, 2, 3)] + [
+            f"multi-digit-mnist/testset{i:03d}.mat" for i in (1, 2)
+        ]
+        images, masks = read_panels(archive.read(names[0]), names[0])
+        test_images, test_masks = read_panels(archive.read(names[3]), names[3])
+    assert images.shape == (5, 64, 64, 3)
+    # Grey: three equal channels, every value k/255.
+    assert np.array_equal(images[..., 0], images[..., 1]) and np.array_equal(images[..., 0], images[..., 2])
+    np.testing.assert_array_equal(np.rint(images * 255) / np.float32(255), images)
+    # Labels are exactly where there is ink, and use 1-10.
+    np.testing.assert_array_equal(masks > 0, images[..., 0] > 0)
+    assert set(np.unique(test_masks)) <= set(range(11))
+
+
+def test_same_params_give_a_byte_identical_zip_and_another_seed_does_not(tmp_path):
+    digest = lambda path: hashlib.sha256(path.read_bytes()).hexdigest()  # noqa: E731
+    build_archive(tmp_path / "a.zip", seed=5, **SMALL)
+    build_archive(tmp_path / "b.zip", seed=5, **SMALL)
+    build_archive(tmp_path / "c.zip", seed=6, **SMALL)
+    assert digest(tmp_path / "a.zip") == digest(tmp_path / "b.zip")
+    assert digest(tmp_path / "a.zip") != digest(tmp_path / "c.zip")
+
+
+def test_digit_counts_stay_within_the_split_range_in_distinct_cells():
+    # Fully inked digits; each grid cell has a band of pixels no other cell covers, so a cell holds a
+    # digit exactly when its band is labelled.
+    pixels = np.full((10, 28, 28), 255, np.uint8)
+    digits = np.arange(10)
+    unique_band = [slice(0, 17), slice(28, 35), slice(45, 63)]
+    images, masks = make_panels(200, 2, 5, np.arange(10), pixels, digits, np.random.default_rng(0))
+    counts = [sum(m[r, c].all() > 0 for r in unique_band for c in unique_band) for m in masks]
+    assert min(counts) == 2 and max(counts) == 5
+    assert set(np.unique(masks)) == set(range(11))
+
+
+@pytest.mark.parametrize("arguments", [dict(files=0), dict(min_digits=5, max_digits=4), dict(max_digits=10)])
+def test_nonsense_split_specs_raise(arguments):
+    with pytest.raises(ValueError):
+        SplitSpec(**{**dict(files=1, panels_per_file=1, min_digits=0, max_digits=4), **arguments})

@@ -1,0 +1,67 @@
+import pytest
+import torch
+
+from segnet.model import SegNet, SegNetConfig
+
+TINY = SegNetConfig(encoder_channels=(4, 6, 8, 10), decoder_channels=(8, 6, 4, 4))
+
+
+def test_output_shape_and_backward():
+    model = SegNet(TINY)
+    images = torch.rand(2, 3, 64, 64, requires_grad=True)
+    logits = model(images)
+    assert logits.shape == (2, 11, 64, 64)
+    logits.logsumexp(1).mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    assert images.grad.abs().sum() > 0
+
+
+def test_default_architecture_matches_the_issue():
+    model = SegNet()
+    assert [level.block[0].out_channels for level in model.encoder] == [32, 64, 128, 256]
+    assert [level.block[0].out_channels for level in model.decoder] == [128, 64, 32, 32]
+    assert all(level.block[0].kernel_size == (3, 3) for level in model.encoder)
+    assert isinstance(model.encoder[0].block[1], torch.nn.BatchNorm2d)
+    assert model.classifier.kernel_size == (1, 1) and model.classifier.out_channels == 11
+
+
+def test_unpooling_puts_values_back_where_the_pooling_maxima_were():
+    model = SegNet(SegNetConfig(encoder_channels=(1,), decoder_channels=(1,), num_classes=2, in_channels=1))
+    level_in = torch.tensor([[[[1.0, 5.0], [2.0, 0.0]]]])  # maximum at row 0, column 1
+    pooled, indices = model.encoder[0].pool(level_in)
+    assert indices.item() == 1
+    unpooled = model.decoder[0].unpool(pooled, indices)
+    assert torch.equal(unpooled, torch.tensor([[[[0.0, 5.0], [0.0, 0.0]]]]))
+
+
+def test_each_decoder_level_unpools_with_the_indices_of_its_mirrored_encoder_level():
+    model = SegNet(TINY).eval()
+    pooled, unpooled = [], []
+    for level in model.encoder:
+        level.pool.register_forward_hook(lambda module, args, output: pooled.append(output[1]))
+    for level in model.decoder:
+        level.unpool.register_forward_hook(lambda module, args, output: unpooled.append(args[1]))
+    model(torch.rand(2, 3, 64, 64))
+    assert len(pooled) == len(unpooled) == 4
+    for indices_used, indices_made in zip(unpooled, reversed(pooled)):
+        assert indices_used is indices_made
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        dict(encoder_channels=(32, 64), decoder_channels=(32,)),
+        dict(encoder_channels=(32, 64), decoder_channels=(16, 32)),
+        dict(kernel_size=4),
+        dict(num_classes=1),
+        dict(encoder_channels=(), decoder_channels=()),
+    ],
+)
+def test_nonsense_configurations_raise(arguments):
+    with pytest.raises(ValueError):
+        SegNetConfig(**arguments)
+
+
+def test_input_size_must_fit_the_pooling_levels():
+    with pytest.raises(ValueError, match="multiples of 16"):
+        SegNet(TINY)(torch.rand(1, 3, 60, 60))
