@@ -75,7 +75,7 @@ def main() -> None:
         log_metrics(summary)
         for path in (model_dir / "config.json", metrics_path, history_path):
             mlflow.log_artifact(str(path))
-        _log_model(model, result.best_state, images[:1])
+        _log_model(model, result.best_state, images[:2])
 
 
 def _history_csv(history: list[dict]) -> bytes:
@@ -87,7 +87,11 @@ def _history_csv(history: list[dict]) -> bytes:
 
 
 def _log_model(model: torch.nn.Module, state: dict, example_images: torch.Tensor) -> None:
-    """Logs the selected weights as an MLflow PyTorch model with a signature and an input example."""
+    """Logs the selected weights as an MLflow PyTorch model with a signature and an input example.
+
+    Saved as a torch.export program ("pt2"): loading it runs no pickle. The example holds two panels so
+    that the exported batch dimension stays dynamic (a batch of one would be specialised to 1).
+    """
     model.load_state_dict(state)
     model.to(device="cpu", memory_format=torch.contiguous_format).eval()
     example = to_input(example_images, torch.device("cpu"), channels_last=False).numpy()
@@ -98,7 +102,7 @@ def _log_model(model: torch.nn.Module, state: dict, example_images: torch.Tensor
         name="model",
         signature=mlflow.models.infer_signature(example, output),
         input_example=example.astype(np.float32),
-        code_paths=[str(Path(__file__).resolve().parents[1] / "segnet")],
+        serialization_format="pt2",
         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
     )
 

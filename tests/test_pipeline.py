@@ -1,0 +1,185 @@
+"""End to end: the real `dvc repro` and `dvc exp run` on tiny data, checked in a real MLflow store."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+import yaml
+
+from tests.helpers import write_zip
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+TINY = {
+    "generate": dict(train_files=4, train_panels_per_file=8, test_files=2, test_panels_per_file=6),
+    "model": dict(encoder_channels=[8, 8, 8, 8], decoder_channels=[8, 8, 8, 8]),
+    "train": dict(epochs=2, batch_size=8, val_fraction=0.25, val_batch_size=16),
+    "evaluate": dict(batch_size=16, samples=2),
+}
+
+
+def run(command: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{command} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def set_params(root: Path, overrides: dict) -> None:
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    for section, values in overrides.items():
+        if isinstance(values, dict):
+            params[section].update(values)
+        else:
+            params[section] = values
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """A fresh clone-like copy of the repository (tracked files only), with tiny params, after dvc repro."""
+    root = tmp_path_factory.mktemp("project")
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    for name in tracked.splitlines():
+        if (REPO / name).is_file():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, root / name)
+    set_params(root, TINY)
+    run(["git", "init", "-q"], root)
+    run(["git", "add", "-A"], root)
+    run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-qm", "tiny"], root)
+    run(["dvc", "repro"], root)
+    return root
+
+
+def store(root: Path) -> mlflow.MlflowClient:
+    return mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+
+
+def runs_by_stage(root: Path) -> dict[str, list]:
+    client = store(root)
+    experiment = client.get_experiment_by_name("segnet-multi-digit-mnist")
+    found = {}
+    for found_run in client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"]):
+        found.setdefault(found_run.data.tags["stage"], []).append(found_run)
+    return found
+
+
+def test_repro_writes_metrics_model_and_plots(project):
+    metrics = json.loads((project / "metrics" / "evaluate.json").read_text())
+    assert {"miou", "miou_digits", "pixel_accuracy", "mean_class_accuracy", "per_class_iou"} <= set(metrics)
+    assert len(metrics["per_class_iou"]) == 11 and 0.0 <= metrics["miou"] <= 1.0
+    prepared = json.loads((project / "metrics" / "prepare.json").read_text())
+    assert prepared["train_images"] == 32 and prepared["test_images"] == 12 and prepared["train_files"] == 4
+    history = (project / "metrics" / "train_history.csv").read_text().splitlines()
+    assert history[0] == "epoch,step,train_loss,val_miou,lr,elapsed_s" and len(history) == 3
+    state = torch.load(project / "data" / "model" / "model.pt", weights_only=True)
+    assert state["classifier.weight"].shape == (11, 8, 1, 1)
+    for picture in ("confusion_matrix.png", "predictions.png"):
+        assert (project / "metrics" / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "pipelines are up to date" in run(["dvc", "repro"], project).stdout
+
+
+def test_every_stage_is_one_linked_mlflow_run_in_the_root_store(project):
+    runs = runs_by_stage(project)
+    assert {stage: len(found) for stage, found in runs.items()} == {
+        "generate": 1, "prepare": 1, "train": 1, "evaluate": 1,
+    }
+    assert all(found[0].info.status == "FINISHED" for found in runs.values())
+    train_run, evaluate_run = runs["train"][0], runs["evaluate"][0]
+    commit = run(["git", "rev-parse", "HEAD"], project).stdout.strip()
+    assert all(found[0].data.tags["git_commit"] == commit for found in runs.values())
+
+    assert train_run.data.params["train.lr"] == str(yaml.safe_load((project / "params.yaml").read_text())["train"]["lr"])
+    assert set(train_run.data.metrics) >= {"train_loss", "val_miou", "best_val_miou"}
+    history = store(project).get_metric_history(train_run.info.run_id, "val_miou")
+    assert [point.step for point in history] == [1, 2]
+
+    # The evaluate run names its train run and carries the training params next to the test metrics.
+    assert evaluate_run.data.tags["train_run_id"] == train_run.info.run_id
+    assert evaluate_run.data.params["train.lr"] == train_run.data.params["train.lr"]
+    assert evaluate_run.data.params["model.encoder_channels"] == "[8, 8, 8, 8]"
+    assert evaluate_run.data.metrics["miou"] == pytest.approx(
+        json.loads((project / "metrics" / "evaluate.json").read_text())["miou"]
+    )
+    artifacts = {item.path for item in store(project).list_artifacts(evaluate_run.info.run_id)}
+    assert {"evaluate.json", "confusion_matrix.png", "predictions.png"} <= artifacts
+    assert (project / "mlartifacts").is_dir() and not (project / "mlruns").exists()
+
+    # The model is an MLflow model with a signature, loadable and predicting the right shape.
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    logged = mlflow.search_logged_models(experiment_ids=[train_run.info.experiment_id], output_format="list")
+    assert len(logged) == 1 and logged[0].source_run_id == train_run.info.run_id
+    info = mlflow.models.get_model_info(logged[0].model_uri)
+    assert info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 3, 64, 64)
+    loaded = mlflow.pytorch.load_model(logged[0].model_uri)
+    assert loaded(torch.rand(2, 3, 64, 64)).shape == (2, 11, 64, 64)
+
+
+def test_experiments_with_changed_params_are_tracked_in_dvc_and_mlflow(project):
+    run(["dvc", "exp", "run", "-n", "lr-high", "-S", "train.lr=0.01"], project)
+    # --temp runs in a copy under .dvc/tmp/exps; its runs must still land in the root store.
+    run(["dvc", "exp", "run", "--temp", "-n", "lr-low", "-S", "train.lr=0.0005"], project)
+
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
+    experiments = {
+        exp["name"]: exp["data"] for baseline in shown for exp in (baseline.get("experiments") or [])
+        for exp in exp["revs"]
+    }
+    assert {"lr-high", "lr-low"} <= set(experiments)
+    assert experiments["lr-high"]["params"]["params.yaml"]["data"]["train"]["lr"] == 0.01
+    assert "miou" in experiments["lr-low"]["metrics"]["metrics/evaluate.json"]["data"]
+
+    runs = runs_by_stage(project)
+    evaluated = {found.data.tags.get("dvc_experiment"): found for found in runs["evaluate"]}
+    assert evaluated["lr-high"].data.params["train.lr"] == "0.01"
+    assert evaluated["lr-low"].data.params["train.lr"] == "0.0005"
+    assert evaluated["lr-low"].data.tags["train_run_id"] in {found.info.run_id for found in runs["train"]}
+    assert not list((project / ".dvc" / "tmp").rglob("mlflow.db"))
+
+
+def test_bad_archive_fails_clearly_and_keeps_the_last_good_results(project, tmp_path):
+    lock_before = (project / "dvc.lock").read_text()
+    metrics_before = (project / "metrics" / "evaluate.json").read_text()
+    bad = tmp_path / "users-own.zip"
+    write_zip(bad, {"multi-digit-mnist/batch00001.mat": b"not a mat file", "testset001.mat": b"nor this"})
+    bad_bytes = bad.read_bytes()
+    params_before = (project / "params.yaml").read_text()
+    try:
+        set_params(project, {"data": {"archive": str(bad)}})
+        result = run(["dvc", "repro"], project, check=False)
+    finally:
+        (project / "params.yaml").write_text(params_before)
+    assert result.returncode != 0
+    assert f"{bad}:multi-digit-mnist/batch00001.mat: not a readable MATLAB 5 .mat file" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert bad.read_bytes() == bad_bytes
+    assert (project / "dvc.lock").read_text() == lock_before
+    assert (project / "metrics" / "evaluate.json").read_text() == metrics_before
+    # The last good outputs come back from the DVC cache: no stage needs to run again.
+    restored = run(["dvc", "repro"], project).stdout
+    assert "Running stage" not in restored
+    assert (project / "data" / "prepared" / "train_images.npy").is_file()
+    assert (project / "metrics" / "evaluate.json").read_text() == metrics_before
+
+
+def test_a_users_own_zip_outside_the_project_is_used_and_left_untouched(project, tmp_path):
+    from tests.helpers import course_zip
+    import numpy as np
+
+    own = tmp_path / "elsewhere" / "multi-digit-mnist-dataset.zip"
+    own.parent.mkdir()
+    course_zip(own, np.random.default_rng(7), train_files=2, test_files=1, per_file=8, folder="data/multi-digit-mnist/")
+    own_bytes = own.read_bytes()
+    run(["dvc", "exp", "run", "-n", "own-zip", "-S", f"data.archive={own}"], project)
+    prepared = json.loads((project / "metrics" / "prepare.json").read_text())
+    assert prepared["archive"] == str(own) and prepared["train_images"] == 16 and prepared["test_images"] == 8
+    assert own.read_bytes() == own_bytes
