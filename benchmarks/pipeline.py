@@ -1,0 +1,74 @@
+"""Benchmark: the default pipeline from scratch, as a new user runs it, timed stage by stage.
+
+Clones the repository's HEAD into a temporary folder (no data, no tracking store), runs each DVC
+stage in order with the default params.yaml and prints a Markdown table: seconds per stage (process
+start included), the total, and the test metrics. Usage: make bench  (or python benchmarks/pipeline.py)
+"""
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+STAGES = ("generate", "prepare", "train", "evaluate")
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}"
+
+
+def main() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    with tempfile.TemporaryDirectory(prefix="segnet-bench-") as folder:
+        clone = Path(folder) / "segnet"
+        subprocess.run(["git", "clone", "--quiet", str(REPO), str(clone)], check=True)
+        seconds = {}
+        for stage in STAGES:
+            start = time.perf_counter()
+            subprocess.run(["dvc", "repro", "--single-item", stage], cwd=clone, env=env, check=True)
+            seconds[stage] = time.perf_counter() - start
+        evaluation = json.loads((clone / "metrics" / "evaluate.json").read_text())
+        training = json.loads((clone / "metrics" / "train.json").read_text())
+
+    lines = [
+        f"Machine: {machine()}",
+        "",
+        "| stage | seconds |",
+        "|---|---:|",
+        *[f"| {stage} | {seconds[stage]:.0f} |" for stage in STAGES],
+        f"| **total (`dvc repro`)** | **{sum(seconds.values()):.0f}** |",
+        "",
+        f"Training: {training['epochs']} epochs, {training['train_images_per_second']:.0f} images/s, "
+        f"best validation mIoU {training['best_val_miou']:.4f} at epoch {training['best_epoch']}.",
+        "",
+        "| test metric | value |",
+        "|---|---:|",
+        *[f"| {name} | {evaluation[name]:.4f} |" for name in ("miou", "miou_digits", "pixel_accuracy",
+                                                             "mean_class_accuracy")],
+        *[f"| IoU {name} | {value:.4f} |" for name, value in evaluation["per_class_iou"].items()],
+    ]
+    report = "\n".join(lines)
+    print(report)
+    results = REPO / "benchmarks" / "results"
+    results.mkdir(exist_ok=True)
+    (results / "pipeline.md").write_text(report + "\n")
+
+
+if __name__ == "__main__":
+    main()
