@@ -6,9 +6,11 @@ refused outright: an archive holding them is not one we trust.
 """
 
 import hashlib
+import lzma
 import re
 import stat
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -104,5 +106,5 @@ def read_member(archive: zipfile.ZipFile, name: str, source: str) -> bytes:
     """Reads one member's bytes, turning zip-level failures into DatasetError."""
     try:
         return archive.read(name)
-    except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, RuntimeError) as error:
+    except (zipfile.BadZipFile, zlib.error, lzma.LZMAError, OSError, EOFError, NotImplementedError, RuntimeError) as error:
         raise DatasetError(f"{source}:{name}: cannot be read from the archive ({error})") from error

@@ -1,5 +1,6 @@
 """Reading params.yaml once and flattening it for logging."""
 
+import dataclasses
 from pathlib import Path
 
 import yaml
@@ -22,3 +23,21 @@ def flatten(params: dict, prefix: str = "") -> dict[str, object]:
         else:
             flat[name] = value
     return flat
+
+
+def build(config_class: type, section: str, values: dict):
+    """Builds a settings dataclass from a params.yaml section, turning unknown keys and values of the
+    wrong type into a ValueError that names the section (e.g. `-S train.epochs=1.5`)."""
+    fields = {field.name: field for field in dataclasses.fields(config_class)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ValueError(f"params.yaml {section}: unknown key(s) {unknown}; known: {sorted(fields)}")
+    for name, value in values.items():
+        expected = _TYPES.get(fields[name].type)
+        if expected and (not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected)):
+            raise ValueError(f"params.yaml {section}.{name}: {value!r} is not a {fields[name].type.__name__}")
+    return config_class(**values)
+
+
+# What YAML values each annotated field type accepts (an int is a fine float; a bool is not an int).
+_TYPES = {int: (int,), float: (int, float), str: (str,), bool: (bool,)}

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("onecycle", "cosine", "constant")
-PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+PRECISIONS = ("auto", "float32", "bfloat16")
 CLASS_WEIGHTINGS = ("none", "median_frequency")
 
 
@@ -31,7 +31,7 @@ CLASS_WEIGHTINGS = ("none", "median_frequency")
 class TrainConfig:
     """Every setting of a training run; the defaults here are overridden by params.yaml."""
 
-    epochs: int = 10
+    epochs: int = 16
     batch_size: int = 32
     optimizer: str = "adamw"
     lr: float = 3e-3
@@ -40,7 +40,7 @@ class TrainConfig:
     schedule: str = "onecycle"
     warmup_fraction: float = 0.2
     val_fraction: float = 0.1
-    overlay_probability: float = 0.5
+    overlay_probability: float = 1.0
     val_batch_size: int = 256
     class_weighting: str = "none"
     device: str = "auto"
@@ -93,9 +93,12 @@ def select_device(name: str) -> torch.device:
     """`auto` picks CUDA when available, else the CPU."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device '{name}' requested but CUDA is not available")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ValueError(f"train.device: '{name}' is not a device (use auto, cpu, cuda or cuda:N)") from error
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise ValueError(f"train.device: '{name}' requested but that CUDA device is not available")
     return device
 
 
@@ -109,10 +112,9 @@ def select_amp_dtype(precision: str, device: torch.device) -> torch.dtype | None
         return None
     if precision == "bfloat16":
         return torch.bfloat16
-    if precision == "float16":
-        return torch.float16
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        # float16 would need loss scaling; GPUs without bfloat16 train in float32 instead.
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
     return torch.bfloat16 if torch.backends.mkldnn.is_available() and _cpu_has_native_bf16() else None
 
 

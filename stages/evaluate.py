@@ -30,6 +30,11 @@ def main() -> None:
     prepared_dir, model_dir, metrics_path, confusion_path, predictions_path = (Path(a) for a in sys.argv[1:6])
     params = load_params()
     settings = params["evaluate"]
+    for key in ("batch_size", "samples"):
+        if not isinstance(settings[key], int) or settings[key] < 1:
+            raise ValueError(f"params.yaml evaluate.{key}: must be an integer >= 1, got {settings[key]!r}")
+    if not (model_dir / "model.pt").is_file():
+        raise ValueError(f"{model_dir / 'model.pt'}: missing; run the train stage first (dvc repro train)")
     experiment = params["tracking"]["experiment"]
     # The training params come from the model's own record, so the evaluate run carries exactly what
     # produced the weights it scores: evaluate runs alone can then be compared param against mIoU.

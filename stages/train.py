@@ -20,7 +20,8 @@ from segnet.cli import run_stage
 from segnet.data import load_split, split_indices, to_input
 from segnet.files import save_torch, write_bytes, write_json
 from segnet.model import SegNet, SegNetConfig
-from segnet.params import load_params
+from segnet.matfile import NUM_CLASSES
+from segnet.params import build, load_params
 from segnet.tracking import MLflowCallback, TRAIN_STAGE, log_metrics, stage_run
 from segnet.train import TrainConfig, set_seed, train
 
@@ -29,14 +30,16 @@ def main() -> None:
     prepared_dir, model_dir, metrics_path, history_path = (Path(arg) for arg in sys.argv[1:5])
     params = load_params()
     seed = params["seed"]
-    model_config = SegNetConfig(**params["model"])
-    train_config = TrainConfig(**params["train"])
+    model_config = build(SegNetConfig, "model", params["model"])
+    train_config = build(TrainConfig, "train", params["train"])
+    if model_config.num_classes != NUM_CLASSES:
+        raise ValueError(f"params.yaml model.num_classes: the labels have {NUM_CLASSES} classes, got {model_config.num_classes}")
+    images, labels = load_split(prepared_dir, "train")
     dataset = json.loads((prepared_dir / "dataset.json").read_text())
     logged = {"seed": seed, "model": params["model"], "train": params["train"]}
     tags = {"dataset_sha256": dataset["archive_sha256"]}
 
     with stage_run(TRAIN_STAGE, params["tracking"]["experiment"], logged, tags):
-        images, labels = load_split(prepared_dir, "train")
         if images.shape[1] % model_config.downsampling or images.shape[2] % model_config.downsampling:
             raise ValueError(
                 f"{prepared_dir}: panels are {tuple(images.shape[1:3])}, but a {len(model_config.encoder_channels)}"
