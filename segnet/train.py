@@ -41,6 +41,7 @@ class TrainConfig:
     warmup_fraction: float = 0.2
     val_fraction: float = 0.1
     overlay_probability: float = 1.0
+    overlay_partners: int = 1
     val_batch_size: int = 256
     class_weighting: str = "none"
     device: str = "auto"
@@ -57,6 +58,7 @@ class TrainConfig:
             "warmup_fraction": 0 < self.warmup_fraction < 1,
             "val_fraction": 0 < self.val_fraction < 1,
             "overlay_probability": 0 <= self.overlay_probability <= 1,
+            "overlay_partners": self.overlay_partners >= 0,
             "val_batch_size": self.val_batch_size >= 1,
             "threads": self.threads >= 0,
             "optimizer": self.optimizer in OPTIMIZERS,
@@ -206,9 +208,11 @@ def train(
         # batch-norm statistics and the learning-rate schedule consistent.
         order = torch.randperm(len(train_images), generator=batch_order)[: steps_per_epoch * config.batch_size]
         for batch in order.view(steps_per_epoch, config.batch_size):
-            batch_images, batch_labels = overlay_panels(
-                train_images[batch], train_labels[batch], config.overlay_probability, batch_order
-            )
+            batch_images, batch_labels = train_images[batch], train_labels[batch]
+            for _ in range(config.overlay_partners):
+                batch_images, batch_labels = overlay_panels(
+                    batch_images, batch_labels, config.overlay_probability, batch_order
+                )
             inputs = to_input(batch_images, device, config.channels_last)
             targets = batch_labels.to(device, non_blocking=True).long()
             with autocast(device, amp_dtype):

@@ -23,11 +23,14 @@ def main() -> None:
     with stage_run("prepare", params["tracking"]["experiment"], {"data": params["data"]}):
         summary = prepare_dataset(archive, output_dir)
         mlflow.set_tag("archive_sha256", summary["archive_sha256"])
-        for split in ("train", "test"):
-            summary[f"{split}_class_pixels"] = dict(zip(CLASS_NAMES, summary[f"{split}_class_pixels"]))
+        # The class histograms go to MLflow and dataset.json; DVC's metrics keep the counts, which
+        # `dvc exp show` can display in one row.
+        histograms = {split: dict(zip(CLASS_NAMES, summary.pop(f"{split}_class_pixels"))) for split in ("train", "test")}
         write_json(metrics_path, summary)
         log_metrics(summary)
+        log_metrics({f"{split}_class_pixels": counts for split, counts in histograms.items()})
         mlflow.log_artifact(str(metrics_path))
+        mlflow.log_artifact(str(output_dir / "dataset.json"))
 
 
 if __name__ == "__main__":

@@ -95,6 +95,13 @@ def test_every_stage_is_one_linked_mlflow_run_in_the_root_store(project):
     }
     assert all(found[0].info.status == "FINISHED" for found in runs.values())
     train_run, evaluate_run = runs["train"][0], runs["evaluate"][0]
+    prepare_run = runs["prepare"][0]
+    assert prepare_run.data.tags["archive_sha256"] == json.loads(
+        (project / "metrics" / "prepare.json").read_text()
+    )["archive_sha256"]
+    assert prepare_run.data.metrics["train_images"] == 32
+    pixels = [prepare_run.data.metrics[f"train_class_pixels.{name}"] for name in ["background"] + list("1234567890")]
+    assert sum(pixels) == 32 * 64 * 64
     commit = run(["git", "rev-parse", "HEAD"], project).stdout.strip()
     assert all(found[0].data.tags["git_commit"] == commit for found in runs.values())
 
