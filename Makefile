@@ -25,6 +25,7 @@ ui: venv
 
 bench: venv
 	python benchmarks/pipeline.py
+	python benchmarks/throughput.py
 
 clean-venv:
 	rm -rf $(VENV)

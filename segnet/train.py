@@ -31,7 +31,7 @@ CLASS_WEIGHTINGS = ("none", "median_frequency")
 class TrainConfig:
     """Every setting of a training run; the defaults here are overridden by params.yaml."""
 
-    epochs: int = 16
+    epochs: int = 20
     batch_size: int = 32
     optimizer: str = "adamw"
     lr: float = 3e-3
@@ -41,7 +41,7 @@ class TrainConfig:
     warmup_fraction: float = 0.2
     val_fraction: float = 0.1
     overlay_probability: float = 1.0
-    overlay_partners: int = 1
+    overlay_partners: int = 2
     val_batch_size: int = 256
     class_weighting: str = "none"
     device: str = "auto"

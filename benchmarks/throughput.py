@@ -1,0 +1,158 @@
+"""Benchmark: training, evaluation and prepare throughput, all measured in one run on one machine.
+
+Compares, on the same data and the same default SegNet:
+  - a reference training loop written like the course's script (per step, scipy.io.loadmat of one .mat
+    file, batch = that file, float32 eager PyTorch, Adam 1e-3) against our training loop (segnet.train
+    with params.yaml's train settings), in training images/s;
+  - our training's achieved FLOP rate (training FLOPs per image counted by torch.utils.flop_counter)
+    against the measured matmul peak of the precision it computes in;
+  - evaluation images/s, and `prepare` files/s against a plain sequential loadmat loop.
+Usage: make bench  (or python benchmarks/throughput.py [--files N])
+"""
+
+import argparse
+import io
+import os
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import scipy.io
+import torch
+import yaml
+from torch.nn import functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from segnet.callbacks import Callback
+from segnet.data import load_split, to_input
+from segnet.generate import SplitSpec, build_archive
+from segnet.inference import accumulate_confusion
+from segnet.model import SegNet, SegNetConfig
+from segnet.prepare import prepare_dataset
+from segnet.train import TrainConfig, select_amp_dtype, select_device, set_seed, train
+
+REPO = Path(__file__).resolve().parents[1]
+WARMUP_STEPS = 3
+
+
+def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 10) -> float:
+    """FLOP/s of a square matmul in `dtype` on the CPU, after a warm-up."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size**3 * repeats / (time.perf_counter() - start)
+
+
+def training_flops_per_image(model_config: SegNetConfig, batch: int = 32) -> float:
+    model = SegNet(model_config)
+    images, labels = torch.rand(batch, 3, 64, 64), torch.randint(0, 11, (batch, 64, 64))
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(model(images), labels).backward()
+    return counter.get_total_flops() / batch
+
+
+def reference_images_per_second(mat_files: list[Path], model_config: SegNetConfig, steps: int) -> float:
+    """The course's loop: parse one .mat per step, the file is the batch, float32 eager, Adam 1e-3."""
+    set_seed(0)
+    model = SegNet(model_config).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    images_seen, start = 0, None
+    for step in range(steps + WARMUP_STEPS):
+        if step == WARMUP_STEPS:
+            start, images_seen = time.perf_counter(), 0
+        contents = scipy.io.loadmat(mat_files[step % len(mat_files)])
+        images = torch.from_numpy(contents["imgMat"]).permute(3, 2, 0, 1).float()
+        labels = torch.from_numpy(contents["semanticMaskMat"]).permute(2, 0, 1).long()
+        loss = F.cross_entropy(model(images), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        images_seen += len(images)
+    return images_seen / (time.perf_counter() - start)
+
+
+class StepClock(Callback):
+    """Times training steps after the warm-up, excluding validation."""
+
+    def __init__(self):
+        self.times = []
+
+    def on_step_end(self, step: int, loss: float) -> None:
+        self.times.append(time.perf_counter())
+
+
+def our_images_per_second(prepared: Path, model_config: SegNetConfig, train_config: TrainConfig) -> float:
+    images, labels = load_split(prepared, "train")
+    clock = StepClock()
+    set_seed(0)
+    train(SegNet(model_config), images, labels, images[:8], labels[:8], 11, train_config, seed=0, callbacks=[clock])
+    steps = len(clock.times) - WARMUP_STEPS
+    return steps * train_config.batch_size / (clock.times[-1] - clock.times[WARMUP_STEPS - 1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=20, help="training .mat files of 32 panels to build")
+    arguments = parser.parse_args()
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    model_config = SegNetConfig(**params["model"])
+    train_config = TrainConfig(**{**params["train"], "epochs": 1, "val_fraction": 0.1})
+    device = select_device(train_config.device)
+    amp_dtype = select_amp_dtype(train_config.precision, device)
+
+    with tempfile.TemporaryDirectory(prefix="segnet-throughput-") as folder:
+        folder = Path(folder)
+        archive = folder / "archive.zip"
+        build_archive(archive, seed=0, train=SplitSpec(arguments.files, 32, 0, 4),
+                      test=SplitSpec(arguments.files, 32, 0, 9), test_digit_fraction=0.2)
+        extracted = folder / "extracted"
+        with zipfile.ZipFile(archive) as opened:
+            opened.extractall(extracted)  # our own archive, built above
+        mat_files = sorted(extracted.rglob("batch*.mat"))
+
+        start = time.perf_counter()
+        prepare_dataset(archive, folder / "prepared")
+        prepare_files_per_second = 2 * arguments.files / (time.perf_counter() - start)
+        start = time.perf_counter()
+        with zipfile.ZipFile(archive) as opened:
+            for name in opened.namelist():
+                scipy.io.loadmat(io.BytesIO(opened.read(name)))
+        plain_files_per_second = 2 * arguments.files / (time.perf_counter() - start)
+
+        reference = reference_images_per_second(mat_files, model_config, steps=len(mat_files))
+        ours = our_images_per_second(folder / "prepared", model_config, train_config)
+
+        test_images, test_labels = load_split(folder / "prepared", "test")
+        model = SegNet(model_config).to(device=device, memory_format=torch.channels_last)
+        start = time.perf_counter()
+        accumulate_confusion(model, test_images, test_labels, 11, params["evaluate"]["batch_size"], device)
+        evaluation = len(test_images) / (time.perf_counter() - start)
+
+    flops = training_flops_per_image(model_config)
+    peak_fp32 = matmul_peak(torch.float32)
+    peak_bf16 = matmul_peak(torch.bfloat16)
+    precision = "bfloat16" if amp_dtype == torch.bfloat16 else "float32"
+    peak = peak_bf16 if amp_dtype == torch.bfloat16 else peak_fp32
+    achieved = flops * ours
+    print(f"CPU threads: {torch.get_num_threads()}, cores: {os.cpu_count()}, torch {torch.__version__}")
+    print("| measure | value |")
+    print("|---|---:|")
+    print(f"| reference (course-style) training, images/s | {reference:.1f} |")
+    print(f"| our training ({precision} autocast, channels-last), images/s | {ours:.1f} |")
+    print(f"| ratio ours / reference | {ours / reference:.2f}x |")
+    print(f"| training GFLOP per image (forward + backward) | {flops / 1e9:.3f} |")
+    print(f"| our achieved GFLOP/s | {achieved / 1e9:.1f} |")
+    print(f"| measured matmul peak float32 / bfloat16, GFLOP/s | {peak_fp32 / 1e9:.1f} / {peak_bf16 / 1e9:.1f} |")
+    print(f"| achieved share of the {precision} matmul peak | {achieved / peak:.0%} |")
+    print(f"| evaluation (float32), images/s | {evaluation:.1f} |")
+    print(f"| prepare, files/s (ours / plain loadmat loop) | {prepare_files_per_second:.1f} / "
+          f"{plain_files_per_second:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
