@@ -11,6 +11,9 @@ import torch
 from torch import nn
 
 
+INPUT_TRANSFORMS = ("linear", "sqrt")
+
+
 @dataclass(frozen=True)
 class SegNetConfig:
     """Widths per level (encoder top-down, decoder bottom-up), kernel size, classes, input channels."""
@@ -20,6 +23,7 @@ class SegNetConfig:
     kernel_size: int = 3
     num_classes: int = 11
     in_channels: int = 3
+    input_transform: str = "sqrt"
 
     def __post_init__(self):
         object.__setattr__(self, "encoder_channels", tuple(int(c) for c in self.encoder_channels))
@@ -41,6 +45,8 @@ class SegNetConfig:
             )
         if self.kernel_size < 1 or self.kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd and >= 1 (to keep the size), got {self.kernel_size}")
+        if self.input_transform not in INPUT_TRANSFORMS:
+            raise ValueError(f"input_transform must be one of {INPUT_TRANSFORMS}, got {self.input_transform!r}")
         if self.num_classes < 2 or self.in_channels < 1:
             raise ValueError(f"need num_classes >= 2 and in_channels >= 1, got {self.num_classes}, {self.in_channels}")
 
@@ -105,6 +111,10 @@ class SegNet(nn.Module):
             raise ValueError(
                 f"input height and width must be multiples of {self.config.downsampling}, got {tuple(x.shape[-2:])}"
             )
+        if self.config.input_transform == "sqrt":
+            # Labels mark every non-zero pixel as ink, down to anti-aliased edges of 1/255. The square
+            # root lifts such faint ink (1/255 -> 0.06) so the first conv tells it from background.
+            x = x.clamp(min=0).sqrt()
         pool_indices = []
         for level in self.encoder:  # (N, 3, 64, 64) -> (N, 256, 4, 4) with defaults
             x, indices = level(x)

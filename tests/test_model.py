@@ -65,3 +65,16 @@ def test_nonsense_configurations_raise(arguments):
 def test_input_size_must_fit_the_pooling_levels():
     with pytest.raises(ValueError, match="multiples of 16"):
         SegNet(TINY)(torch.rand(1, 3, 60, 60))
+
+
+def test_sqrt_input_transform_lifts_faint_ink_and_is_part_of_the_model():
+    linear = SegNet(SegNetConfig(encoder_channels=(1,), decoder_channels=(1,), in_channels=1, input_transform="linear"))
+    lifted = SegNet(SegNetConfig(encoder_channels=(1,), decoder_channels=(1,), in_channels=1, input_transform="sqrt"))
+    seen = {}
+    for name, model in (("linear", linear), ("sqrt", lifted)):
+        model.encoder[0].block[0].register_forward_hook(lambda m, args, out, name=name: seen.update({name: args[0]}))
+        model(torch.full((1, 1, 2, 2), 1 / 255))
+    assert seen["linear"].max().item() == pytest.approx(1 / 255)
+    assert seen["sqrt"].max().item() == pytest.approx((1 / 255) ** 0.5)
+    with pytest.raises(ValueError, match="input_transform"):
+        SegNetConfig(input_transform="log")
