@@ -24,8 +24,8 @@ ui: venv
 	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
 
 bench: venv
-	python benchmarks/pipeline.py
-	python benchmarks/throughput.py
+	python -m benchmarks.pipeline
+	python -m benchmarks.throughput
 
 clean-venv:
 	rm -rf $(VENV)

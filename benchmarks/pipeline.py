@@ -3,7 +3,7 @@
 Clones the repository's HEAD into benchmarks/results/clone (no data, no tracking store; replaced on every
 run and kept afterwards for inspection), runs each DVC stage in order with the default params.yaml and
 prints a Markdown table: seconds per stage (process start included), the total, and the test metrics.
-Usage: make bench  (or python benchmarks/pipeline.py)
+Usage: make bench  (or python -m benchmarks.pipeline)
 """
 
 import json

@@ -7,7 +7,7 @@ Compares, on the same data and the same default SegNet:
   - our training's achieved FLOP rate (training FLOPs per image counted by torch.utils.flop_counter)
     against the measured matmul peak of the precision it computes in;
   - evaluation images/s, and `prepare` files/s against a plain sequential loadmat loop.
-Usage: make bench  (or python benchmarks/throughput.py [--files N])
+Usage: make bench  (or python -m benchmarks.throughput [--files N])
 """
 
 import argparse

@@ -1,0 +1,1 @@
+"""Benchmarks: measured by hand or with `make bench`, never asserted in tests."""
