@@ -18,7 +18,6 @@ import time
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import scipy.io
 import torch
 import yaml
@@ -26,7 +25,7 @@ from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from segnet.callbacks import Callback
-from segnet.data import load_split, to_input
+from segnet.data import load_split
 from segnet.generate import SplitSpec, build_archive
 from segnet.inference import accumulate_confusion
 from segnet.model import SegNet, SegNetConfig

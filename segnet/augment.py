@@ -16,7 +16,8 @@ _UNIQUE_BANDS = [
 def occupied_cells(labels: torch.Tensor) -> torch.Tensor:
     """(B, H, W) labels -> (B, 9) bool: which grid cells hold a digit (row-major)."""
     ink = labels > 0
-    return torch.stack([ink[:, rows, columns].flatten(1).any(1) for rows in _UNIQUE_BANDS for columns in _UNIQUE_BANDS], 1)
+    cells = [ink[:, rows, columns].flatten(1).any(1) for rows in _UNIQUE_BANDS for columns in _UNIQUE_BANDS]
+    return torch.stack(cells, 1)
 
 
 def overlay_panels(

@@ -33,7 +33,9 @@ def main() -> None:
     model_config = build(SegNetConfig, "model", params["model"])
     train_config = build(TrainConfig, "train", params["train"])
     if model_config.num_classes != NUM_CLASSES:
-        raise ValueError(f"params.yaml model.num_classes: the labels have {NUM_CLASSES} classes, got {model_config.num_classes}")
+        raise ValueError(
+            f"params.yaml model.num_classes: the labels have {NUM_CLASSES} classes, got {model_config.num_classes}"
+        )
     images, labels = load_split(prepared_dir, "train")
     dataset = json.loads((prepared_dir / "dataset.json").read_text())
     logged = {"seed": seed, "model": params["model"], "train": params["train"]}

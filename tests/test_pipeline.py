@@ -8,11 +8,12 @@ import sys
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 import torch
 import yaml
 
-from tests.helpers import write_zip
+from tests.helpers import course_zip, write_zip
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -179,9 +180,6 @@ def test_bad_archive_fails_clearly_and_keeps_the_last_good_results(project, tmp_
 
 
 def test_a_users_own_zip_outside_the_project_is_used_and_left_untouched(project, tmp_path):
-    from tests.helpers import course_zip
-    import numpy as np
-
     own = tmp_path / "elsewhere" / "multi-digit-mnist-dataset.zip"
     own.parent.mkdir()
     course_zip(own, np.random.default_rng(7), train_files=2, test_files=1, per_file=8, folder="data/multi-digit-mnist/")
