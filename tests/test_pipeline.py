@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -151,6 +152,21 @@ def test_experiments_with_changed_params_are_tracked_in_dvc_and_mlflow(project):
     assert evaluated["lr-high"].data.params["train.lr"] == "0.01"
     assert evaluated["lr-low"].data.params["train.lr"] == "0.0005"
     assert evaluated["lr-low"].data.tags["train_run_id"] in {found.info.run_id for found in runs["train"]}
+    assert not list((project / ".dvc" / "tmp").rglob("mlflow.db"))
+
+
+def test_queued_experiments_land_in_the_root_store(project):
+    run(["dvc", "exp", "run", "--queue", "-n", "queued-lr", "-S", "train.lr=0.002"], project)
+    run(["dvc", "queue", "start", "-j", "1"], project)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        status = run(["dvc", "queue", "status"], project).stdout
+        if "queued-lr" in status and not any(word in status for word in ("Queued", "Running")):
+            break
+        time.sleep(2)
+    assert "Success" in status, status
+    evaluated = {found.data.tags.get("dvc_experiment"): found for found in runs_by_stage(project)["evaluate"]}
+    assert evaluated["queued-lr"].data.params["train.lr"] == "0.002"
     assert not list((project / ".dvc" / "tmp").rglob("mlflow.db"))
 
 
