@@ -26,6 +26,7 @@ ui: venv
 bench: venv
 	python -m benchmarks.pipeline
 	python -m benchmarks.throughput
+	python -m benchmarks.techniques
 
 clean-venv:
 	rm -rf $(VENV)

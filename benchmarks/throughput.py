@@ -78,20 +78,48 @@ def reference_images_per_second(mat_files: list[Path], model_config: SegNetConfi
 class StepClock(Callback):
     """Times training steps after the warm-up, excluding validation."""
 
-    def __init__(self):
+    def __init__(self, device: torch.device):
+        self.device = device
         self.times = []
+        self.start = None
 
-    def on_step_end(self, step: int, loss: float) -> None:
+    def on_train_start(self, total_steps: int, steps_per_epoch: int) -> None:
+        self.start = time.perf_counter()
+
+    def on_step_end(self, step: int, loss: torch.Tensor) -> None:
+        _synchronize(self.device)
         self.times.append(time.perf_counter())
 
 
-def our_images_per_second(prepared: Path, model_config: SegNetConfig, train_config: TrainConfig) -> float:
+def our_images_per_second(
+    prepared: Path, model_config: SegNetConfig, train_config: TrainConfig
+) -> tuple[float, float]:
+    """Our training loop's images/s after the warm-up steps, and the seconds its first step took."""
     images, labels = load_split(prepared, "train")
-    clock = StepClock()
+    clock = StepClock(select_device(train_config.device))
     set_seed(0)
     train(SegNet(model_config), images, labels, images[:8], labels[:8], 11, train_config, seed=0, callbacks=[clock])
     steps = len(clock.times) - WARMUP_STEPS
-    return steps * train_config.batch_size / (clock.times[-1] - clock.times[WARMUP_STEPS - 1])
+    speed = steps * train_config.batch_size / (clock.times[-1] - clock.times[WARMUP_STEPS - 1])
+    return speed, clock.times[0] - clock.start
+
+
+def evaluation_images_per_second(prepared: Path, model_config: SegNetConfig, batch_size: int,
+                                 device: torch.device) -> float:
+    """The evaluate stage's loop: float32 whatever training used, so reported metrics never depend on it."""
+    images, labels = load_split(prepared, "test")
+    model = SegNet(model_config).to(device=device, memory_format=torch.channels_last)
+    accumulate_confusion(model, images[:batch_size], labels[:batch_size], 11, batch_size, device)
+    _synchronize(device)
+    start = time.perf_counter()
+    accumulate_confusion(model, images, labels, 11, batch_size, device)
+    _synchronize(device)
+    return len(images) / (time.perf_counter() - start)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def main() -> None:
@@ -100,9 +128,11 @@ def main() -> None:
     arguments = parser.parse_args()
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     model_config = SegNetConfig(**params["model"])
-    train_config = TrainConfig(**{**params["train"], "epochs": 1, "val_fraction": 0.1})
-    device = select_device(train_config.device)
-    amp_dtype = select_amp_dtype(train_config.precision, device)
+    # The CPU comparison always runs on the CPU; a GPU, when present, is measured separately below.
+    cpu_config = TrainConfig(**{**params["train"], "epochs": 1, "device": "cpu"})
+    cpu = torch.device("cpu")
+    amp_dtype = select_amp_dtype(cpu_config.precision, cpu)
+    evaluate_batch = params["evaluate"]["batch_size"]
 
     with tempfile.TemporaryDirectory(prefix="segnet-throughput-") as folder:
         folder = Path(folder)
@@ -124,13 +154,20 @@ def main() -> None:
         plain_files_per_second = 2 * arguments.files / (time.perf_counter() - start)
 
         reference = reference_images_per_second(mat_files, model_config, steps=len(mat_files))
-        ours = our_images_per_second(folder / "prepared", model_config, train_config)
-
-        test_images, test_labels = load_split(folder / "prepared", "test")
-        model = SegNet(model_config).to(device=device, memory_format=torch.channels_last)
-        start = time.perf_counter()
-        accumulate_confusion(model, test_images, test_labels, 11, params["evaluate"]["batch_size"], device)
-        evaluation = len(test_images) / (time.perf_counter() - start)
+        ours, _ = our_images_per_second(folder / "prepared", model_config, cpu_config)
+        evaluation = evaluation_images_per_second(folder / "prepared", model_config, evaluate_batch, cpu)
+        gpu_rows = []
+        if torch.cuda.is_available():
+            gpu = torch.device("cuda")
+            gpu_config = TrainConfig(**{**params["train"], "epochs": 1, "device": "cuda"})
+            gpu_amp = select_amp_dtype(gpu_config.precision, gpu)
+            gpu_precision = str(gpu_amp).replace("torch.", "") if gpu_amp else "float32"
+            gpu_rows = [
+                f"| GPU ({torch.cuda.get_device_name(gpu)}): our training ({gpu_precision}), images/s | "
+                f"{our_images_per_second(folder / 'prepared', model_config, gpu_config)[0]:.1f} |",
+                f"| GPU: evaluation (float32), images/s | "
+                f"{evaluation_images_per_second(folder / 'prepared', model_config, evaluate_batch, gpu):.1f} |",
+            ]
 
     flops = training_flops_per_image(model_config)
     peak_fp32 = matmul_peak(torch.float32)
@@ -141,7 +178,7 @@ def main() -> None:
     print(f"CPU threads: {torch.get_num_threads()}, cores: {os.cpu_count()}, torch {torch.__version__}")
     print("| measure | value |")
     print("|---|---:|")
-    print(f"| reference (course-style) training, images/s | {reference:.1f} |")
+    print(f"| reference (course-style, float32) training, images/s | {reference:.1f} |")
     print(f"| our training ({precision} autocast, channels-last), images/s | {ours:.1f} |")
     print(f"| ratio ours / reference | {ours / reference:.2f}x |")
     print(f"| training GFLOP per image (forward + backward) | {flops / 1e9:.3f} |")
@@ -151,6 +188,8 @@ def main() -> None:
     print(f"| evaluation (float32), images/s | {evaluation:.1f} |")
     print(f"| prepare, files/s (ours / plain loadmat loop) | {prepare_files_per_second:.1f} / "
           f"{plain_files_per_second:.1f} |")
+    for row in gpu_rows:
+        print(row)
 
 
 if __name__ == "__main__":

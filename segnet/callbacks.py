@@ -1,5 +1,6 @@
 """Hooks the training loop calls, so tracking and progress display stay out of the loop itself."""
 
+import torch
 from tqdm import tqdm
 
 
@@ -9,8 +10,8 @@ class Callback:
     def on_train_start(self, total_steps: int, steps_per_epoch: int) -> None:
         pass
 
-    def on_step_end(self, step: int, loss: float) -> None:
-        pass
+    def on_step_end(self, step: int, loss: torch.Tensor) -> None:
+        """`loss` is the step's detached 0-dim loss on the training device; float(loss) waits for the device."""
 
     def on_epoch_end(self, record: dict) -> None:
         """`record` holds epoch, step, train_loss, val_miou, lr and elapsed_s."""
@@ -22,6 +23,8 @@ class Callback:
 class ProgressBar(Callback):
     """A tqdm bar over all steps, showing the epoch, the running loss and the last validation mIoU."""
 
+    LOSS_EVERY = 20
+
     def __init__(self, epochs: int):
         self.epochs = epochs
         self.bar = None
@@ -32,12 +35,14 @@ class ProgressBar(Callback):
         self.bar = tqdm(total=total_steps, unit="step", dynamic_ncols=True, mininterval=1.0)
         self.bar.set_description(f"epoch 1/{self.epochs}")
 
-    def on_step_end(self, step: int, loss: float) -> None:
+    def on_step_end(self, step: int, loss: torch.Tensor) -> None:
         self.bar.update(1)
-        postfix = {"loss": f"{loss:.4f}"}
-        if self.val_miou is not None:
-            postfix["val_miou"] = f"{self.val_miou:.4f}"
-        self.bar.set_postfix(postfix, refresh=False)
+        # Reading the loss stalls a GPU's queue of work, so it is read only now and then.
+        if step % self.LOSS_EVERY == 0:
+            postfix = {"loss": f"{float(loss):.4f}"}
+            if self.val_miou is not None:
+                postfix["val_miou"] = f"{self.val_miou:.4f}"
+            self.bar.set_postfix(postfix, refresh=False)
 
     def on_epoch_end(self, record: dict) -> None:
         self.val_miou = record["val_miou"]

@@ -86,7 +86,11 @@ class DecoderLevel(nn.Module):
         self.block = conv_bn_relu(in_channels, out_channels, kernel_size)
 
     def forward(self, x: torch.Tensor, pool_indices: torch.Tensor) -> torch.Tensor:
-        return self.block(self.unpool(x, pool_indices))  # (N, C, H, W) -> (N, C', 2H, 2W)
+        # Autocast would run unpooling in float32 on the CPU: a cast of the level's largest tensor there and
+        # back, forward and backward. Unpooling only moves values, so it is exact in whatever dtype x has.
+        with torch.autocast(x.device.type, enabled=False):
+            x = self.unpool(x, pool_indices)
+        return self.block(x)  # (N, C, H, W) -> (N, C', 2H, 2W)
 
 
 class SegNet(nn.Module):

@@ -66,3 +66,17 @@ def predictions_png(images: torch.Tensor, labels: torch.Tensor, predictions: tor
                 axis.set_title(title)
     figure.tight_layout()
     return _png(figure)
+
+
+def miou_time_png(history: list[dict]) -> bytes:
+    """Validation mIoU against wall-clock training time, one point per epoch (the time-to-accuracy curve)."""
+    figure, axes = plt.subplots(figsize=(6, 4))
+    minutes = [record["elapsed_s"] / 60 for record in history]
+    axes.plot(minutes, [record["val_miou"] for record in history], marker="o")
+    axes.set_xlabel("training time (minutes, validation included)")
+    axes.set_ylabel("validation mIoU")
+    axes.set_ylim(max(0.0, min(record["val_miou"] for record in history[len(history) // 2 :]) - 0.05), 1.0)
+    axes.grid(True, alpha=0.3)
+    axes.set_title("Validation mIoU against training time")
+    figure.tight_layout()
+    return _png(figure)

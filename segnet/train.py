@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from segnet.augment import overlay_panels
+from segnet.augment import deform_panels, overlay_panels
 from segnet.callbacks import Callback
 from segnet.data import to_input
 from segnet.inference import accumulate_confusion, autocast
@@ -42,11 +42,14 @@ class TrainConfig:
     val_fraction: float = 0.1
     overlay_probability: float = 1.0
     overlay_partners: int = 2
+    deform_pixels: float = 0.0
+    deform_grid: int = 5
     val_batch_size: int = 256
     class_weighting: str = "none"
     device: str = "auto"
     precision: str = "auto"
     channels_last: bool = True
+    compile: bool = False
     threads: int = 0
 
     def __post_init__(self):
@@ -59,6 +62,8 @@ class TrainConfig:
             "val_fraction": 0 < self.val_fraction < 1,
             "overlay_probability": 0 <= self.overlay_probability <= 1,
             "overlay_partners": self.overlay_partners >= 0,
+            "deform_pixels": self.deform_pixels >= 0,
+            "deform_grid": self.deform_grid >= 2,
             "val_batch_size": self.val_batch_size >= 1,
             "threads": self.threads >= 0,
             "optimizer": self.optimizer in OPTIMIZERS,
@@ -184,6 +189,8 @@ def train(
     amp_dtype = select_amp_dtype(config.precision, device)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model.to(device=device, memory_format=memory_format)
+    # The compiled module shares its parameters with `model`, so state_dict() keeps plain names.
+    forward = torch.compile(model) if config.compile else model
 
     weights = None
     if config.class_weighting == "median_frequency":
@@ -203,12 +210,14 @@ def train(
     step = 0
     for epoch in range(1, config.epochs + 1):
         model.train()
-        running_loss = torch.zeros((), dtype=torch.float64)
+        running_loss = torch.zeros((), dtype=torch.float64, device=device)
         # The last partial batch is dropped: every step sees the same batch size, which keeps
         # batch-norm statistics and the learning-rate schedule consistent.
         order = torch.randperm(len(train_images), generator=batch_order)[: steps_per_epoch * config.batch_size]
         for batch in order.view(steps_per_epoch, config.batch_size):
-            batch_images, batch_labels = train_images[batch], train_labels[batch]
+            batch_images, batch_labels = deform_panels(
+                train_images[batch], train_labels[batch], config.deform_pixels, config.deform_grid, batch_order
+            )
             for _ in range(config.overlay_partners):
                 batch_images, batch_labels = overlay_panels(
                     batch_images, batch_labels, config.overlay_probability, batch_order
@@ -216,7 +225,7 @@ def train(
             inputs = to_input(batch_images, device, config.channels_last)
             targets = batch_labels.to(device, non_blocking=True).long()
             with autocast(device, amp_dtype):
-                logits = model(inputs)
+                logits = forward(inputs)
             loss = F.cross_entropy(logits.float(), targets, weight=weights)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -224,9 +233,9 @@ def train(
             schedule.step()
             step += 1
             loss_value = loss.detach()
-            running_loss += loss_value.cpu()
+            running_loss += loss_value
             for callback in callbacks:
-                callback.on_step_end(step, float(loss_value))
+                callback.on_step_end(step, loss_value)
 
         confusion = accumulate_confusion(
             model, val_images, val_labels, num_classes, config.val_batch_size, device, amp_dtype, config.channels_last

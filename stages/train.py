@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 import mlflow
@@ -22,6 +23,7 @@ from segnet.files import save_torch, write_bytes, write_json
 from segnet.model import SegNet, SegNetConfig
 from segnet.matfile import NUM_CLASSES
 from segnet.params import build, load_params
+from segnet.plots import miou_time_png
 from segnet.tracking import MLflowCallback, TRAIN_STAGE, log_metrics, stage_run
 from segnet.train import TrainConfig, set_seed, train
 
@@ -80,6 +82,10 @@ def main() -> None:
         log_metrics(summary)
         for path in (model_dir / "config.json", metrics_path, history_path):
             mlflow.log_artifact(str(path))
+        with tempfile.TemporaryDirectory() as folder:
+            picture = Path(folder) / "miou_vs_time.png"
+            picture.write_bytes(miou_time_png(result.history))
+            mlflow.log_artifact(str(picture))
         _log_model(model, result.best_state, images[:2])
 
 

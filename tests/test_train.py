@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from segnet.augment import occupied_cells, overlay_panels
+from segnet.augment import deform_panels, occupied_cells, overlay_panels
 from segnet.callbacks import Callback
 from segnet.data import split_indices, to_input
 from segnet.inference import accumulate_confusion
@@ -54,6 +54,34 @@ def test_overlay_with_probability_zero_changes_nothing():
     images = torch.randint(0, 255, (4, 8, 8, 3), dtype=torch.uint8)
     labels = torch.randint(0, 11, (4, 8, 8), dtype=torch.uint8)
     same_images, same_labels = overlay_panels(images, labels, 0.0, torch.Generator())
+    assert torch.equal(same_images, images) and torch.equal(same_labels, labels)
+
+
+def _digit_panels(count, seed):
+    images, labels = random_panels(count, np.random.default_rng(seed))
+    return torch.from_numpy(np.rint(images * 255).astype(np.uint8)), torch.from_numpy(labels)
+
+
+def test_deformation_bends_panels_but_keeps_the_ink_rule_and_the_digits():
+    images, labels = _digit_panels(16, 0)
+    new_images, new_labels = deform_panels(images, labels, 2.0, 5, torch.Generator().manual_seed(0))
+    assert new_images.shape == images.shape and new_images.dtype == images.dtype
+    assert new_labels.shape == labels.shape and new_labels.dtype == labels.dtype
+    assert torch.equal(new_images.amax(-1) > 0, new_labels > 0)  # a pixel is a digit exactly where it has ink
+    assert 0.005 < (new_labels != labels).float().mean() < 0.2  # moved, but only a little
+    for before, after in zip(labels, new_labels):  # nothing invented: only classes the panel had
+        assert set(after.unique().tolist()) <= set(before.unique().tolist())
+    assert torch.equal(labels, _digit_panels(16, 0)[1])  # inputs untouched
+
+
+def test_deformation_is_seeded_and_zero_pixels_is_the_identity():
+    images, labels = _digit_panels(4, 1)
+    first = deform_panels(images, labels, 1.5, 4, torch.Generator().manual_seed(7))
+    again = deform_panels(images, labels, 1.5, 4, torch.Generator().manual_seed(7))
+    other = deform_panels(images, labels, 1.5, 4, torch.Generator().manual_seed(8))
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+    assert not torch.equal(first[1], other[1])
+    same_images, same_labels = deform_panels(images, labels, 0.0, 4, torch.Generator())
     assert torch.equal(same_images, images) and torch.equal(same_labels, labels)
 
 

@@ -1,0 +1,69 @@
+"""Benchmark: what each speed setting in params.yaml's train section buys, measured in one run.
+
+Trains one short epoch per variant on the same small built-in dataset, changing one setting from the
+defaults at a time, and prints images/s (after a warm-up) and the first step's seconds (where
+torch.compile spends its compile time). Accuracy effects of settings are measured by full runs
+(README, Performance); this table is their speed side.
+Usage: make bench  (or python -m benchmarks.techniques [--files N])
+"""
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import torch
+import yaml
+
+from benchmarks.throughput import REPO, our_images_per_second
+from segnet.generate import SplitSpec, build_archive
+from segnet.model import SegNetConfig
+from segnet.prepare import prepare_dataset
+from segnet.train import TrainConfig
+
+# (setting, value) pairs compared against the defaults; None is the default run itself.
+VARIANTS = [
+    None,
+    ("precision", "float32"),
+    ("channels_last", False),
+    ("batch_size", 16),
+    ("batch_size", 64),
+    ("threads", 1),
+    ("overlay_partners", 0),
+    ("deform_pixels", 0.0),
+    ("compile", True),
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=20, help="training .mat files of 32 panels to build")
+    arguments = parser.parse_args()
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    model_config = SegNetConfig(**params["model"])
+    defaults = {**params["train"], "epochs": 1, "device": "cpu"}
+    threads = torch.get_num_threads()
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="segnet-techniques-") as folder:
+        archive, prepared = Path(folder) / "archive.zip", Path(folder) / "prepared"
+        build_archive(archive, seed=0, train=SplitSpec(arguments.files, 32, 0, 4),
+                      test=SplitSpec(1, 32, 0, 9), test_digit_fraction=0.2)
+        prepare_dataset(archive, prepared)
+        for variant in VARIANTS:
+            settings = dict(defaults)
+            if variant:
+                settings[variant[0]] = variant[1]
+            speed, first_step = our_images_per_second(prepared, model_config, TrainConfig(**settings))
+            torch.set_num_threads(threads)  # `threads` changes it process-wide
+            rows.append((f"{variant[0]}: {variant[1]}" if variant else "defaults", speed, first_step))
+
+    baseline = rows[0][1]
+    print(f"Defaults: {', '.join(f'{k}={defaults[k]}' for k in ('precision', 'channels_last', 'batch_size', 'threads', 'overlay_partners', 'deform_pixels', 'compile'))}")
+    print("| train setting changed | images/s | vs defaults | first step, s |")
+    print("|---|---:|---:|---:|")
+    for name, speed, first_step in rows:
+        print(f"| {name} | {speed:.1f} | {speed / baseline:.2f}x | {first_step:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
