@@ -9,9 +9,9 @@ Usage: make bench  (or python -m benchmarks.pipeline)
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
-import shutil
 import time
 from pathlib import Path
 
@@ -56,8 +56,10 @@ def main() -> None:
         *[f"| {stage} | {seconds[stage]:.0f} |" for stage in STAGES],
         f"| **total (`dvc repro`)** | **{sum(seconds.values()):.0f}** |",
         "",
-        f"Training: {training['epochs']} epochs, {training['train_images_per_second']:.0f} images/s, "
-        f"best validation mIoU {training['best_val_miou']:.4f} at epoch {training['best_epoch']}.",
+        f"Time to accuracy: test miou {evaluation['miou']:.4f} after {training['train_seconds']:.0f} s "
+        f"({training['train_seconds'] / 60:.1f} min) of training, validation included: {training['epochs']} epochs, "
+        f"{training['train_images_per_second']:.0f} images/s, best validation mIoU {training['best_val_miou']:.4f} "
+        f"at epoch {training['best_epoch']}.",
         "",
         "| test metric | value |",
         "|---|---:|",

@@ -58,7 +58,8 @@ def main() -> None:
             rows.append((f"{variant[0]}: {variant[1]}" if variant else "defaults", speed, first_step))
 
     baseline = rows[0][1]
-    print(f"Defaults: {', '.join(f'{k}={defaults[k]}' for k in ('precision', 'channels_last', 'batch_size', 'threads', 'overlay_partners', 'deform_pixels', 'compile'))}")
+    shown = ("precision", "channels_last", "batch_size", "threads", "overlay_partners", "deform_pixels", "compile")
+    print("Defaults: " + ", ".join(f"{key}={defaults[key]}" for key in shown))
     print("| train setting changed | images/s | vs defaults | first step, s |")
     print("|---|---:|---:|---:|")
     for name, speed, first_step in rows:

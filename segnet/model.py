@@ -10,7 +10,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-
 INPUT_TRANSFORMS = ("linear", "sqrt")
 
 

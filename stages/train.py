@@ -20,11 +20,11 @@ from segnet.callbacks import ProgressBar
 from segnet.cli import run_stage
 from segnet.data import load_split, split_indices, to_input
 from segnet.files import save_torch, write_bytes, write_json
-from segnet.model import SegNet, SegNetConfig
 from segnet.matfile import NUM_CLASSES
+from segnet.model import SegNet, SegNetConfig
 from segnet.params import build, load_params
 from segnet.plots import miou_time_png
-from segnet.tracking import MLflowCallback, TRAIN_STAGE, log_metrics, stage_run
+from segnet.tracking import TRAIN_STAGE, MLflowCallback, log_metrics, stage_run
 from segnet.train import TrainConfig, set_seed, train
 
 

@@ -21,7 +21,7 @@ BIN = Path(sys.executable).parent
 TINY = {
     "generate": dict(train_files=4, train_panels_per_file=8, test_files=2, test_panels_per_file=6),
     "model": dict(encoder_channels=[8, 8, 8, 8], decoder_channels=[8, 8, 8, 8]),
-    "train": dict(epochs=2, batch_size=8, val_fraction=0.25, val_batch_size=16),
+    "train": dict(epochs=2, batch_size=8, val_fraction=0.25, val_batch_size=16, deform_pixels=1.0),
     "evaluate": dict(batch_size=16, samples=2),
 }
 
@@ -111,6 +111,11 @@ def test_every_stage_is_one_linked_mlflow_run_in_the_root_store(project):
     assert set(train_run.data.metrics) >= {"train_loss", "val_miou", "best_val_miou"}
     history = store(project).get_metric_history(train_run.info.run_id, "val_miou")
     assert [point.step for point in history] == [1, 2]
+    # Time to accuracy: each epoch's validation mIoU is logged with its wall-clock time, and plotted.
+    elapsed = store(project).get_metric_history(train_run.info.run_id, "elapsed_s")
+    assert [point.step for point in elapsed] == [1, 2] and 0 < elapsed[0].value < elapsed[1].value
+    train_artifacts = {item.path for item in store(project).list_artifacts(train_run.info.run_id)}
+    assert {"miou_vs_time.png", "train_history.csv", "train.json", "config.json", "model"} <= train_artifacts
 
     # The evaluate run names its train run and carries the training params next to the test metrics.
     assert evaluate_run.data.tags["train_run_id"] == train_run.info.run_id

@@ -5,9 +5,9 @@ import torch
 from segnet.augment import deform_panels, occupied_cells, overlay_panels
 from segnet.callbacks import Callback
 from segnet.data import split_indices, to_input
+from segnet.generate import compose_panel
 from segnet.inference import accumulate_confusion
 from segnet.metrics import mean_iou
-from segnet.generate import compose_panel
 from segnet.model import SegNet, SegNetConfig
 from segnet.train import TrainConfig, class_weights, select_amp_dtype, set_seed, train
 from tests.helpers import random_panels
