@@ -31,7 +31,7 @@ CLASS_WEIGHTINGS = ("none", "median_frequency")
 class TrainConfig:
     """Every setting of a training run; the defaults here are overridden by params.yaml."""
 
-    epochs: int = 16
+    epochs: int = 23
     batch_size: int = 32
     optimizer: str = "adamw"
     lr: float = 3e-3
@@ -42,7 +42,7 @@ class TrainConfig:
     val_fraction: float = 0.1
     overlay_probability: float = 1.0
     overlay_partners: int = 2
-    deform_pixels: float = 0.0
+    deform_pixels: float = 1.0
     deform_grid: int = 5
     val_batch_size: int = 256
     class_weighting: str = "none"
