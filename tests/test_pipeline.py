@@ -115,7 +115,7 @@ def test_every_stage_is_one_linked_mlflow_run_in_the_root_store(project):
     elapsed = store(project).get_metric_history(train_run.info.run_id, "elapsed_s")
     assert [point.step for point in elapsed] == [1, 2] and 0 < elapsed[0].value < elapsed[1].value
     train_artifacts = {item.path for item in store(project).list_artifacts(train_run.info.run_id)}
-    assert {"miou_vs_time.png", "train_history.csv", "train.json", "config.json", "model"} <= train_artifacts
+    assert {"miou_vs_time.png", "train_history.csv", "train.json", "config.json"} <= train_artifacts
 
     # The evaluate run names its train run and carries the training params next to the test metrics.
     assert evaluate_run.data.tags["train_run_id"] == train_run.info.run_id
