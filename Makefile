@@ -27,6 +27,7 @@ bench: venv
 	python -m benchmarks.pipeline
 	python -m benchmarks.throughput
 	python -m benchmarks.techniques
+	python -m benchmarks.profile
 
 clean-venv:
 	rm -rf $(VENV)
