@@ -31,7 +31,7 @@ CLASS_WEIGHTINGS = ("none", "median_frequency")
 class TrainConfig:
     """Every setting of a training run; the defaults here are overridden by params.yaml."""
 
-    epochs: int = 25
+    epochs: int = 23
     batch_size: int = 32
     optimizer: str = "adamw"
     lr: float = 3e-3
