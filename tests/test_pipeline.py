@@ -138,12 +138,16 @@ def test_every_stage_is_one_linked_mlflow_run_in_the_root_store(project):
     assert loaded(torch.rand(2, 3, 64, 64)).shape == (2, 11, 64, 64)
 
 
-def test_a_forced_rerun_on_cpu_gives_byte_identical_metrics_and_weights(project):
+def test_a_forced_rerun_on_cpu_gives_byte_identical_metrics_and_weights_and_another_seed_does_not(project):
     metrics = (project / "metrics" / "evaluate.json").read_bytes()
     weights = (project / "data" / "model" / "model.pt").read_bytes()
     run(["dvc", "repro", "--force", "--single-item", "train", "evaluate"], project)
     assert (project / "metrics" / "evaluate.json").read_bytes() == metrics
     assert (project / "data" / "model" / "model.pt").read_bytes() == weights
+    # The seed really drives training: changing only it changes the weights and the scores.
+    run(["dvc", "exp", "run", "-n", "seed-1", "-S", "seed=1"], project)
+    assert (project / "data" / "model" / "model.pt").read_bytes() != weights
+    assert json.loads((project / "metrics" / "evaluate.json").read_text()) != json.loads(metrics)
 
 
 def test_experiments_with_changed_params_are_tracked_in_dvc_and_mlflow(project):
