@@ -6,3 +6,7 @@ class DatasetError(ValueError):
 
     The message always names the offending file (and the zip member where there is one).
     """
+
+
+class TrackingError(ValueError):
+    """Raised when the MLflow tracking store cannot be reached; the message names its URI and the fix."""

@@ -9,6 +9,8 @@ import contextlib
 import logging
 import os
 import subprocess
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from segnet.callbacks import Callback
+from segnet.errors import TrackingError
 from segnet.params import flatten
 
 log = logging.getLogger(__name__)
@@ -35,6 +38,29 @@ def project_root(start: Path | None = None) -> Path:
 
 def default_tracking_uri(root: Path) -> str:
     return f"sqlite:///{root / 'mlflow.db'}"
+
+
+def check_server(uri: str, timeout: float = 5.0) -> None:
+    """Fails fast, naming `uri`, when it is an MLflow server that does not answer its health check.
+
+    MLflow's own client retries a dead server with back-off for minutes, and a stage would only meet it
+    after reading its inputs; this check runs first. Stores that are not servers (sqlite, files) pass.
+    """
+    if not uri.startswith(("http://", "https://")):
+        return
+    health = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(health, timeout=timeout) as response:
+            if response.status == 200:
+                return
+            reason = f"HTTP {response.status}"
+    except (urllib.error.URLError, OSError) as error:
+        reason = str(getattr(error, "reason", error))
+    raise TrackingError(
+        f"MLFLOW_TRACKING_URI={uri}: the MLflow tracking server does not answer ({health}: {reason}). "
+        "Start it (for example `mlflow server --host 127.0.0.1 --port 5000`), correct MLFLOW_TRACKING_URI, "
+        "or unset it to use the project's own store (mlflow.db at the repository root)."
+    )
 
 
 def _experiment_id(client: MlflowClient, name: str, artifact_location: str | None) -> str:
@@ -61,6 +87,8 @@ def stage_run(stage: str, experiment: str, params: dict, tags: dict | None = Non
     root = project_root()
     # Read before set_tracking_uri, which writes MLFLOW_TRACKING_URI into the environment itself.
     user_uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if user_uri:
+        check_server(user_uri)
     mlflow.set_tracking_uri(user_uri or default_tracking_uri(root))
     # Only the project's own store gets the project's artifact folder; a server decides for itself.
     artifact_location = None if user_uri else (root / "mlartifacts").as_uri()

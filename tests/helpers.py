@@ -1,6 +1,7 @@
 """Small real datasets for tests: .mat files written by scipy, zipped like the course release."""
 
 import io
+import socket
 import zipfile
 
 import numpy as np
@@ -56,3 +57,10 @@ def course_zip(path, rng: np.random.Generator, train_files=3, test_files=2, per_
         contents[folder + name] = random_panels(per_file, rng, max_digits=9 if name.startswith("test") else 4)
     write_zip(path, {name: course_mat(*arrays) for name, arrays in contents.items()})
     return contents
+
+
+def dead_server_uri() -> str:
+    """An http:// URI on a loopback port that nothing listens on."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{probe.getsockname()[1]}"

@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from tests.helpers import course_zip, write_zip
+from tests.helpers import course_zip, dead_server_uri, write_zip
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -221,3 +221,20 @@ def test_a_users_own_zip_outside_the_project_is_used_and_left_untouched(project,
     prepared = json.loads((project / "metrics" / "prepare.json").read_text())
     assert prepared["archive"] == str(own) and prepared["train_images"] == 16 and prepared["test_images"] == 8
     assert own.read_bytes() == own_bytes
+
+
+def test_a_tracking_server_that_is_down_stops_a_stage_at_its_start(project):
+    dead = dead_server_uri()
+    lock_before = (project / "dvc.lock").read_text()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env.update(PATH=f"{BIN}{os.pathsep}{env['PATH']}", MLFLOW_TRACKING_URI=dead)
+    # The timeout catches MLflow's own minutes-long retrying: the check must fail before any of it.
+    result = subprocess.run(["dvc", "repro", "--force", "--single-item", "train"], cwd=project, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert f"MLFLOW_TRACKING_URI={dead}: the MLflow tracking server does not answer" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "epoch" not in result.stderr  # no training started
+    assert (project / "dvc.lock").read_text() == lock_before
+    run(["dvc", "checkout"], project)
+    assert (project / "data" / "model" / "model.pt").is_file()
