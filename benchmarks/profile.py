@@ -7,35 +7,27 @@ augmentation). This is the evidence behind the speed discussion in README, Perfo
 Usage: python -m benchmarks.profile [--files N]
 """
 
-import argparse
 import tempfile
 from pathlib import Path
 
-import yaml
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.throughput import REPO, training_flops_per_image
+from benchmarks.common import one_epoch, read_settings, small_archive
+from benchmarks.throughput import training_flops_per_image
 from segnet.data import load_split
-from segnet.generate import SplitSpec, build_archive
-from segnet.model import SegNet, SegNetConfig
+from segnet.model import SegNet
 from segnet.prepare import prepare_dataset
-from segnet.train import TrainConfig, set_seed, train
+from segnet.train import set_seed, train
 
 CONVOLUTION_OPS = ("aten::mkldnn_convolution", "aten::convolution_backward")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--files", type=int, default=8, help="training .mat files of 32 panels to build")
-    arguments = parser.parse_args()
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    model_config = SegNetConfig(**params["model"])
-    config = TrainConfig(**{**params["train"], "epochs": 1, "device": "cpu"})
+    params, model_config, files = read_settings(__doc__.splitlines()[0], default_files=8)
+    config = one_epoch(params)
     with tempfile.TemporaryDirectory(prefix="segnet-profile-") as folder:
-        archive, prepared = Path(folder) / "archive.zip", Path(folder) / "prepared"
-        build_archive(archive, seed=0, train=SplitSpec(arguments.files, 32, 0, 4),
-                      test=SplitSpec(1, 32, 0, 9), test_digit_fraction=0.2)
-        prepare_dataset(archive, prepared)
+        prepared = Path(folder) / "prepared"
+        prepare_dataset(small_archive(folder, files, 1), prepared)
         images, labels = load_split(prepared, "train")
     set_seed(0)
     # A first epoch outside the profiler warms up oneDNN's kernel choices.

@@ -7,18 +7,14 @@ torch.compile spends its compile time). Accuracy effects of settings are measure
 Usage: make bench  (or python -m benchmarks.techniques [--files N])
 """
 
-import argparse
 import tempfile
 from pathlib import Path
 
 import torch
-import yaml
 
-from benchmarks.throughput import REPO, our_images_per_second
-from segnet.generate import SplitSpec, build_archive
-from segnet.model import SegNetConfig
+from benchmarks.common import one_epoch, read_settings, small_archive
+from benchmarks.throughput import our_images_per_second
 from segnet.prepare import prepare_dataset
-from segnet.train import TrainConfig
 
 # (setting, value) pairs compared against the defaults; None is the default run itself.
 VARIANTS = [
@@ -35,25 +31,17 @@ VARIANTS = [
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--files", type=int, default=20, help="training .mat files of 32 panels to build")
-    arguments = parser.parse_args()
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    model_config = SegNetConfig(**params["model"])
-    defaults = {**params["train"], "epochs": 1, "device": "cpu"}
+    params, model_config, files = read_settings(__doc__.splitlines()[0], default_files=20)
+    defaults = vars(one_epoch(params))
     threads = torch.get_num_threads()
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="segnet-techniques-") as folder:
-        archive, prepared = Path(folder) / "archive.zip", Path(folder) / "prepared"
-        build_archive(archive, seed=0, train=SplitSpec(arguments.files, 32, 0, 4),
-                      test=SplitSpec(1, 32, 0, 9), test_digit_fraction=0.2)
-        prepare_dataset(archive, prepared)
+        prepared = Path(folder) / "prepared"
+        prepare_dataset(small_archive(folder, files, 1), prepared)
         for variant in VARIANTS:
-            settings = dict(defaults)
-            if variant:
-                settings[variant[0]] = variant[1]
-            speed, first_step = our_images_per_second(prepared, model_config, TrainConfig(**settings))
+            changes = dict([variant]) if variant else {}
+            speed, first_step = our_images_per_second(prepared, model_config, one_epoch(params, **changes))
             torch.set_num_threads(threads)  # `threads` changes it process-wide
             rows.append((f"{variant[0]}: {variant[1]}" if variant else "defaults", speed, first_step))
 

@@ -10,7 +10,6 @@ Compares, on the same data and the same default SegNet:
 Usage: make bench  (or python -m benchmarks.throughput [--files N])
 """
 
-import argparse
 import io
 import os
 import tempfile
@@ -20,19 +19,17 @@ from pathlib import Path
 
 import scipy.io
 import torch
-import yaml
 from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from benchmarks.common import one_epoch, read_settings, small_archive
 from segnet.callbacks import Callback
 from segnet.data import load_split
-from segnet.generate import SplitSpec, build_archive
 from segnet.inference import accumulate_confusion
 from segnet.model import SegNet, SegNetConfig
 from segnet.prepare import prepare_dataset
 from segnet.train import TrainConfig, select_amp_dtype, select_device, set_seed, train
 
-REPO = Path(__file__).resolve().parents[1]
 WARMUP_STEPS = 3
 
 
@@ -123,22 +120,16 @@ def _synchronize(device: torch.device) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--files", type=int, default=20, help="training .mat files of 32 panels to build")
-    arguments = parser.parse_args()
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    model_config = SegNetConfig(**params["model"])
+    params, model_config, files = read_settings(__doc__.splitlines()[0], default_files=20)
     # The CPU comparison always runs on the CPU; a GPU, when present, is measured separately below.
-    cpu_config = TrainConfig(**{**params["train"], "epochs": 1, "device": "cpu"})
+    cpu_config = one_epoch(params)
     cpu = torch.device("cpu")
     amp_dtype = select_amp_dtype(cpu_config.precision, cpu)
     evaluate_batch = params["evaluate"]["batch_size"]
 
     with tempfile.TemporaryDirectory(prefix="segnet-throughput-") as folder:
         folder = Path(folder)
-        archive = folder / "archive.zip"
-        build_archive(archive, seed=0, train=SplitSpec(arguments.files, 32, 0, 4),
-                      test=SplitSpec(arguments.files, 32, 0, 9), test_digit_fraction=0.2)
+        archive = small_archive(folder, files, files)
         extracted = folder / "extracted"
         with zipfile.ZipFile(archive) as opened:
             opened.extractall(extracted)  # our own archive, built above
@@ -146,12 +137,12 @@ def main() -> None:
 
         start = time.perf_counter()
         prepare_dataset(archive, folder / "prepared")
-        prepare_files_per_second = 2 * arguments.files / (time.perf_counter() - start)
+        prepare_files_per_second = 2 * files / (time.perf_counter() - start)
         start = time.perf_counter()
         with zipfile.ZipFile(archive) as opened:
             for name in opened.namelist():
                 scipy.io.loadmat(io.BytesIO(opened.read(name)))
-        plain_files_per_second = 2 * arguments.files / (time.perf_counter() - start)
+        plain_files_per_second = 2 * files / (time.perf_counter() - start)
 
         reference = reference_images_per_second(mat_files, model_config, steps=len(mat_files))
         ours, _ = our_images_per_second(folder / "prepared", model_config, cpu_config)
@@ -159,7 +150,7 @@ def main() -> None:
         gpu_rows = []
         if torch.cuda.is_available():
             gpu = torch.device("cuda")
-            gpu_config = TrainConfig(**{**params["train"], "epochs": 1, "device": "cuda"})
+            gpu_config = one_epoch(params, device="cuda")
             gpu_amp = select_amp_dtype(gpu_config.precision, gpu)
             gpu_precision = str(gpu_amp).replace("torch.", "") if gpu_amp else "float32"
             gpu_rows = [

@@ -95,4 +95,4 @@ def deform_panels(
     new_labels = labels.flatten(1).gather(1, source).view_as(labels) * inside
     channels = images.shape[-1]
     new_images = images.flatten(1, 2).gather(1, source[..., None].expand(-1, -1, channels)).view_as(images)
-    return new_images * inside[..., None], new_labels.to(labels.dtype)
+    return new_images * inside[..., None], new_labels

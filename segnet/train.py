@@ -153,8 +153,12 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
 
 def make_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int):
     if config.schedule == "onecycle":
+        # OneCycleLR divides by (warm-up steps - 1) and by the steps after it: a warm-up of exactly one
+        # step, or of all steps, divides by zero. Short runs get 1.5 steps of warm-up and at least half a
+        # step after it; longer runs keep warmup_fraction as it is.
+        warmup_steps = min(max(config.warmup_fraction * total_steps, 1.5), total_steps - 0.5)
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=config.lr, total_steps=total_steps, pct_start=config.warmup_fraction
+            optimizer, max_lr=config.lr, total_steps=total_steps, pct_start=warmup_steps / total_steps
         )
     if config.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)

@@ -149,3 +149,14 @@ def test_training_learns_and_returns_the_best_epochs_weights():
     model.load_state_dict(result.best_state)
     confusion = accumulate_confusion(model, images[40:], labels[40:], 11, 16, torch.device("cpu"))
     assert mean_iou(confusion) == pytest.approx(result.best_val_miou)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 5, 10])
+def test_one_cycle_schedule_runs_however_few_steps_there_are(steps):
+    # 5 steps with warmup_fraction 0.2 is a one-step warm-up, which OneCycleLR alone divides by zero on.
+    images, labels = _digit_panels(8 * steps, 2)
+    set_seed(0)
+    model = SegNet(SegNetConfig(encoder_channels=(4, 4, 4, 4), decoder_channels=(4, 4, 4, 4)))
+    config = TrainConfig(epochs=1, batch_size=8, lr=0.01, precision="float32", warmup_fraction=0.2)
+    result = train(model, images, labels, images[:8], labels[:8], 11, config, seed=0)
+    assert result.history[-1]["step"] == steps

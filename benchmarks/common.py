@@ -1,0 +1,32 @@
+"""What the throughput, techniques and profile benchmarks share: their settings and a small built-in dataset."""
+
+import argparse
+from pathlib import Path
+
+from segnet.generate import SplitSpec, build_archive
+from segnet.model import SegNetConfig
+from segnet.params import load_params
+from segnet.train import TrainConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def read_settings(description: str, default_files: int) -> tuple[dict, SegNetConfig, int]:
+    """params.yaml, its model config, and the --files argument (training .mat files of 32 panels)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--files", type=int, default=default_files, help="training .mat files of 32 panels to build")
+    params = load_params(REPO / "params.yaml")
+    return params, SegNetConfig(**params["model"]), parser.parse_args().files
+
+
+def one_epoch(params: dict, **changes) -> TrainConfig:
+    """params.yaml's train settings for one epoch, on the CPU unless `changes` say otherwise."""
+    return TrainConfig(**{**params["train"], "epochs": 1, "device": "cpu", **changes})
+
+
+def small_archive(folder: Path, train_files: int, test_files: int) -> Path:
+    """A seeded built-in archive of 32-panel files (training 0-4 digits, test 0-9) in `folder`."""
+    archive = Path(folder) / "archive.zip"
+    build_archive(archive, seed=0, train=SplitSpec(train_files, 32, 0, 4), test=SplitSpec(test_files, 32, 0, 9),
+                  test_digit_fraction=0.2)
+    return archive
