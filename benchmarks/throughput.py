@@ -80,7 +80,7 @@ class StepClock(Callback):
         self.times = []
         self.start = None
 
-    def on_train_start(self, total_steps: int, steps_per_epoch: int) -> None:
+    def on_train_start(self, total_steps: int, steps_per_epoch: int, start_step: int) -> None:
         self.start = time.perf_counter()
 
     def on_step_end(self, step: int, loss: torch.Tensor) -> None:

@@ -7,8 +7,8 @@ from tqdm import tqdm
 class Callback:
     """Base class: override the hooks you need."""
 
-    def on_train_start(self, total_steps: int, steps_per_epoch: int) -> None:
-        pass
+    def on_train_start(self, total_steps: int, steps_per_epoch: int, start_step: int) -> None:
+        """`start_step` is 0, or the step a resumed run continues after."""
 
     def on_step_end(self, step: int, loss: torch.Tensor) -> None:
         """`loss` is the step's detached 0-dim loss on the training device; float(loss) waits for the device."""
@@ -31,9 +31,9 @@ class ProgressBar(Callback):
         self.epoch = 1
         self.val_miou = None
 
-    def on_train_start(self, total_steps: int, steps_per_epoch: int) -> None:
-        self.bar = tqdm(total=total_steps, unit="step", dynamic_ncols=True, mininterval=1.0)
-        self.bar.set_description(f"epoch 1/{self.epochs}")
+    def on_train_start(self, total_steps: int, steps_per_epoch: int, start_step: int) -> None:
+        self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, mininterval=1.0)
+        self.bar.set_description(f"epoch {start_step // steps_per_epoch + 1}/{self.epochs}")
 
     def on_step_end(self, step: int, loss: torch.Tensor) -> None:
         self.bar.update(1)

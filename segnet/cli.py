@@ -10,9 +10,10 @@ log = logging.getLogger("segnet")
 
 
 def run_stage(main: Callable[[], None]) -> None:
-    """Runs a stage's main(); a DatasetError or ValueError becomes one clear line and exit status 1.
+    """Runs a stage's main(), turning the failures a user can cause into one clear line and an exit status.
 
-    Anything else is a bug and keeps its traceback.
+    A DatasetError or ValueError exits with 1, an interrupt (Ctrl-C, SIGTERM) with 130. Anything else is a
+    bug and keeps its traceback.
     """
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
@@ -20,3 +21,7 @@ def run_stage(main: Callable[[], None]) -> None:
     except (DatasetError, ValueError) as error:
         log.error("%s", error)
         sys.exit(1)
+    except KeyboardInterrupt as interrupt:
+        # 130 = 128 + SIGINT, the shell's code for a command stopped by Ctrl-C.
+        log.error("interrupted: %s", interrupt or "stopped before any checkpoint")
+        sys.exit(130)

@@ -79,10 +79,14 @@ def _git_commit(cwd: Path) -> str | None:
 
 
 @contextlib.contextmanager
-def stage_run(stage: str, experiment: str, params: dict, tags: dict | None = None) -> Iterator[mlflow.ActiveRun]:
+def stage_run(
+    stage: str, experiment: str, params: dict, tags: dict | None = None, resume_run_id: str | None = None
+) -> Iterator[mlflow.ActiveRun]:
     """Opens the MLflow run of one stage execution, with its params and identifying tags.
 
-    A stage that raises ends its run as FAILED (mlflow.start_run's context does that).
+    A stage that raises ends its run as FAILED; one stopped by Ctrl-C or SIGTERM (KeyboardInterrupt) ends it
+    as KILLED. `resume_run_id` reopens that run (a training resumed from its checkpoint) when the store
+    still has it; otherwise a new run is started.
     """
     root = project_root()
     # Read before set_tracking_uri, which writes MLFLOW_TRACKING_URI into the environment itself.
@@ -105,9 +109,24 @@ def stage_run(stage: str, experiment: str, params: dict, tags: dict | None = Non
         run_tags["mlflow.source.git.commit"] = commit
     run_tags.update(tags or {})
     run_name = f"{stage} {dvc_experiment}" if dvc_experiment else stage
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=run_tags) as run:
-        mlflow.log_params(flatten(params))
-        yield run
+    if resume_run_id and not _run_exists(resume_run_id, experiment_id):
+        log.warning("run %s to resume is not in this tracking store; starting a new run", resume_run_id)
+        resume_run_id = None
+    with mlflow.start_run(run_id=resume_run_id, experiment_id=experiment_id, run_name=run_name, tags=run_tags) as run:
+        try:
+            mlflow.log_params(flatten(params))
+            yield run
+        except KeyboardInterrupt:
+            mlflow.end_run(status="KILLED")
+            raise
+
+
+def _run_exists(run_id: str, experiment_id: str) -> bool:
+    try:
+        found = MlflowClient().get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        return False
+    return found.info.experiment_id == experiment_id and found.info.lifecycle_stage == "active"
 
 
 def find_run(experiment: str, stage: str, tag: str, value: str) -> str | None:

@@ -5,8 +5,9 @@ import logging
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -15,6 +16,7 @@ from torch.nn import functional as F
 
 from segnet.augment import deform_panels, overlay_panels
 from segnet.callbacks import Callback
+from segnet.checkpoint import Checkpointer
 from segnet.data import to_input
 from segnet.inference import accumulate_confusion, autocast
 from segnet.metrics import mean_iou
@@ -51,6 +53,7 @@ class TrainConfig:
     channels_last: bool = True
     compile: bool = False
     threads: int = 0
+    checkpoint_steps: int = 100
 
     def __post_init__(self):
         checks = {
@@ -66,6 +69,7 @@ class TrainConfig:
             "deform_grid": self.deform_grid >= 2,
             "val_batch_size": self.val_batch_size >= 1,
             "threads": self.threads >= 0,
+            "checkpoint_steps": self.checkpoint_steps >= 0,
             "optimizer": self.optimizer in OPTIMIZERS,
             "schedule": self.schedule in SCHEDULES,
             "precision": self.precision in PRECISIONS,
@@ -87,6 +91,17 @@ class TrainResult:
     train_seconds: float = 0.0
     device: str = "cpu"
     amp_dtype: str = "float32"
+    resumed_from_step: int = 0
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped on request (Ctrl-C, SIGTERM) after saving a checkpoint at `step`."""
+
+    def __init__(self, step: int, checkpoint: Path | None):
+        where = f"; checkpoint saved to {checkpoint}" if checkpoint else "; no checkpoint (checkpointing is off)"
+        super().__init__(f"training stopped at step {step}{where}")
+        self.step = step
+        self.checkpoint = checkpoint
 
 
 def set_seed(seed: int) -> None:
@@ -175,6 +190,9 @@ def train(
     config: TrainConfig,
     seed: int,
     callbacks: Sequence[Callback] = (),
+    checkpointer: Checkpointer | None = None,
+    resume: dict | None = None,
+    stop_requested: Callable[[], bool] = lambda: False,
 ) -> TrainResult:
     """Trains `model` and returns the weights of the epoch with the best validation mIoU.
 
@@ -186,6 +204,14 @@ def train(
         config: Optimisation and hardware settings.
         seed: Seeds initialisation-independent randomness here (batch order).
         callbacks: Receive progress events.
+        checkpointer: Saves the loop state every `every_steps` steps and at the end of every epoch.
+        resume: A state saved by `checkpointer` (segnet.checkpoint.load_checkpoint's "state"): training
+            continues from it and ends exactly as the uninterrupted run would (on the CPU).
+        stop_requested: Polled after every step; when it returns True the loop saves a checkpoint and
+            raises TrainingInterrupted.
+
+    Raises:
+        TrainingInterrupted: `stop_requested` returned True.
     """
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -207,18 +233,52 @@ def train(
     schedule = make_schedule(optimizer, config, total_steps)
     batch_order = torch.Generator().manual_seed(seed)
 
+    # The loop's whole state: a checkpoint of it resumes the run as if it had never stopped. `order` holds
+    # the current epoch's batches (None between epochs) and `batch` the next one to train on.
+    loop = {
+        "epoch": 1, "batch": 0, "step": 0, "order": None, "running_loss": None, "elapsed_s": 0.0,
+        "best_state": None, "best_epoch": 0, "best_miou": -math.inf, "history": [],
+    }
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        schedule.load_state_dict(resume["schedule"])
+        batch_order.set_state(resume["batch_order"])
+        torch.set_rng_state(resume["torch_rng"])
+        loop.update(resume["loop"])
+        log.info("resuming at epoch %d, step %d of %d", loop["epoch"], loop["step"], total_steps)
+    resumed_from_step = loop["step"]
+
+    def save_checkpoint() -> None:
+        checkpointer.save({
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(),
+            "batch_order": batch_order.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "loop": {**loop, "elapsed_s": loop["elapsed_s"] + time.perf_counter() - start},
+        })
+
+    def stop_if_requested() -> None:
+        if stop_requested():
+            if checkpointer:
+                save_checkpoint()
+            raise TrainingInterrupted(loop["step"], checkpointer.path if checkpointer else None)
+
     for callback in callbacks:
-        callback.on_train_start(total_steps, steps_per_epoch)
-    best_state, best_epoch, best_miou, history = None, 0, -math.inf, []
+        callback.on_train_start(total_steps, steps_per_epoch, loop["step"])
     start = time.perf_counter()
-    step = 0
-    for epoch in range(1, config.epochs + 1):
+    while loop["epoch"] <= config.epochs:
         model.train()
-        running_loss = torch.zeros((), dtype=torch.float64, device=device)
-        # The last partial batch is dropped: every step sees the same batch size, which keeps
-        # batch-norm statistics and the learning-rate schedule consistent.
-        order = torch.randperm(len(train_images), generator=batch_order)[: steps_per_epoch * config.batch_size]
-        for batch in order.view(steps_per_epoch, config.batch_size):
+        if loop["order"] is None:
+            # The last partial batch is dropped: every step sees the same batch size, which keeps
+            # batch-norm statistics and the learning-rate schedule consistent.
+            order = torch.randperm(len(train_images), generator=batch_order)[: steps_per_epoch * config.batch_size]
+            loop.update(order=order.view(steps_per_epoch, config.batch_size), batch=0,
+                        running_loss=torch.zeros((), dtype=torch.float64))
+        running_loss = loop["running_loss"].to(device)
+        while loop["batch"] < steps_per_epoch:
+            batch = loop["order"][loop["batch"]]
             batch_images, batch_labels = deform_panels(
                 train_images[batch], train_labels[batch], config.deform_pixels, config.deform_grid, batch_order
             )
@@ -235,39 +295,50 @@ def train(
             loss.backward()
             optimizer.step()
             schedule.step()
-            step += 1
             loss_value = loss.detach()
             running_loss += loss_value
+            loop["batch"] += 1
+            loop["step"] += 1
+            loop["running_loss"] = running_loss
             for callback in callbacks:
-                callback.on_step_end(step, loss_value)
+                callback.on_step_end(loop["step"], loss_value)
+            # Mid-epoch checkpoints; the epoch's last step is covered by the end-of-epoch one below.
+            if (checkpointer and checkpointer.every_steps and loop["step"] % checkpointer.every_steps == 0
+                    and loop["batch"] < steps_per_epoch):
+                save_checkpoint()
+            stop_if_requested()
 
         confusion = accumulate_confusion(
             model, val_images, val_labels, num_classes, config.val_batch_size, device, amp_dtype, config.channels_last
         )
         record = {
-            "epoch": epoch,
-            "step": step,
+            "epoch": loop["epoch"],
+            "step": loop["step"],
             "train_loss": float(running_loss) / steps_per_epoch,
             "val_miou": mean_iou(confusion),
             "lr": optimizer.param_groups[0]["lr"],
-            "elapsed_s": time.perf_counter() - start,
+            "elapsed_s": loop["elapsed_s"] + time.perf_counter() - start,
         }
-        history.append(record)
-        if record["val_miou"] > best_miou:
-            best_miou, best_epoch = record["val_miou"], epoch
-            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+        loop["history"].append(record)
+        if record["val_miou"] > loop["best_miou"]:
+            loop.update(best_miou=record["val_miou"], best_epoch=loop["epoch"])
+            loop["best_state"] = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+        loop.update(epoch=loop["epoch"] + 1, order=None, running_loss=None)
+        if checkpointer:
+            save_checkpoint()
         for callback in callbacks:
             callback.on_epoch_end(record)
+        stop_if_requested()
     for callback in callbacks:
         callback.on_train_end()
 
     return TrainResult(
-        best_state=best_state,
-        best_epoch=best_epoch,
-        best_val_miou=best_miou,
-        history=history,
-        train_seconds=time.perf_counter() - start,
+        best_state=loop["best_state"],
+        best_epoch=loop["best_epoch"],
+        best_val_miou=loop["best_miou"],
+        history=loop["history"],
+        train_seconds=loop["elapsed_s"] + time.perf_counter() - start,
         device=str(device),
         amp_dtype=str(amp_dtype).replace("torch.", "") if amp_dtype else "float32",
+        resumed_from_step=resumed_from_step,
     )
-

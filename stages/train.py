@@ -1,7 +1,12 @@
 """DVC stage `train`: trains SegNet on the prepared training split, selecting the epoch by validation mIoU.
 
-Usage: python -m stages.train PREPARED_DIR MODEL_DIR METRICS_JSON HISTORY_CSV
+Usage: python -m stages.train PREPARED_DIR MODEL_DIR METRICS_JSON HISTORY_CSV CHECKPOINT_DIR
 The test split is not read here: only `evaluate` touches it.
+
+Interrupted training resumes: the loop state is saved to CHECKPOINT_DIR every train.checkpoint_steps steps
+and at every epoch's end, and the next run with the same settings, data and code continues from it (into the
+same MLflow run), ending with exactly the weights of an uninterrupted run. Ctrl-C saves a checkpoint, marks
+the MLflow run KILLED and exits with 130. The checkpoint is deleted once training has finished.
 """
 
 import csv
@@ -15,11 +20,14 @@ import mlflow
 import numpy as np
 import torch
 
+import segnet
 from segnet.archive import sha256_file
 from segnet.callbacks import ProgressBar
+from segnet.checkpoint import Checkpointer, fingerprint, load_checkpoint
 from segnet.cli import run_stage
 from segnet.data import load_split, split_indices, to_input
 from segnet.files import save_torch, write_bytes, write_json
+from segnet.interrupt import StopSignals
 from segnet.matfile import NUM_CLASSES
 from segnet.model import SegNet, SegNetConfig
 from segnet.params import build, load_params
@@ -29,7 +37,7 @@ from segnet.train import TrainConfig, set_seed, train
 
 
 def main() -> None:
-    prepared_dir, model_dir, metrics_path, history_path = (Path(arg) for arg in sys.argv[1:5])
+    prepared_dir, model_dir, metrics_path, history_path, checkpoint_dir = (Path(arg) for arg in sys.argv[1:6])
     params = load_params()
     seed = params["seed"]
     model_config = build(SegNetConfig, "model", params["model"])
@@ -39,11 +47,21 @@ def main() -> None:
             f"params.yaml model.num_classes: the labels have {NUM_CLASSES} classes, got {model_config.num_classes}"
         )
     images, labels = load_split(prepared_dir, "train")
-    dataset = json.loads((prepared_dir / "dataset.json").read_text())
+    dataset_record = (prepared_dir / "dataset.json").read_text()
+    dataset = json.loads(dataset_record)
     logged = {"seed": seed, "model": params["model"], "train": params["train"]}
     tags = {"dataset_sha256": dataset["archive_sha256"]}
 
-    with stage_run(TRAIN_STAGE, params["tracking"]["experiment"], logged, tags):
+    # How often to checkpoint does not change the result, so it is left out of what a checkpoint must match.
+    decisive = {**logged, "train": {k: v for k, v in params["train"].items() if k != "checkpoint_steps"},
+                "dataset": dataset_record}
+    code = sorted(Path(segnet.__file__).parent.glob("*.py")) + [Path(__file__)]
+    run_fingerprint = fingerprint(decisive, code)
+    checkpoint_path = checkpoint_dir / f"train-{run_fingerprint[:16]}.pt"
+    resume = load_checkpoint(checkpoint_path, run_fingerprint)
+
+    resume_run_id = resume["extra"].get("mlflow_run_id") if resume else None
+    with stage_run(TRAIN_STAGE, params["tracking"]["experiment"], logged, tags, resume_run_id) as run:
         if images.shape[1] % model_config.downsampling or images.shape[2] % model_config.downsampling:
             raise ValueError(
                 f"{prepared_dir}: panels are {tuple(images.shape[1:3])}, but a {len(model_config.encoder_channels)}"
@@ -52,17 +70,23 @@ def main() -> None:
         train_index, val_index = split_indices(len(images), train_config.val_fraction, seed)
         set_seed(seed)
         model = SegNet(model_config)
-        result = train(
-            model,
-            images[train_index],
-            labels[train_index],
-            images[val_index],
-            labels[val_index],
-            num_classes=model_config.num_classes,
-            config=train_config,
-            seed=seed,
-            callbacks=[ProgressBar(train_config.epochs), MLflowCallback()],
-        )
+        checkpointer = Checkpointer(checkpoint_path, train_config.checkpoint_steps, run_fingerprint,
+                                    extra={"mlflow_run_id": run.info.run_id})
+        with StopSignals() as stop:
+            result = train(
+                model,
+                images[train_index],
+                labels[train_index],
+                images[val_index],
+                labels[val_index],
+                num_classes=model_config.num_classes,
+                config=train_config,
+                seed=seed,
+                callbacks=[ProgressBar(train_config.epochs), MLflowCallback()],
+                checkpointer=checkpointer,
+                resume=resume["state"] if resume else None,
+                stop_requested=stop.requested,
+            )
 
         save_torch(model_dir / "model.pt", result.best_state)
         config = {**logged, "dataset_sha256": dataset["archive_sha256"], "best_epoch": result.best_epoch}
@@ -78,7 +102,7 @@ def main() -> None:
         write_json(metrics_path, summary)
         write_bytes(history_path, _history_csv(result.history))
         mlflow.set_tags({"model_sha256": sha256_file(model_dir / "model.pt"), "device": result.device,
-                         "precision": result.amp_dtype})
+                         "precision": result.amp_dtype, "resumed_from_step": result.resumed_from_step})
         log_metrics(summary)
         for path in (model_dir / "config.json", metrics_path, history_path):
             mlflow.log_artifact(str(path))
@@ -87,6 +111,7 @@ def main() -> None:
             picture.write_bytes(miou_time_png(result.history))
             mlflow.log_artifact(str(picture))
         _log_model(model, result.best_state, images[:2])
+    checkpointer.remove()
 
 
 def _history_csv(history: list[dict]) -> bytes:

@@ -4,12 +4,13 @@ import torch
 
 from segnet.augment import deform_panels, occupied_cells, overlay_panels
 from segnet.callbacks import Callback
+from segnet.checkpoint import Checkpointer, fingerprint, load_checkpoint
 from segnet.data import split_indices, to_input
 from segnet.generate import compose_panel
 from segnet.inference import accumulate_confusion
 from segnet.metrics import mean_iou
 from segnet.model import SegNet, SegNetConfig
-from segnet.train import TrainConfig, class_weights, select_amp_dtype, set_seed, train
+from segnet.train import TrainConfig, TrainingInterrupted, class_weights, select_amp_dtype, set_seed, train
 from tests.helpers import random_panels
 
 
@@ -160,3 +161,91 @@ def test_one_cycle_schedule_runs_however_few_steps_there_are(steps):
     config = TrainConfig(epochs=1, batch_size=8, lr=0.01, precision="float32", warmup_fraction=0.2)
     result = train(model, images, labels, images[:8], labels[:8], 11, config, seed=0)
     assert result.history[-1]["step"] == steps
+
+
+def _resume_setup():
+    rng = np.random.default_rng(4)
+    images, labels = random_panels(40, rng)
+    images = torch.from_numpy(np.rint(images * 255).astype(np.uint8))
+    # bfloat16 autocast where the CPU has it: resuming must be exact in the precision training really uses.
+    config = TrainConfig(epochs=3, batch_size=8, lr=0.01, overlay_probability=0.5, deform_pixels=1.0)
+    return images, torch.from_numpy(labels), config
+
+
+def _fresh_model():
+    set_seed(0)
+    return SegNet(SegNetConfig(encoder_channels=(8, 8, 8, 8), decoder_channels=(8, 8, 8, 8)))
+
+
+def _fit(images, labels, config, **options):
+    return train(_fresh_model(), images[:32], labels[:32], images[32:], labels[32:], 11, config, seed=0, **options)
+
+
+@pytest.mark.parametrize("stop_after, every", [(1, 3), (4, 3), (8, 0), (9, 2), (11, 5)])
+def test_a_run_stopped_at_any_step_resumes_to_exactly_the_uninterrupted_result(tmp_path, stop_after, every):
+    images, labels, config = _resume_setup()  # 4 steps per epoch, 12 in all
+    uninterrupted = _fit(images, labels, config)
+
+    fingerprint = "f" * 64
+    checkpointer = Checkpointer(tmp_path / "run.pt", every, fingerprint, extra={"run": "a"})
+    with pytest.raises(TrainingInterrupted) as stopped:
+        _fit(images, labels, config, checkpointer=checkpointer,
+             callbacks=[StopAfter(stop_after)], stop_requested=StopAfter.requested)
+    assert stopped.value.step == stop_after and stopped.value.checkpoint == tmp_path / "run.pt"
+
+    resume = load_checkpoint(tmp_path / "run.pt", fingerprint)
+    assert resume["extra"] == {"run": "a"} and resume["state"]["loop"]["step"] == stop_after
+    steps = StepLog()
+    resumed = _fit(images, labels, config, checkpointer=checkpointer, resume=resume["state"], callbacks=[steps])
+    # Only the remaining steps ran, yet the result is the uninterrupted one to the bit.
+    assert resumed.resumed_from_step == stop_after and steps.seen == list(range(stop_after + 1, 13))
+    assert resumed.best_epoch == uninterrupted.best_epoch
+    for name, tensor in uninterrupted.best_state.items():
+        assert torch.equal(resumed.best_state[name], tensor), name
+    keep = ("epoch", "step", "train_loss", "val_miou", "lr")
+    assert [{k: r[k] for k in keep} for r in resumed.history] == [{k: r[k] for k in keep} for r in uninterrupted.history]
+
+
+class StepLog(Callback):
+    def __init__(self):
+        self.seen = []
+
+    def on_step_end(self, step, loss):
+        self.seen.append(step)
+
+
+class StopAfter(Callback):
+    """Asks the loop to stop once `steps` steps have run, as a Ctrl-C during that step would."""
+
+    flag = False
+
+    def __init__(self, steps):
+        self.steps = steps
+        StopAfter.flag = False
+
+    def on_step_end(self, step, loss):
+        StopAfter.flag = step >= self.steps
+
+    @staticmethod
+    def requested():
+        return StopAfter.flag
+
+
+def test_a_checkpoint_for_other_settings_or_a_damaged_one_is_not_resumed(tmp_path):
+    images, labels, config = _resume_setup()
+    Checkpointer(tmp_path / "run.pt", 0, "a" * 64).save({"loop": {}})
+    assert load_checkpoint(tmp_path / "run.pt", "a" * 64) is not None
+    assert load_checkpoint(tmp_path / "run.pt", "b" * 64) is None
+    (tmp_path / "run.pt").write_bytes(b"not a checkpoint")
+    assert load_checkpoint(tmp_path / "run.pt", "a" * 64) is None
+    assert load_checkpoint(tmp_path / "missing.pt", "a" * 64) is None
+
+
+def test_the_fingerprint_follows_settings_and_code(tmp_path):
+    code = tmp_path / "train.py"
+    code.write_text("x = 1\n")
+    first = fingerprint({"lr": 0.1}, [code])
+    assert fingerprint({"lr": 0.1}, [code]) == first
+    assert fingerprint({"lr": 0.2}, [code]) != first
+    code.write_text("x = 2\n")
+    assert fingerprint({"lr": 0.1}, [code]) != first

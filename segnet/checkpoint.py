@@ -1,0 +1,80 @@
+"""Training checkpoints: the whole loop state, written atomically, resumed only into the same run.
+
+A checkpoint holds everything the loop needs to continue as if it had never stopped (weights, optimizer
+and schedule state, the batch-order generator, the epoch's batch order and position, the history and the
+best weights so far). It is tagged with a fingerprint of everything that decides the result (seed, model
+and train settings, dataset, code), so a checkpoint from other settings is never resumed.
+"""
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from segnet.files import save_torch
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+
+
+def fingerprint(settings: dict, code_files: list[Path]) -> str:
+    """A hex digest of `settings` (JSON-serialisable) and the contents of `code_files`."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    for path in sorted(code_files):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+@dataclass
+class Checkpointer:
+    """Where and how often the training loop saves its state.
+
+    Attributes:
+        path: The checkpoint file; written to a temporary name, then renamed.
+        every_steps: Save after this many optimizer steps (0: only at the end of each epoch).
+        fingerprint: Identifies the settings, data and code the state belongs to.
+        extra: Stored alongside the state for the caller (e.g. the tracking run to resume).
+    """
+
+    path: Path
+    every_steps: int
+    fingerprint: str
+    extra: dict = field(default_factory=dict)
+
+    def save(self, state: dict) -> None:
+        save_torch(
+            self.path,
+            {"format_version": FORMAT_VERSION, "fingerprint": self.fingerprint, "extra": self.extra, "state": state},
+        )
+
+    def remove(self) -> None:
+        """Deletes the checkpoint once the run has finished: a later forced rerun must start afresh."""
+        self.path.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: Path, expected_fingerprint: str) -> dict | None:
+    """Returns {"state": ..., "extra": ...} from `path`, or None when there is nothing to resume.
+
+    A checkpoint written for other settings, data or code is ignored with a warning (and left alone:
+    it may belong to another experiment). Tensors only: loaded with weights_only=True, so a planted file
+    cannot run code.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a damaged file; resuming is then impossible
+        log.warning("%s: unreadable checkpoint (%s); training starts from the beginning", path, error)
+        return None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format_version") != FORMAT_VERSION:
+        log.warning("%s: not a checkpoint of this version; training starts from the beginning", path)
+        return None
+    if checkpoint.get("fingerprint") != expected_fingerprint:
+        log.warning("%s: written for other settings, data or code; training starts from the beginning", path)
+        return None
+    return {"state": checkpoint["state"], "extra": checkpoint.get("extra", {})}
