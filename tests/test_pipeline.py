@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import shutil
 import subprocess
 import sys
@@ -238,3 +239,74 @@ def test_a_tracking_server_that_is_down_stops_a_stage_at_its_start(project):
     assert (project / "dvc.lock").read_text() == lock_before
     run(["dvc", "checkout"], project)
     assert (project / "data" / "model" / "model.pt").is_file()
+
+
+def _start_repro(root: Path, *arguments: str) -> subprocess.Popen:
+    """`dvc repro` in its own process group, as a terminal would run it, so a signal reaches every process."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
+    return subprocess.Popen(["dvc", "repro", *arguments], cwd=root, env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _signal_at_first_checkpoint(process: subprocess.Popen, root: Path, signum: int) -> tuple[str, str]:
+    """Sends `signum` to the whole `dvc repro` process group as soon as a checkpoint exists."""
+    deadline = time.monotonic() + 120
+    while not list((root / "data" / "checkpoints").glob("*.pt")):
+        assert process.poll() is None, f"training ended before any checkpoint:\n{process.communicate()}"
+        assert time.monotonic() < deadline, "no checkpoint within 120 s"
+        time.sleep(0.01)
+    os.killpg(process.pid, signum)
+    return process.communicate(timeout=120)
+
+
+def _checkpoint(root: Path) -> dict:
+    (path,) = (root / "data" / "checkpoints").glob("*.pt")
+    return torch.load(path, weights_only=True)
+
+
+def test_killed_training_resumes_exactly_and_ctrl_c_saves_and_marks_the_run_killed(project):
+    params_before = (project / "params.yaml").read_text()
+    # 20 epochs of 3 steps; the first checkpoint comes at a random step, and the kill follows it at once.
+    every = int(np.random.default_rng().integers(2, 12))
+    set_params(project, {"train": {"epochs": 20, "checkpoint_steps": every}})
+    lock_before = (project / "dvc.lock").read_text()
+    try:
+        # SIGKILL: nothing can be saved at the kill, so training resumes from the last checkpoint.
+        _signal_at_first_checkpoint(_start_repro(project), project, signal.SIGKILL)
+        killed_at = _checkpoint(project)["state"]["loop"]["step"]
+        killed_run = _checkpoint(project)["extra"]["mlflow_run_id"]
+        # Checkpoints come every `every` steps and at each epoch's end (every 3 steps).
+        assert 0 < killed_at < 60 and (killed_at % every == 0 or killed_at % 3 == 0), (every, killed_at)
+        assert not (project / "data" / "model" / "model.pt").exists()
+        assert (project / "dvc.lock").read_text() == lock_before
+        assert store(project).get_run(killed_run).info.status == "RUNNING"  # nobody could end it
+
+        resumed = run(["dvc", "repro"], project)
+        assert f"resuming at epoch {killed_at // 3 + 1}, step {killed_at} of 60" in resumed.stderr
+        assert not list((project / "data" / "checkpoints").glob("*.pt"))  # deleted once finished
+        finished = store(project).get_run(killed_run)
+        assert finished.info.status == "FINISHED" and finished.data.tags["resumed_from_step"] == str(killed_at)
+        resumed_weights = (project / "data" / "model" / "model.pt").read_bytes()
+        resumed_metrics = (project / "metrics" / "evaluate.json").read_bytes()
+
+        # The same run uninterrupted gives the same weights and test metrics to the bit.
+        run(["dvc", "repro", "--force", "--single-item", "train", "evaluate"], project)
+        assert (project / "data" / "model" / "model.pt").read_bytes() == resumed_weights
+        assert (project / "metrics" / "evaluate.json").read_bytes() == resumed_metrics
+
+        # Ctrl-C (SIGINT to the terminal's process group): the stage saves where it is and stops cleanly.
+        _, stderr = _signal_at_first_checkpoint(_start_repro(project, "--force", "--single-item", "train"),
+                                                project, signal.SIGINT)
+        interrupted = _checkpoint(project)
+        assert "SIGINT received: stopping after this step" in stderr and "Traceback" not in stderr
+        assert f"training stopped at step {interrupted['state']['loop']['step']}" in stderr
+        assert store(project).get_run(interrupted["extra"]["mlflow_run_id"]).info.status == "KILLED"
+        assert not (project / "data" / "model" / "model.pt").exists()
+        again = run(["dvc", "repro", "--force", "--single-item", "train"], project)
+        assert f"step {interrupted['state']['loop']['step']} of 60" in again.stderr
+        assert (project / "data" / "model" / "model.pt").read_bytes() == resumed_weights
+        assert store(project).get_run(interrupted["extra"]["mlflow_run_id"]).info.status == "FINISHED"
+    finally:
+        (project / "params.yaml").write_text(params_before)
+        run(["dvc", "repro"], project)
