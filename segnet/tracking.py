@@ -6,6 +6,7 @@ is the repository root even when DVC runs a stage in a temporary copy (`dvc exp 
 """
 
 import contextlib
+import fcntl
 import logging
 import os
 import subprocess
@@ -63,6 +64,26 @@ def check_server(uri: str, timeout: float = 5.0) -> None:
     )
 
 
+@contextlib.contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """Holds an exclusive lock beside a SQLite store while it may be created.
+
+    MLflow creates a fresh SQLite store's tables on first use, and two processes doing that at once (two
+    queued experiments, `dvc queue start -j 2`) race: one fails with "duplicate column" or "table already
+    exists". The same holds for creating the experiment. Serialising first use removes both races.
+    """
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    lock_path = Path(uri.removeprefix("sqlite:///") + ".lock")
+    with open(lock_path, "a") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+
 def _experiment_id(client: MlflowClient, name: str, artifact_location: str | None) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
@@ -93,10 +114,12 @@ def stage_run(
     user_uri = os.environ.get("MLFLOW_TRACKING_URI")
     if user_uri:
         check_server(user_uri)
-    mlflow.set_tracking_uri(user_uri or default_tracking_uri(root))
+    uri = user_uri or default_tracking_uri(root)
+    mlflow.set_tracking_uri(uri)
     # Only the project's own store gets the project's artifact folder; a server decides for itself.
     artifact_location = None if user_uri else (root / "mlartifacts").as_uri()
-    experiment_id = _experiment_id(MlflowClient(), experiment, artifact_location)
+    with _store_lock(uri):
+        experiment_id = _experiment_id(MlflowClient(), experiment, artifact_location)
     dvc_experiment = os.environ.get("DVC_EXP_NAME")
     run_tags = {"stage": stage, "project_root": str(root)}
     if dvc_experiment:
