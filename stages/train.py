@@ -125,7 +125,9 @@ def _history_csv(history: list[dict]) -> bytes:
 def _log_model(model: torch.nn.Module, state: dict, example_images: torch.Tensor) -> None:
     """Logs the selected weights as an MLflow PyTorch model with a signature and an input example.
 
-    Saved as a torch.export program ("pt2"): loading it runs no pickle. The example holds two panels so
+    Saved as a torch.export program ("pt2"): weights as raw tensor bytes, the graph as JSON. Only the example
+    inputs inside are a torch.save pickle; MLflow checks it with the weights-only unpickler before loading when
+    MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false (see the README). The example holds two panels so
     that the exported batch dimension stays dynamic (a batch of one would be specialised to 1).
     """
     model.load_state_dict(state)
