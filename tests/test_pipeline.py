@@ -176,36 +176,36 @@ def test_experiments_with_changed_params_are_tracked_in_dvc_and_mlflow(project):
     assert not list((project / ".dvc" / "tmp").rglob("mlflow.db"))
 
 
-def test_four_queued_experiments_on_two_workers_all_land_in_a_fresh_root_store(project):
-    # A fresh store is where two workers race to create MLflow's tables; the earlier runs are put back after.
-    aside = {name: project / f"{name}.aside" for name in ("mlflow.db", "mlartifacts")}
-    for name, moved in aside.items():
-        (project / name).rename(moved)
+def test_four_queued_experiments_on_two_workers_all_land_in_a_fresh_root_store(project, tmp_path):
+    # A fresh store is where two workers race to create MLflow's tables. A copy of the project (with its
+    # DVC cache, without its store) gives one, and leaves the shared project's store alone.
+    copy = tmp_path / "project"
+    shutil.copytree(project, copy, ignore=lambda folder, names: (
+        {"mlflow.db", "mlflow.db.lock", "mlartifacts"} if Path(folder) == project else
+        {"tmp"} if Path(folder) == project / ".dvc" else set()))
+    run(["git", "checkout", "--", "params.yaml"], copy)
+    # Learning rates no earlier run used: DVC would restore a seen one from its run cache, not train.
+    names = {f"queued-{index}": f"0.001{index}" for index in range(1, 5)}
     try:
-        # Learning rates no earlier run used: DVC would restore a seen one from its run cache, not train.
-        names = {f"queued-{index}": f"0.001{index}" for index in range(1, 5)}
         for name, lr in names.items():
-            run(["dvc", "exp", "run", "--queue", "-n", name, "-S", f"train.lr={lr}"], project)
-        run(["dvc", "queue", "start", "-j", "2"], project)
+            run(["dvc", "exp", "run", "--queue", "-n", name, "-S", f"train.lr={lr}"], copy)
+        run(["dvc", "queue", "start", "-j", "2"], copy)
         deadline = time.monotonic() + 420
         while time.monotonic() < deadline:
-            status = run(["dvc", "queue", "status"], project).stdout
+            status = run(["dvc", "queue", "status"], copy).stdout
             if all(name in status for name in names) and not any(word in status for word in ("Queued", "Running")):
                 break
             time.sleep(2)
-        assert status.count("Success") >= 4, status
-        runs = runs_by_stage(project)
-        for stage in ("train", "evaluate"):
-            finished = {found.data.tags.get("dvc_experiment"): found for found in runs[stage]
-                        if found.info.status == "FINISHED"}
-            assert set(finished) == set(names), (stage, status)
-            assert {name: finished[name].data.params["train.lr"] for name in names} == names
-        assert not list((project / ".dvc" / "tmp").rglob("mlflow.db"))
     finally:
-        run(["dvc", "queue", "stop"], project, check=False)
-        for name, moved in aside.items():
-            shutil.rmtree(project / name, ignore_errors=True) if name == "mlartifacts" else (project / name).unlink()
-            moved.rename(project / name)
+        run(["dvc", "queue", "stop"], copy, check=False)
+    assert status.count("Success") >= 4, status
+    runs = runs_by_stage(copy)
+    for stage in ("train", "evaluate"):
+        finished = {found.data.tags.get("dvc_experiment"): found for found in runs[stage]
+                    if found.info.status == "FINISHED"}
+        assert set(finished) == set(names), (stage, status)
+        assert {name: finished[name].data.params["train.lr"] for name in names} == names
+    assert not list((copy / ".dvc" / "tmp").rglob("mlflow.db"))
 
 
 def test_bad_archive_fails_clearly_and_keeps_the_last_good_results(project, tmp_path):
@@ -287,7 +287,10 @@ def _checkpoint(root: Path) -> dict:
 
 def test_killed_training_resumes_exactly_and_ctrl_c_saves_and_marks_the_run_killed(project):
     params_before = (project / "params.yaml").read_text()
-    # 20 epochs of 3 steps; the first checkpoint comes at a random step, and the kill follows it at once.
+    # 20 epochs of 3 steps (the tiny committed params; earlier tests may have left others in the workspace).
+    # The first checkpoint comes at a random step, and the kill follows it at once.
+    run(["git", "checkout", "--", "params.yaml"], project)
+    run(["dvc", "repro"], project)  # back to the committed params' results, from DVC's run cache
     every = int(np.random.default_rng().integers(2, 12))
     set_params(project, {"train": {"epochs": 20, "checkpoint_steps": every}})
     lock_before = (project / "dvc.lock").read_text()
