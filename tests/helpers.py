@@ -2,7 +2,9 @@
 
 import io
 import socket
+import struct
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import scipy.io
@@ -46,6 +48,36 @@ def write_zip(path, members: dict[str, bytes]) -> None:
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
         for name, data in members.items():
             archive.writestr(name, data)
+
+
+def patch_member(path: Path, name: str, *, flag_bits: int = 0, file_size: int | None = None, crc: int | None = None):
+    """Rewrites header fields of one member in both its local header and its central directory entry.
+
+    The stdlib cannot write encrypted or lying zips; patching the bytes of a real one can.
+
+    Args:
+        path: The zip, changed in place.
+        name: The member.
+        flag_bits: Bits to set in the general-purpose flags (0x1: encrypted).
+        file_size: A new declared uncompressed size.
+        crc: A new declared CRC-32.
+    """
+    data = bytearray(Path(path).read_bytes())
+    encoded = name.encode()
+    # Local header, then central directory entry: signature, offsets of the flags, CRC, uncompressed size, name.
+    headers = ((b"PK\x03\x04", 6, 14, 22, 30), (b"PK\x01\x02", 8, 16, 24, 46))
+    for signature, flags_at, crc_at, size_at, name_at in headers:
+        start = 0
+        while (start := data.find(signature, start)) >= 0:
+            if data[start + name_at : start + name_at + len(encoded)] == encoded:
+                flags = struct.unpack_from("<H", data, start + flags_at)[0]
+                struct.pack_into("<H", data, start + flags_at, flags | flag_bits)
+                if crc is not None:
+                    struct.pack_into("<I", data, start + crc_at, crc)
+                if file_size is not None:
+                    struct.pack_into("<I", data, start + size_at, file_size)
+            start += 1
+    Path(path).write_bytes(bytes(data))
 
 
 def course_zip(path, rng: np.random.Generator, train_files=3, test_files=2, per_file=4, folder="multi-digit-mnist/"):
