@@ -11,6 +11,7 @@ import hashlib
 import lzma
 import re
 import stat
+import struct
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -25,6 +26,10 @@ _CHUNK_BYTES = 1 << 20
 # 885,000:1), so only these methods can be read with the limits kept.
 _BOUNDED_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
 _METHOD_NAMES = {zipfile.ZIP_BZIP2: "bzip2", zipfile.ZIP_LZMA: "LZMA", 9: "deflate64"}
+# What zipfile raises for a damaged archive (found by fuzzing, tests/test_fuzz.py): its central directory
+# can name an unknown zip version (NotImplementedError), undecodable UTF-8 names (ValueError) or offsets
+# before the file's start (OSError).
+_OPEN_ERRORS = (zipfile.BadZipFile, NotImplementedError, ValueError, OSError, EOFError, struct.error)
 # What reading a damaged member can raise from zipfile and its decompressors.
 _READ_ERRORS = (zipfile.BadZipFile, zlib.error, lzma.LZMAError, OSError, EOFError, NotImplementedError, RuntimeError)
 
@@ -84,8 +89,8 @@ def open_archive(path: Path) -> zipfile.ZipFile:
         raise DatasetError(f"{path}: not a file")
     try:
         return zipfile.ZipFile(path)
-    except zipfile.BadZipFile as error:
-        raise DatasetError(f"{path}: not a zip archive ({error})") from error
+    except _OPEN_ERRORS as error:
+        raise DatasetError(f"{path}: not a zip archive, or a damaged one ({type(error).__name__}: {error})") from error
 
 
 def index_archive(archive: zipfile.ZipFile, source: str, *, limits: ArchiveLimits) -> ArchiveIndex:
@@ -137,6 +142,8 @@ def _check_member_is_safe(info: zipfile.ZipInfo, source: str) -> None:
     name = info.filename
     where = f"{source}:{name}"
     normalized = name.replace("\\", "/")
+    if not PurePosixPath(normalized).parts:  # "" or ".": found by fuzzing, tests/test_fuzz.py
+        raise DatasetError(f"{where}: member without a file name; refusing to read it")
     if normalized.startswith("/") or re.match(r"^[A-Za-z]:", normalized):
         raise DatasetError(f"{where}: absolute path in the archive; refusing to read it")
     if ".." in PurePosixPath(normalized).parts:

@@ -66,6 +66,31 @@ def test_symbolic_link_entry_is_refused(tmp_path):
         index_archive(archive, "link.zip", limits=LIMITS)
 
 
+def test_a_member_without_a_file_name_is_refused(tmp_path):
+    # Found by fuzzing: an empty name broke zipfile's own ZipInfo.is_dir(); zipfile cannot write one, but "."
+    # takes the same path (no path parts at all).
+    write_zip(tmp_path / "noname.zip", {"batch00001.mat": MAT, "testset001.mat": MAT, ".": MAT})
+    with open_archive(tmp_path / "noname.zip") as archive, pytest.raises(DatasetError, match="without a file name"):
+        index_archive(archive, "noname.zip", limits=LIMITS)
+
+
+@pytest.mark.parametrize(
+    "original, damaged",
+    [
+        (b"batch\xc3\xbf.mat", b"batch\xff\xff.mat"),  # flagged UTF-8, but not UTF-8: UnicodeDecodeError
+        (b"PK\x01\x02\x14\x03\x14", b"PK\x01\x02\x14\x03\x54"),  # needs zip version 8.4: NotImplementedError
+    ],
+)
+def test_a_damaged_central_directory_is_reported_as_such(tmp_path, original, damaged):
+    # Found by fuzzing: zipfile raises more than BadZipFile for these.
+    write_zip(tmp_path / "a.zip", {"batch00001.mat": MAT, "testset001.mat": MAT, "batch\xff.mat": MAT})
+    data = (tmp_path / "a.zip").read_bytes()
+    assert original in data
+    (tmp_path / "a.zip").write_bytes(data.replace(original, damaged))
+    with pytest.raises(DatasetError, match=f"^{tmp_path / 'a.zip'}: not a zip archive, or a damaged one"):
+        open_archive(tmp_path / "a.zip")
+
+
 def test_encrypted_entry_is_refused(tmp_path):
     write_zip(tmp_path / "locked.zip", {"batch00001.mat": MAT, "testset001.mat": MAT})
     # zipfile cannot write encrypted members; the flag bit in both headers is what readers go by.
