@@ -89,10 +89,10 @@ def save_torch(path: Path, value) -> None:
 def staged_directory(path: Path) -> Iterator[Path]:
     """Yields an empty staging folder beside `path` that takes the place of `path` when the block succeeds.
 
-    The block writes the whole new folder into the staging folder, with this module's writers (they flush
-    each file to disk). If it raises, or the process is
-    killed, `path` stays exactly as it was (absent, or the previous complete folder). A staging folder
-    left behind by a killed process is removed by the next call for the same `path` on this machine.
+    The block writes the whole new folder into the staging folder, with this module's writers (they
+    flush each file to disk). If it raises, or the process is killed, `path` stays exactly as it was
+    (absent, or the previous complete folder). A staging folder left behind by a killed process is
+    removed by the next call for the same `path` on this machine.
 
     Args:
         path: The output folder to replace.
@@ -138,12 +138,14 @@ def _remove(path: Path) -> None:
 
 
 def _is_running(pid: int) -> bool:
+    if os.name != "posix":
+        return True  # Windows' os.kill would end the process; not knowing, leave its folder alone
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # signal 0 only asks whether the process exists
     except ProcessLookupError:
         return False
-    except (PermissionError, OSError):
-        return True  # someone else's process, or a platform that cannot tell: leave its folder alone
+    except OSError:
+        return True  # PermissionError: another user's process
     return True
 
 
