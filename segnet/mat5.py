@@ -10,7 +10,9 @@ goes (a few MB of zlib hold GBs of zeros) and allocates what a part's tag declar
 it. `inflate` rewrites a file into the equivalent uncompressed one, stopping once that would grow
 past a limit, and checks that the elements tile the file and each variable exactly, so that every
 tag loadmat can meet declares no more than the bytes that follow it: what loadmat allocates for a
-numeric array is then bounded by the bytes it is given.
+numeric array is then bounded by the bytes it is given. It also checks every data type: scipy
+1.17's loadmat looks a numeric array's data type up in a table without a bounds or None check and
+crashes the interpreter (a segmentation fault, found by tests/test_fuzz.py) for any type outside it.
 """
 
 import struct
@@ -21,6 +23,10 @@ from segnet.errors import DatasetError
 HEADER_BYTES = 128
 MI_MATRIX = 14
 MI_COMPRESSED = 15
+# The data types of the MATLAB 5 format (miINT8 ... miUINT64, miUTF8 ... miUTF32): those scipy has a dtype for.
+_DATA_TYPES = {1, 2, 3, 4, 5, 6, 7, 9, 12, 13, 16, 17, 18}
+# MATLAB classes whose variables hold data parts only, never variables (char, sparse, the numeric classes).
+_LEAF_CLASSES = range(4, 16)
 _TAG_BYTES = 8
 # MATLAB 7.3 files are HDF5 containers; MATLAB puts the HDF5 signature 512 bytes in.
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -41,7 +47,8 @@ def inflate(data: bytes, source: str, *, max_bytes: int) -> bytes:
     order = _byte_order(data, source)
     view = memoryview(data)  # slices of a memoryview share the bytes instead of copying them
     parts, size, inflated_any = [view[:HEADER_BYTES]], HEADER_BYTES, False
-    for data_type, start, end in _elements(view, HEADER_BYTES, len(view), order, source, padded=False):
+    elements = _elements(view, HEADER_BYTES, len(view), order, source, padded=False, context="")
+    for number, (data_type, start, end) in enumerate(elements, start=1):
         if data_type == MI_COMPRESSED:
             element = _inflate_variable(view[start:end], order, source, budget=max_bytes - size, max_bytes=max_bytes)
             inflated_any = True
@@ -52,7 +59,7 @@ def inflate(data: bytes, source: str, *, max_bytes: int) -> bytes:
         size += len(element)
         if size > max_bytes:
             raise _too_big(source, max_bytes)
-        _check_parts(element, order, source)
+        _check_parts(element, order, source, context=f" of variable {number}")
         parts.append(element)
     return b"".join(parts) if inflated_any else bytes(data)
 
@@ -98,18 +105,33 @@ def _inflate_variable(compressed: bytes, order: str, source: str, budget: int, m
     return inflated[: _TAG_BYTES + byte_count]
 
 
-def _check_parts(element: bytes, order: str, source: str) -> None:
-    """Checks that the parts of a variable, and of the variables nested in it, tile it exactly."""
+def _check_parts(element: bytes, order: str, source: str, context: str) -> None:
+    """Checks that the parts of a variable, and of the variables nested in it, tile it exactly and have known types."""
     pending = [(_TAG_BYTES, len(element))]  # a stack, not recursion: nesting depth is the file's choice
     while pending:
         start, end = pending.pop()
-        for data_type, part_start, part_end in _elements(element, start, end, order, source, padded=True):
-            if data_type == MI_MATRIX:
+        parts = list(_elements(element, start, end, order, source, padded=True, context=context))
+        # loadmat reads a part of a numeric array as numbers whatever its type; a nested variable there crashes it.
+        holds_variables = _matlab_class(element, parts, order) not in _LEAF_CLASSES
+        for data_type, part_start, part_end in parts:
+            if data_type == MI_MATRIX and holds_variables:
                 pending.append((part_start, part_end))
+            elif data_type not in _DATA_TYPES:
+                what = f"a part of data type {data_type}, which the format does not have"
+                raise _corrupt(source, f"{part_start}{context}", what)
 
 
-def _elements(data: bytes, start: int, end: int, order: str, source: str, padded: bool):
+def _matlab_class(element: bytes, parts: list[tuple[int, int, int]], order: str) -> int | None:
+    """The class number in a variable's first part, its array flags (8 bytes of miUINT32); None without one."""
+    if not parts or parts[0][0] != 6 or parts[0][2] - parts[0][1] != 8:
+        return None
+    return struct.unpack_from(order + "I", element, parts[0][1])[0] & 0xFF
+
+
+def _elements(data: bytes, start: int, end: int, order: str, source: str, padded: bool, context: str):
     """Yields (data type, data start, data end) of the elements that must tile data[start:end] exactly.
+
+    `context` says in error messages what byte positions count from (" of variable 2"; "": the file).
 
     Parts of a variable are padded to 8 bytes and may use the small format (type and byte count in one
     4-byte word, up to 4 data bytes in the next); top-level elements are neither.
@@ -117,26 +139,26 @@ def _elements(data: bytes, start: int, end: int, order: str, source: str, padded
     position = start
     while position < end:
         if end - position < _TAG_BYTES:
-            raise _corrupt(source, position, "an element tag is cut off")
+            raise _corrupt(source, f"{position}{context}", "an element tag is cut off")
         first, second = struct.unpack_from(order + "II", data, position)
         if padded and first >> 16:
             byte_count = first >> 16
             if byte_count > 4:
-                raise _corrupt(source, position, "a small element declares more than 4 bytes")
+                raise _corrupt(source, f"{position}{context}", "a small element declares more than 4 bytes")
             yield first & 0xFFFF, position + 4, position + 4 + byte_count
             position += _TAG_BYTES
             continue
         data_end = position + _TAG_BYTES + second
         if data_end > end:
-            left = end - position - _TAG_BYTES
-            raise _corrupt(source, position, f"an element declares {second:,} bytes, only {left:,} follow")
+            what = f"an element declares {second:,} bytes, only {end - position - _TAG_BYTES:,} follow"
+            raise _corrupt(source, f"{position}{context}", what)
         yield first, position + _TAG_BYTES, data_end
         position = data_end + (-second % 8 if padded else 0)
     if position != end:
-        raise _corrupt(source, end, "padding runs past the end of a variable")
+        raise _corrupt(source, f"{end}{context}", "padding runs past the end of a variable")
 
 
-def _corrupt(source: str, position: int, what: str) -> DatasetError:
+def _corrupt(source: str, position: int | str, what: str) -> DatasetError:
     return DatasetError(
         f"{source}: not a readable MATLAB 5 .mat file (at byte {position}: {what}; truncated or corrupt)"
     )

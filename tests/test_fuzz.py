@@ -29,7 +29,7 @@ from tests.helpers import course_mat, random_panels, write_zip
 settings.register_profile(
     "fuzz",
     derandomize=True,
-    max_examples=400,
+    max_examples=2000,
     deadline=timedelta(seconds=5),
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
@@ -83,7 +83,7 @@ def mutated(draw, originals: list[bytes]) -> bytes:
     for _ in range(draw(st.integers(1, 3))):
         if not data:
             break
-        near_header = draw(st.sampled_from(HOT_SPOTS[original])) + draw(st.integers(0, 63))
+        near_header = draw(st.sampled_from(HOT_SPOTS[original])) + 4 * draw(st.integers(0, 23))  # tags are 4-aligned
         where = min(draw(st.one_of(st.just(near_header), st.integers(0, len(data) - 1))), len(data) - 1)
         kind = draw(st.sampled_from(["flip", "word", "word", "truncate", "insert"]))
         if kind == "flip":

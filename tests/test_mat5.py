@@ -1,4 +1,5 @@
 import io
+import struct
 import warnings
 from pathlib import Path
 
@@ -8,7 +9,7 @@ import scipy.io
 
 from segnet import mat5
 from segnet.errors import DatasetError
-from tests.helpers import course_mat, random_panels
+from tests.helpers import course_mat, mat_bytes, random_panels
 
 # MATLAB-written files (MATLAB 5.3 to 7.4, both byte orders, compressed or not) that scipy tests itself with.
 SCIPY_DATA = Path(scipy.io.__file__).parent / "matlab" / "tests" / "data"
@@ -57,3 +58,13 @@ def test_a_variable_that_is_not_a_matrix_is_refused():
     broken = data[:128] + (9).to_bytes(4, "little") + data[132:]
     with pytest.raises(DatasetError, match=r"^x.mat: not a readable .* \(at byte 128: an element of type 9"):
         mat5.inflate(broken, "x.mat", max_bytes=1 << 24)
+
+
+@pytest.mark.parametrize("data_type", [0, 8, 10, 11, 14, 15, 19, 32, 255])
+def test_a_data_type_scipy_has_no_dtype_for_is_refused_before_it_crashes_loadmat(data_type):
+    # Found by fuzzing: scipy 1.17's loadmat looks the type up unchecked and dies with a segmentation fault.
+    data = bytearray(mat_bytes({"imgMat": np.zeros((2, 2), np.float32)}))
+    pixels = data.index(struct.pack("<II", 7, 16))  # miSINGLE, 16 bytes
+    data[pixels : pixels + 4] = struct.pack("<I", data_type)
+    with pytest.raises(DatasetError, match=f"a part of data type {data_type}, which the format does not have"):
+        mat5.inflate(bytes(data), "x.mat", max_bytes=1 << 20)
