@@ -192,7 +192,8 @@ def read_member(archive: zipfile.ZipFile, name: str, source: str, *, limits: Arc
     chunks, size = [], 0
     try:
         with archive.open(info) as member:
-            # Asking for one byte more than declared is how a member that lies about its size shows itself.
+            # One byte more than declared is asked for, so a member that holds more shows itself. (CPython's zipfile
+            # also stops at the declared size and then fails the CRC; this bound does not rely on that.)
             while chunk := member.read(min(_CHUNK_BYTES, info.file_size - size + 1)):
                 size += len(chunk)
                 if size > info.file_size:

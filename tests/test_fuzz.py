@@ -2,7 +2,9 @@
 
 Inputs are arbitrary bytes and valid .mat files and zips with random byte flips, overwritten 32-bit
 words (where sizes and types live), truncations and insertions. The profile is derandomized, so a run
-in CI explores the same examples every time.
+in CI explores the same examples every time; 2,000 per reader is enough to find again each bug this
+fuzzing found: scipy's loadmat crashing on unknown data types (tests/test_mat5.py), and zipfile's
+IndexError, NotImplementedError and UnicodeDecodeError on damaged archives (tests/test_archive.py).
 """
 
 import contextlib
