@@ -38,8 +38,8 @@ _READ_ERRORS = (zipfile.BadZipFile, zlib.error, lzma.LZMAError, OSError, EOFErro
 class ArchiveLimits:
     """How far an archive may inflate; anything beyond is refused as a possible zip bomb.
 
-    The defaults accept the full course release (1,000 files of 500 panels, about 41 MB each
-    uncompressed, 41 GB in all) with room to spare; params.yaml's `data` section sets them.
+    The defaults accept the full course release (1,000 files of 500 panels, 33-41 MB each
+    uncompressed, 33-41 GB in all) with room to spare; params.yaml's `data` section sets them.
 
     Attributes:
         max_total_bytes: Uncompressed bytes of all members together.

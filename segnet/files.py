@@ -45,7 +45,9 @@ def _replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
     """Calls write(temporary) for a new temporary file beside `path`, flushes it and renames it to `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # `name.<random>`: torch.save names the archive inside its file after the file name less its last suffix,
+    # so this keeps it `name` and the bytes the same whatever the random part (reruns stay byte-identical).
+    descriptor, name = tempfile.mkstemp(prefix=f"{path.name}.", dir=path.parent)
     os.close(descriptor)
     temporary = Path(name)
     try:

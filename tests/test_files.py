@@ -2,11 +2,13 @@ import os
 import subprocess
 import sys
 import threading
+import zipfile
 
 import numpy as np
 import pytest
+import torch
 
-from segnet.files import save_npy, staged_directory, write_bytes, write_json
+from segnet.files import save_npy, save_torch, staged_directory, write_bytes, write_json
 
 
 def _umask() -> int:
@@ -101,3 +103,11 @@ def test_staging_folders_of_dead_writers_are_removed_and_live_ones_kept(tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["out", f".out.staging-{alive}-def", f".other.staging-{dead}-abc"]
     )
+
+
+def test_save_torch_bytes_do_not_depend_on_the_temporary_name(tmp_path):
+    # torch.save names the archive inside the file after the name it writes to; a random one would leak in.
+    for folder in ("a", "b"):
+        save_torch(tmp_path / folder / "model.pt", {"weight": torch.arange(3)})
+    assert (tmp_path / "a" / "model.pt").read_bytes() == (tmp_path / "b" / "model.pt").read_bytes()
+    assert zipfile.ZipFile(tmp_path / "a" / "model.pt").namelist()[0] == "model.pt/data.pkl"
