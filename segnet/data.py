@@ -1,5 +1,6 @@
 """Loading prepared arrays and turning them into model batches."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,21 @@ def load_split(folder: Path, split: str, mmap: bool = False) -> tuple[torch.Tens
 
     Returns:
         images: (N, H, W, 3) uint8 (k/255 pixels) or float32; labels: (N, H, W) uint8.
+
+    Raises:
+        DatasetError: The folder is not a complete prepared dataset (prepare writes dataset.json last,
+            so a folder without it is unfinished) or its arrays disagree with dataset.json.
     """
+    summary_path = Path(folder) / "dataset.json"
+    if not summary_path.is_file():
+        raise DatasetError(
+            f"{folder}: no dataset.json, so not a complete prepared dataset; rerun the prepare stage "
+            "(dvc repro prepare)"
+        )
+    try:
+        expected = json.loads(summary_path.read_text())[f"{split}_images"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise DatasetError(f"{summary_path}: unreadable ({error!r}); rerun the prepare stage") from error
     arrays = []
     for kind in ("images", "labels"):
         path = Path(folder) / f"{split}_{kind}.npy"
@@ -28,6 +43,11 @@ def load_split(folder: Path, split: str, mmap: bool = False) -> tuple[torch.Tens
     images, labels = arrays
     if images.ndim != 4 or labels.ndim != 3 or images.shape[:3] != labels.shape:
         raise DatasetError(f"{folder}: {split} images {images.shape} and labels {labels.shape} disagree")
+    if images.shape[0] != expected:
+        raise DatasetError(
+            f"{folder}: dataset.json counts {expected} {split} panels but {split}_images.npy holds {images.shape[0]}; "
+            "rerun the prepare stage (dvc repro prepare)"
+        )
     # from_numpy shares memory; memory-mapped arrays are read-only, which torch only warns about.
     return torch.from_numpy(np.asarray(images)), torch.from_numpy(np.asarray(labels))
 

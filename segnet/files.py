@@ -1,21 +1,65 @@
-"""Writing outputs atomically: a temporary name, then a rename, so no reader ever sees half a file."""
+"""Writing outputs atomically, so that no reader ever sees half a file or half a folder.
 
+A file is written under a unique temporary name in its own folder (two writers never share one), flushed
+to disk, then renamed over the real name: a crash leaves the old file or the new one, never a mix. A
+folder of outputs is built in a staging folder beside it and swapped in whole once complete.
+"""
+
+import contextlib
+import ctypes
+import errno
 import json
 import os
-from collections.abc import Callable
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 
 
+def _read_umask() -> int:
+    # os.umask can only be read by setting it; done once, at import, before any threads write files.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
+def _fsync(path: Path) -> None:
+    """Flushes a file, or a folder's list of names, from the OS cache to disk."""
+    if os.name != "posix" and path.is_dir():
+        return  # only POSIX can open a folder to flush it
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
 def _replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """Calls write(temporary) for a temporary file beside `path`, then renames it to `path`."""
+    """Calls write(temporary) for a new temporary file beside `path`, flushes it and renames it to `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    write(temporary)
-    os.replace(temporary, path)
+    # `name.<random>`: torch.save names the archive inside its file after the file name less its last suffix,
+    # so this keeps it `name` and the bytes the same whatever the random part (reruns stay byte-identical).
+    descriptor, name = tempfile.mkstemp(prefix=f"{path.name}.", dir=path.parent)
+    os.close(descriptor)
+    temporary = Path(name)
+    try:
+        # mkstemp makes the file private (0600); outputs get the mode a plain open() would give them.
+        os.chmod(temporary, 0o666 & ~_UMASK)
+        write(temporary)
+        _fsync(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    _fsync(path.parent)
 
 
 def write_bytes(path: Path, data: bytes) -> None:
@@ -41,3 +85,95 @@ def save_npy(path: Path, array: np.ndarray) -> None:
 def save_torch(path: Path, value) -> None:
     """Saves tensors (a state dict) with torch.save atomically."""
     _replace_atomically(path, lambda temporary: torch.save(value, temporary))
+
+
+@contextlib.contextmanager
+def staged_directory(path: Path) -> Iterator[Path]:
+    """Yields an empty staging folder beside `path` that takes the place of `path` when the block succeeds.
+
+    The block writes the whole new folder into the staging folder, with this module's writers (they
+    flush each file to disk). If it raises, or the process is killed, `path` stays exactly as it was
+    (absent, or the previous complete folder). A staging folder left behind by a killed process is
+    removed by the next call for the same `path` on this machine.
+
+    Args:
+        path: The output folder to replace.
+
+    Yields:
+        The staging folder, on the same filesystem as `path`.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned_staging(path)
+    staging = Path(tempfile.mkdtemp(prefix=f"{_staging_prefix(path)}{os.getpid()}-", dir=path.parent))
+    try:
+        # mkdtemp makes the folder private (0700); the output gets the mode a plain mkdir would give it.
+        os.chmod(staging, 0o777 & ~_UMASK)
+        yield staging
+        _fsync(staging)
+        _swap_into_place(staging, path)
+        _fsync(path.parent)
+    finally:
+        # After a swap the staging name holds the previous output; after a failure, the unfinished one.
+        _remove(staging)
+
+
+def _staging_prefix(path: Path) -> str:
+    return f".{path.name}.staging-"
+
+
+def _remove_abandoned_staging(path: Path) -> None:
+    """Deletes staging folders of `path` whose writer (the pid in their name) no longer runs."""
+    prefix = _staging_prefix(path)
+    for candidate in path.parent.glob(f"{prefix}*"):
+        pid = candidate.name[len(prefix):].split("-", 1)[0]
+        if pid.isdigit() and not _is_running(int(pid)):
+            _remove(candidate)
+
+
+def _remove(path: Path) -> None:
+    """Deletes a folder tree, a file or a link, if it is there."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _is_running(pid: int) -> bool:
+    if os.name != "posix":
+        return True  # Windows' os.kill would end the process; not knowing, leave its folder alone
+    try:
+        os.kill(pid, 0)  # signal 0 only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # PermissionError: another user's process
+    return True
+
+
+def _swap_into_place(staging: Path, path: Path) -> None:
+    """Puts `staging` at `path`; an existing `path` moves to the staging name in the same atomic step."""
+    if not os.path.lexists(path):
+        os.rename(staging, path)
+    elif not _exchange(staging, path):
+        # Without an atomic exchange, `path` is absent for the moment between two renames (never partial).
+        parked = staging.with_name(staging.name + "-previous")
+        os.rename(path, parked)
+        os.rename(staging, path)
+        os.rename(parked, staging)
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swaps two paths in one step with Linux's renameat2(RENAME_EXCHANGE); False where that is unavailable."""
+    if not sys.platform.startswith("linux"):
+        return False
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)  # glibc >= 2.28
+    if renameat2 is None:
+        return False
+    at_current_folder, rename_exchange = -100, 2  # AT_FDCWD, RENAME_EXCHANGE from <fcntl.h>, <linux/fs.h>
+    if renameat2(at_current_folder, os.fsencode(first), at_current_folder, os.fsencode(second), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # a kernel or filesystem without it
+        return False
+    raise OSError(code, os.strerror(code), str(second))

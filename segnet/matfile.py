@@ -11,47 +11,40 @@ import io
 import numpy as np
 import scipy.io
 
+from segnet import mat5
 from segnet.errors import DatasetError
 
 IMAGE_KEY = "imgMat"
 MASK_KEY = "semanticMaskMat"
 NUM_CLASSES = 11
+# MATLAB classes that load as plain numeric arrays; cells, structs, objects and sparse matrices do not.
+_NUMERIC_CLASSES = {"double", "single", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64"}
 
-# MATLAB 7.3 files are HDF5 containers; their first bytes after the 128-byte header are this signature.
-_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
-
-def read_panels(data: bytes, source: str) -> tuple[np.ndarray, np.ndarray]:
+def read_panels(data: bytes, source: str, *, max_bytes: int) -> tuple[np.ndarray, np.ndarray]:
     """Parses and validates the bytes of one .mat file.
 
     Args:
         data: The raw file content.
         source: A human-readable name for error messages, e.g. "archive.zip:batch00001.mat".
+        max_bytes: The most bytes the file may grow to once its compressed variables are inflated.
 
     Returns:
         images: float32 (N, H, W, 3) in [0, 1].
         masks: uint8 (N, H, W) with values 0-10.
 
     Raises:
-        DatasetError: The file is not a readable MATLAB 5 .mat file or breaks the format.
+        DatasetError: The file is not a readable MATLAB 5 .mat file, inflates beyond max_bytes or
+            breaks the format.
     """
-    if data[128:136] == _HDF5_SIGNATURE or data[512:520] == _HDF5_SIGNATURE:
-        raise DatasetError(
-            f"{source}: MATLAB 7.3 (HDF5) .mat files are not supported; re-save it in MATLAB with "
-            "save(..., '-v7') or write it with scipy.io.savemat"
-        )
+    # Uncompressed first: scipy would inflate compressed variables without any limit.
+    data = mat5.inflate(data, source, max_bytes=max_bytes)
+    _check_variables(data, source)
     try:
         contents = scipy.io.loadmat(io.BytesIO(data), variable_names=[IMAGE_KEY, MASK_KEY])
-    except NotImplementedError as error:  # scipy's own message for v7.3 files
-        raise DatasetError(f"{source}: unsupported .mat version ({error})") from error
     except Exception as error:  # scipy raises many types (ValueError, TypeError, OSError, ...)
         raise DatasetError(f"{source}: not a readable MATLAB 5 .mat file ({type(error).__name__}: {error})") from error
-
-    for key in (IMAGE_KEY, MASK_KEY):
-        if key not in contents:
-            raise DatasetError(f"{source}: missing the key '{key}' (found: {_user_keys(data)})")
-    image = contents[IMAGE_KEY]
-    mask = contents[MASK_KEY]
+    image, mask = contents.get(IMAGE_KEY), contents.get(MASK_KEY)
     if not isinstance(image, np.ndarray) or not isinstance(mask, np.ndarray):
         raise DatasetError(f"{source}: '{IMAGE_KEY}' and '{MASK_KEY}' must be numeric arrays")
 
@@ -72,17 +65,19 @@ def read_panels(data: bytes, source: str) -> tuple[np.ndarray, np.ndarray]:
             f"{source}: '{IMAGE_KEY}' {image.shape} and '{MASK_KEY}' {mask.shape} disagree "
             "(expected (H, W, 3, N) and (H, W, N))"
         )
+    if image.size == 0:
+        raise DatasetError(f"{source}: '{IMAGE_KEY}' has shape {image.shape}: no panels, or panels without pixels")
 
     if not np.isfinite(image).all():
         raise DatasetError(f"{source}: '{IMAGE_KEY}' holds NaN or infinite pixels")
-    if image.size and (image.min() < 0.0 or image.max() > 1.0):
+    if image.min() < 0.0 or image.max() > 1.0:
         raise DatasetError(
             f"{source}: '{IMAGE_KEY}' pixels lie in [{image.min():g}, {image.max():g}], expected [0, 1]"
         )
     if mask.dtype.kind == "f":
         if not np.isfinite(mask).all() or not np.array_equal(mask, np.round(mask)):
             raise DatasetError(f"{source}: '{MASK_KEY}' holds labels that are not integers")
-    if mask.size and (mask.min() < 0 or mask.max() >= NUM_CLASSES):
+    if mask.min() < 0 or mask.max() >= NUM_CLASSES:
         raise DatasetError(
             f"{source}: '{MASK_KEY}' labels lie in [{mask.min():g}, {mask.max():g}], expected 0-{NUM_CLASSES - 1}"
         )
@@ -92,11 +87,25 @@ def read_panels(data: bytes, source: str) -> tuple[np.ndarray, np.ndarray]:
     return images, masks
 
 
-def _user_keys(data: bytes) -> list[str]:
+def _check_variables(data: bytes, source: str) -> None:
+    """Checks from the variable headers alone that both keys are there and hold plain numeric arrays.
+
+    Loading a cell or struct allocates one object per element its header declares, however few bytes
+    follow, so such a value is refused before loadmat sees it.
+    """
     try:
-        return [name for name, _, _ in scipy.io.whosmat(io.BytesIO(data))]
-    except Exception:  # only used to enrich an error message
-        return []
+        variables = scipy.io.whosmat(io.BytesIO(data))
+    except Exception as error:  # scipy raises many types (ValueError, TypeError, OSError, ...)
+        raise DatasetError(f"{source}: not a readable MATLAB 5 .mat file ({type(error).__name__}: {error})") from error
+    names = [name for name, _, _ in variables]
+    for key in (IMAGE_KEY, MASK_KEY):
+        if key not in names:
+            raise DatasetError(f"{source}: missing the key '{key}' (found: {names})")
+    for name, shape, matlab_class in variables:
+        if name in (IMAGE_KEY, MASK_KEY) and matlab_class not in _NUMERIC_CLASSES:
+            raise DatasetError(
+                f"{source}: '{name}' is a MATLAB {matlab_class} value of shape {shape}, expected a numeric array"
+            )
 
 
 def write_panels(images: np.ndarray, masks: np.ndarray) -> bytes:

@@ -5,6 +5,9 @@ Output folder layout (all NumPy .npy, loadable with allow_pickle=False and memor
     train_labels.npy  (N, H, W) uint8, 0-10
     test_images.npy, test_labels.npy  likewise
     dataset.json      the summary returned by prepare_dataset
+
+The folder is built beside its final place and swapped in whole, dataset.json written last: a
+failed or interrupted run leaves the previous folder (or none) in place, never a partial one.
 """
 
 import logging
@@ -12,20 +15,21 @@ from pathlib import Path
 
 import numpy as np
 
-from segnet.archive import index_archive, open_archive, read_member, sha256_file
+from segnet.archive import ArchiveLimits, index_archive, open_archive, read_member, sha256_file
 from segnet.errors import DatasetError
-from segnet.files import save_npy, write_json
+from segnet.files import save_npy, staged_directory, write_json
 from segnet.matfile import NUM_CLASSES, read_panels
 
 log = logging.getLogger(__name__)
 
 
-def prepare_dataset(archive_path: Path, output_dir: Path) -> dict:
+def prepare_dataset(archive_path: Path, output_dir: Path, *, limits: ArchiveLimits = ArchiveLimits()) -> dict:
     """Reads every .mat file of the archive, validates it and writes the split arrays.
 
     Args:
         archive_path: The zip (read only; never modified).
-        output_dir: Folder for the .npy files; created if missing.
+        output_dir: Folder for the .npy files; replaced as a whole, and only once everything is read.
+        limits: How far the archive and each file in it may inflate.
 
     Returns:
         A summary: archive fingerprint, file and image counts, pixel storage and class histograms.
@@ -36,12 +40,12 @@ def prepare_dataset(archive_path: Path, output_dir: Path) -> dict:
     archive_path = Path(archive_path)
     fingerprint = sha256_file(archive_path) if archive_path.is_file() else None
     with open_archive(archive_path) as archive:
-        index = index_archive(archive, str(archive_path))
+        index = index_archive(archive, str(archive_path), limits=limits)
         for name in index.ignored:
             log.warning("%s:%s: not a batch*.mat or testset*.mat file; ignored", archive_path, name)
         splits = {
-            "train": _read_split(archive, index.train, str(archive_path)),
-            "test": _read_split(archive, index.test, str(archive_path)),
+            "train": _read_split(archive, index.train, str(archive_path), limits=limits),
+            "test": _read_split(archive, index.test, str(archive_path), limits=limits),
         }
 
     shapes = {split: images.shape[1:3] for split, (images, _) in splits.items()}
@@ -50,7 +54,6 @@ def prepare_dataset(archive_path: Path, output_dir: Path) -> dict:
             f"{archive_path}: training panels are {shapes['train']} but test panels are {shapes['test']}"
         )
 
-    output_dir.mkdir(parents=True, exist_ok=True)
     summary = {
         "archive": str(archive_path),
         "archive_sha256": fingerprint,
@@ -58,23 +61,27 @@ def prepare_dataset(archive_path: Path, output_dir: Path) -> dict:
         "width": int(shapes["train"][1]),
     }
     for split, (images, labels) in splits.items():
-        save_npy(output_dir / f"{split}_images.npy", images)
-        save_npy(output_dir / f"{split}_labels.npy", labels)
         histogram = np.bincount(labels.reshape(-1), minlength=NUM_CLASSES)
         summary[f"{split}_files"] = len(index.train if split == "train" else index.test)
         summary[f"{split}_images"] = int(images.shape[0])
         summary[f"{split}_pixel_dtype"] = str(images.dtype)
         summary[f"{split}_class_pixels"] = [int(count) for count in histogram]
-    write_json(output_dir / "dataset.json", summary)
+    with staged_directory(output_dir) as staging:
+        for split, (images, labels) in splits.items():
+            save_npy(staging / f"{split}_images.npy", images)
+            save_npy(staging / f"{split}_labels.npy", labels)
+        # Last: load_split takes a folder without dataset.json for an unfinished one.
+        write_json(staging / "dataset.json", summary)
     return summary
 
 
-def _read_split(archive, members: list[str], source: str) -> tuple[np.ndarray, np.ndarray]:
+def _read_split(archive, members: list[str], source: str, *, limits: ArchiveLimits) -> tuple[np.ndarray, np.ndarray]:
     """Reads members in order; returns (images, labels) with images uint8 when that is lossless."""
     quantized, exact_float, labels, shape = [], [], [], None
     for name in members:
         where = f"{source}:{name}"
-        images, masks = read_panels(read_member(archive, name, source), where)
+        data = read_member(archive, name, source, limits=limits)
+        images, masks = read_panels(data, where, max_bytes=limits.max_member_bytes)
         if shape is None:
             shape = images.shape[1:]
         elif images.shape[1:] != shape:

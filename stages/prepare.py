@@ -3,15 +3,17 @@
 Usage: python -m stages.prepare OUTPUT_DIR METRICS_JSON
 """
 
+import dataclasses
 import sys
 from pathlib import Path
 
 import mlflow
 
 from segnet import CLASS_NAMES
+from segnet.archive import ArchiveLimits
 from segnet.cli import run_stage
 from segnet.files import write_json
-from segnet.params import load_params
+from segnet.params import build, load_params
 from segnet.prepare import prepare_dataset
 from segnet.tracking import log_metrics, stage_run
 
@@ -19,13 +21,19 @@ from segnet.tracking import log_metrics, stage_run
 def main() -> None:
     output_dir, metrics_path = Path(sys.argv[1]), Path(sys.argv[2])
     params = load_params()
-    archive = Path(params["data"]["archive"])
-    with stage_run("prepare", params["tracking"]["experiment"], {"data": params["data"]}):
-        summary = prepare_dataset(archive, output_dir)
+    settings = dict(params["data"])
+    archive = Path(settings.pop("archive"))
+    limits = build(ArchiveLimits, "data", settings)
+    # The resolved limits, defaults included, are logged with the run.
+    logged = {"data": {"archive": str(archive), **dataclasses.asdict(limits)}}
+    with stage_run("prepare", params["tracking"]["experiment"], logged):
+        summary = prepare_dataset(archive, output_dir, limits=limits)
         mlflow.set_tag("archive_sha256", summary["archive_sha256"])
         # The class histograms go to MLflow and dataset.json; DVC's metrics keep the counts, which
         # `dvc exp show` can display in one row.
-        histograms = {split: dict(zip(CLASS_NAMES, summary.pop(f"{split}_class_pixels"))) for split in ("train", "test")}
+        histograms = {
+            split: dict(zip(CLASS_NAMES, summary.pop(f"{split}_class_pixels"))) for split in ("train", "test")
+        }
         write_json(metrics_path, summary)
         log_metrics(summary)
         log_metrics({f"{split}_class_pixels": counts for split, counts in histograms.items()})

@@ -1,13 +1,22 @@
 """Small real datasets for tests: .mat files written by scipy, zipped like the course release."""
 
 import io
+import os
 import socket
+import struct
+import sys
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import scipy.io
+import yaml
 
 from segnet.generate import compose_panel
+
+REPO = Path(__file__).resolve().parents[1]
+# The prepare stage of this checkout, run in a project folder (cwd) that holds its params.yaml.
+PREPARE_STAGE = [sys.executable, "-m", "stages.prepare", "out", "metrics.json"]
 
 
 def random_panels(count: int, rng: np.random.Generator, max_digits: int = 4) -> tuple[np.ndarray, np.ndarray]:
@@ -42,10 +51,40 @@ def course_mat(images: np.ndarray, masks: np.ndarray, **savemat_options) -> byte
     )
 
 
-def write_zip(path, members: dict[str, bytes]) -> None:
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+def write_zip(path, members: dict[str, bytes], compression: int = zipfile.ZIP_DEFLATED) -> None:
+    with zipfile.ZipFile(path, "w", compression) as archive:
         for name, data in members.items():
             archive.writestr(name, data)
+
+
+def patch_member(path: Path, name: str, *, flag_bits: int = 0, file_size: int | None = None, crc: int | None = None):
+    """Rewrites header fields of one member in both its local header and its central directory entry.
+
+    The stdlib cannot write encrypted or lying zips; patching the bytes of a real one can.
+
+    Args:
+        path: The zip, changed in place.
+        name: The member.
+        flag_bits: Bits to set in the general-purpose flags (0x1: encrypted).
+        file_size: A new declared uncompressed size.
+        crc: A new declared CRC-32.
+    """
+    data = bytearray(Path(path).read_bytes())
+    encoded = name.encode()
+    # Local header, then central directory entry: signature, offsets of the flags, CRC, uncompressed size, name.
+    headers = ((b"PK\x03\x04", 6, 14, 22, 30), (b"PK\x01\x02", 8, 16, 24, 46))
+    for signature, flags_at, crc_at, size_at, name_at in headers:
+        start = 0
+        while (start := data.find(signature, start)) >= 0:
+            if data[start + name_at : start + name_at + len(encoded)] == encoded:
+                flags = struct.unpack_from("<H", data, start + flags_at)[0]
+                struct.pack_into("<H", data, start + flags_at, flags | flag_bits)
+                if crc is not None:
+                    struct.pack_into("<I", data, start + crc_at, crc)
+                if file_size is not None:
+                    struct.pack_into("<I", data, start + size_at, file_size)
+            start += 1
+    Path(path).write_bytes(bytes(data))
 
 
 def course_zip(path, rng: np.random.Generator, train_files=3, test_files=2, per_file=4, folder="multi-digit-mnist/"):
@@ -64,3 +103,23 @@ def dead_server_uri() -> str:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return f"http://127.0.0.1:{probe.getsockname()[1]}"
+
+
+def stage_env() -> dict[str, str]:
+    """The environment for a stage subprocess: this checkout importable, no MLflow or DVC settings inherited."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "DVC_"))}
+    env["PYTHONPATH"] = str(REPO)
+    return env
+
+
+def write_params(folder: Path, archive: Path, **data) -> None:
+    """Writes the repository's params.yaml into folder with data.archive (and any other data.* given) set."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["data"].update(archive=str(archive), **data)
+    (Path(folder) / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def tree(folder: Path) -> dict[str, bytes | None]:
+    """Every path below folder, relative, with a file's bytes (None for a folder)."""
+    folder = Path(folder)
+    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else None for p in sorted(folder.rglob("*"))}

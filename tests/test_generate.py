@@ -4,6 +4,7 @@ import zipfile
 import numpy as np
 import pytest
 
+from segnet.archive import ArchiveLimits
 from segnet.generate import (
     CELL_OFFSETS,
     SplitSpec,
@@ -15,6 +16,7 @@ from segnet.generate import (
 )
 from segnet.matfile import read_panels
 
+MAX_BYTES = ArchiveLimits().max_member_bytes
 SMALL = dict(
     train=SplitSpec(files=3, panels_per_file=5, min_digits=0, max_digits=4),
     test=SplitSpec(files=2, panels_per_file=6, min_digits=0, max_digits=9),
@@ -60,8 +62,8 @@ def test_archive_matches_the_course_format(tmp_path):
         assert names == [f"multi-digit-mnist/batch{i:05d}.mat" for i in (1, 2, 3)] + [
             f"multi-digit-mnist/testset{i:03d}.mat" for i in (1, 2)
         ]
-        images, masks = read_panels(archive.read(names[0]), names[0])
-        test_images, test_masks = read_panels(archive.read(names[3]), names[3])
+        images, masks = read_panels(archive.read(names[0]), names[0], max_bytes=MAX_BYTES)
+        test_images, test_masks = read_panels(archive.read(names[3]), names[3], max_bytes=MAX_BYTES)
     assert images.shape == (5, 64, 64, 3)
     # Grey: three equal channels, every value k/255.
     assert np.array_equal(images[..., 0], images[..., 1]) and np.array_equal(images[..., 0], images[..., 2])
