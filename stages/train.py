@@ -26,7 +26,7 @@ from segnet.callbacks import ProgressBar
 from segnet.checkpoint import Checkpointer, fingerprint, load_checkpoint
 from segnet.cli import run_stage
 from segnet.data import load_split, split_indices, to_input
-from segnet.files import save_torch, write_bytes, write_json
+from segnet.files import save_torch, staged_directory, write_bytes, write_json
 from segnet.interrupt import StopSignals
 from segnet.matfile import NUM_CLASSES
 from segnet.model import SegNet, SegNetConfig
@@ -88,9 +88,11 @@ def main() -> None:
                 stop_requested=stop.requested,
             )
 
-        save_torch(model_dir / "model.pt", result.best_state)
         config = {**logged, "dataset_sha256": dataset["archive_sha256"], "best_epoch": result.best_epoch}
-        write_json(model_dir / "config.json", config)
+        # Weights and their config appear together or not at all: evaluate must never pair one with another's.
+        with staged_directory(model_dir) as staging:
+            save_torch(staging / "model.pt", result.best_state)
+            write_json(staging / "config.json", config)
         summary = {
             "best_val_miou": result.best_val_miou,
             "best_epoch": result.best_epoch,
