@@ -2,8 +2,8 @@
 
 import json
 import os
-import signal
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -108,7 +108,8 @@ def test_every_stage_is_one_linked_mlflow_run_in_the_root_store(project, monkeyp
     commit = run(["git", "rev-parse", "HEAD"], project).stdout.strip()
     assert all(found[0].data.tags["git_commit"] == commit for found in runs.values())
 
-    assert train_run.data.params["train.lr"] == str(yaml.safe_load((project / "params.yaml").read_text())["train"]["lr"])
+    committed_lr = yaml.safe_load((project / "params.yaml").read_text())["train"]["lr"]
+    assert train_run.data.params["train.lr"] == str(committed_lr)
     assert set(train_run.data.metrics) >= {"train_loss", "val_miou", "best_val_miou"}
     history = store(project).get_metric_history(train_run.info.run_id, "val_miou")
     assert [point.step for point in history] == [1, 2]
