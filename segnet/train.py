@@ -259,9 +259,9 @@ def train(
             "loop": {**loop, "elapsed_s": loop["elapsed_s"] + time.perf_counter() - start},
         })
 
-    def stop_if_requested() -> None:
+    def stop_if_requested(save: bool) -> None:
         if stop_requested():
-            if checkpointer:
+            if save and checkpointer:
                 save_checkpoint()
             raise TrainingInterrupted(loop["step"], checkpointer.path if checkpointer else None)
 
@@ -276,7 +276,7 @@ def train(
             order = torch.randperm(len(train_images), generator=batch_order)[: steps_per_epoch * config.batch_size]
             loop.update(order=order.view(steps_per_epoch, config.batch_size), batch=0,
                         running_loss=torch.zeros((), dtype=torch.float64))
-        running_loss = loop["running_loss"].to(device)
+        running_loss = loop["running_loss"] = loop["running_loss"].to(device)  # summed in place, step by step
         while loop["batch"] < steps_per_epoch:
             batch = loop["order"][loop["batch"]]
             batch_images, batch_labels = deform_panels(
@@ -299,14 +299,13 @@ def train(
             running_loss += loss_value
             loop["batch"] += 1
             loop["step"] += 1
-            loop["running_loss"] = running_loss
             for callback in callbacks:
                 callback.on_step_end(loop["step"], loss_value)
             # Mid-epoch checkpoints; the epoch's last step is covered by the end-of-epoch one below.
             if (checkpointer and checkpointer.every_steps and loop["step"] % checkpointer.every_steps == 0
                     and loop["batch"] < steps_per_epoch):
                 save_checkpoint()
-            stop_if_requested()
+            stop_if_requested(save=True)
 
         confusion = accumulate_confusion(
             model, val_images, val_labels, num_classes, config.val_batch_size, device, amp_dtype, config.channels_last
@@ -328,7 +327,7 @@ def train(
             save_checkpoint()
         for callback in callbacks:
             callback.on_epoch_end(record)
-        stop_if_requested()
+        stop_if_requested(save=False)  # the state was saved just above
     for callback in callbacks:
         callback.on_train_end()
 

@@ -27,10 +27,15 @@ TINY = {
 }
 
 
-def run(command: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+def clean_env(**extra: str) -> dict[str, str]:
+    """The caller's environment without MLflow or DVC settings, with this venv first on PATH."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
     env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    return env | extra
+
+
+def run(command: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, cwd=cwd, env=clean_env(), capture_output=True, text=True, timeout=600)
     if check and result.returncode != 0:
         raise AssertionError(f"{command} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
@@ -248,8 +253,7 @@ def test_a_users_own_zip_outside_the_project_is_used_and_left_untouched(project,
 def test_a_tracking_server_that_is_down_stops_a_stage_at_its_start(project):
     dead = dead_server_uri()
     lock_before = (project / "dvc.lock").read_text()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env.update(PATH=f"{BIN}{os.pathsep}{env['PATH']}", MLFLOW_TRACKING_URI=dead)
+    env = clean_env(MLFLOW_TRACKING_URI=dead)
     # The timeout catches MLflow's own minutes-long retrying: the check must fail before any of it.
     result = subprocess.run(["dvc", "repro", "--force", "--single-item", "train"], cwd=project, env=env,
                             capture_output=True, text=True, timeout=120)
@@ -264,9 +268,7 @@ def test_a_tracking_server_that_is_down_stops_a_stage_at_its_start(project):
 
 def _start_repro(root: Path, *arguments: str) -> subprocess.Popen:
     """`dvc repro` in its own process group, as a terminal would run it, so a signal reaches every process."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
-    return subprocess.Popen(["dvc", "repro", *arguments], cwd=root, env=env, start_new_session=True,
+    return subprocess.Popen(["dvc", "repro", *arguments], cwd=root, env=clean_env(), start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
