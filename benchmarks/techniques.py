@@ -26,6 +26,8 @@ VARIANTS = [
     ("threads", 1),
     ("overlay_partners", 0),
     ("deform_pixels", 0.0),
+    ("deform_affine", 0.1),
+    ("ema_decay", 0.998),
     ("compile", True),
 ]
 
@@ -46,7 +48,8 @@ def main() -> None:
             rows.append((f"{variant[0]}: {variant[1]}" if variant else "defaults", speed, first_step))
 
     baseline = rows[0][1]
-    shown = ("precision", "channels_last", "batch_size", "threads", "overlay_partners", "deform_pixels", "compile")
+    shown = ("precision", "channels_last", "batch_size", "threads", "overlay_partners", "deform_pixels", "deform_grid",
+             "deform_affine", "ema_decay", "compile")
     print("Defaults: " + ", ".join(f"{key}={defaults[key]}" for key in shown))
     print("| train setting changed | images/s | vs defaults | first step, s |")
     print("|---|---:|---:|---:|")

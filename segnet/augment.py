@@ -62,12 +62,19 @@ def overlay_panels(
 
 
 def deform_panels(
-    images: torch.Tensor, labels: torch.Tensor, pixels: float, grid: int, generator: torch.Generator
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    pixels: float,
+    grid: int,
+    generator: torch.Generator,
+    affine: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Bends each panel with its own smooth random displacement field (elastic distortion, Simard et al. 2003).
 
     Test panels are drawn from digit images training never sees. A displacement that varies smoothly
-    across the panel gives each digit a differently bent stroke. Every output pixel copies its nearest
+    across the panel gives each digit a differently bent stroke; an optional random linear map about the
+    panel's centre adds the slant, rotation and size changes by which handwriting varies most. Every output
+    pixel copies its nearest
     source pixel together with that pixel's label: no interpolation, so pixel values keep their exact
     distribution (faint anti-aliased edges included) and a pixel is a digit exactly where it has ink.
     Sources outside the panel give background.
@@ -78,16 +85,25 @@ def deform_panels(
         pixels: Largest displacement of a control point, in pixels (0 disables).
         grid: Control points per side; the field is interpolated bicubically between them.
         generator: Seeded source of randomness (CPU).
+        affine: Largest change of each entry of the 2x2 linear map (identity plus uniform noise in
+            [-affine, affine]: shear, rotation and scaling of up to about that fraction; 0 disables).
 
     Returns:
         New images and labels; the inputs are not modified.
     """
-    if pixels <= 0:
+    if pixels <= 0 and affine <= 0:
         return images, labels
     count, height, width = labels.shape
-    control = (torch.rand(count, 2, grid, grid, generator=generator) * 2 - 1) * pixels
-    flow = F.interpolate(control, size=(height, width), mode="bicubic", align_corners=True)  # (B, 2, H, W)
     rows, columns = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    flow = torch.zeros(count, 2, height, width)
+    if pixels > 0:
+        control = (torch.rand(count, 2, grid, grid, generator=generator) * 2 - 1) * pixels
+        flow += F.interpolate(control, size=(height, width), mode="bicubic", align_corners=True)  # (B, 2, H, W)
+    if affine > 0:
+        # Each output pixel samples the source at M @ (p - centre) + centre, M = identity + noise.
+        noise = (torch.rand(count, 2, 2, generator=generator) * 2 - 1) * affine
+        centred = torch.stack([rows - (height - 1) / 2, columns - (width - 1) / 2]).float()  # (2, H, W)
+        flow += torch.einsum("bij,jhw->bihw", noise, centred)
     source_rows = (rows + flow[:, 0]).round().long()
     source_columns = (columns + flow[:, 1]).round().long()
     inside = (source_rows >= 0) & (source_rows < height) & (source_columns >= 0) & (source_columns < width)

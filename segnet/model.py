@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-INPUT_TRANSFORMS = ("linear", "sqrt")
+INPUT_TRANSFORMS = ("linear", "sqrt", "ink_sqrt")
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,7 @@ class SegNetConfig:
     kernel_size: int = 3
     num_classes: int = 11
     in_channels: int = 3
-    input_transform: str = "sqrt"
+    input_transform: str = "ink_sqrt"
 
     def __post_init__(self):
         object.__setattr__(self, "encoder_channels", tuple(int(c) for c in self.encoder_channels))
@@ -118,6 +118,9 @@ class SegNet(nn.Module):
             # Labels mark every non-zero pixel as ink, down to anti-aliased edges of 1/255. The square
             # root lifts such faint ink (1/255 -> 0.06) so the first conv tells it from background.
             x = x.clamp(min=0).sqrt()
+        elif self.config.input_transform == "ink_sqrt":
+            # The same, with every inked pixel starting at 0.5: ink against background becomes a step.
+            x = torch.where(x > 0, 0.5 + 0.5 * x.clamp(min=0).sqrt(), torch.zeros_like(x))
         pool_indices = []
         for level in self.encoder:  # (N, 3, 64, 64) -> (N, 256, 4, 4) with defaults
             x, indices = level(x)

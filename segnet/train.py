@@ -33,7 +33,7 @@ CLASS_WEIGHTINGS = ("none", "median_frequency")
 class TrainConfig:
     """Every setting of a training run; the defaults here are overridden by params.yaml."""
 
-    epochs: int = 23
+    epochs: int = 21
     batch_size: int = 32
     optimizer: str = "adamw"
     lr: float = 3e-3
@@ -45,7 +45,9 @@ class TrainConfig:
     overlay_probability: float = 1.0
     overlay_partners: int = 2
     deform_pixels: float = 1.0
-    deform_grid: int = 5
+    deform_grid: int = 9
+    deform_affine: float = 0.0
+    ema_decay: float = 0.0
     val_batch_size: int = 256
     class_weighting: str = "none"
     device: str = "auto"
@@ -67,6 +69,8 @@ class TrainConfig:
             "overlay_partners": self.overlay_partners >= 0,
             "deform_pixels": self.deform_pixels >= 0,
             "deform_grid": self.deform_grid >= 2,
+            "deform_affine": 0 <= self.deform_affine < 1,
+            "ema_decay": 0 <= self.ema_decay < 1,
             "val_batch_size": self.val_batch_size >= 1,
             "threads": self.threads >= 0,
             "checkpoint_steps": self.checkpoint_steps >= 0,
@@ -180,6 +184,19 @@ def make_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig, total_s
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
 
 
+@torch.no_grad()
+def update_average(averaged: nn.Module, model: nn.Module, decay: float, step: int) -> None:
+    """Moves `averaged`'s weights towards `model`'s; batch-norm statistics are copied, as they already average.
+
+    The decay ramps up from 0.1 over the first steps (as in TensorFlow's ExponentialMovingAverage), so
+    the average does not remember the random initialisation.
+    """
+    decay = min(decay, (1 + step) / (10 + step))
+    torch._foreach_lerp_(list(averaged.parameters()), list(model.parameters()), 1 - decay)
+    for average, live in zip(averaged.buffers(), model.buffers()):
+        average.copy_(live)
+
+
 def train(
     model: nn.Module,
     train_images: torch.Tensor,
@@ -232,6 +249,8 @@ def train(
     total_steps = steps_per_epoch * config.epochs
     schedule = make_schedule(optimizer, config, total_steps)
     batch_order = torch.Generator().manual_seed(seed)
+    # An exponential moving average of the weights, validated and selected instead of the live ones.
+    averaged = copy.deepcopy(model) if config.ema_decay else None
 
     # The loop's whole state: a checkpoint of it resumes the run as if it had never stopped. `order` holds
     # the current epoch's batches (None between epochs) and `batch` the next one to train on.
@@ -241,6 +260,8 @@ def train(
     }
     if resume is not None:
         model.load_state_dict(resume["model"])
+        if averaged is not None:
+            averaged.load_state_dict(resume["averaged"])
         optimizer.load_state_dict(resume["optimizer"])
         schedule.load_state_dict(resume["schedule"])
         batch_order.set_state(resume["batch_order"])
@@ -252,6 +273,7 @@ def train(
     def save_checkpoint() -> None:
         checkpointer.save({
             "model": model.state_dict(),
+            "averaged": averaged.state_dict() if averaged is not None else None,
             "optimizer": optimizer.state_dict(),
             "schedule": schedule.state_dict(),
             "batch_order": batch_order.get_state(),
@@ -280,7 +302,8 @@ def train(
         while loop["batch"] < steps_per_epoch:
             batch = loop["order"][loop["batch"]]
             batch_images, batch_labels = deform_panels(
-                train_images[batch], train_labels[batch], config.deform_pixels, config.deform_grid, batch_order
+                train_images[batch], train_labels[batch], config.deform_pixels, config.deform_grid, batch_order,
+                config.deform_affine,
             )
             for _ in range(config.overlay_partners):
                 batch_images, batch_labels = overlay_panels(
@@ -295,6 +318,8 @@ def train(
             loss.backward()
             optimizer.step()
             schedule.step()
+            if averaged is not None:
+                update_average(averaged, model, config.ema_decay, loop["step"])
             loss_value = loss.detach()
             running_loss += loss_value
             loop["batch"] += 1
@@ -307,8 +332,9 @@ def train(
                 save_checkpoint()
             stop_if_requested(save=True)
 
+        selected = averaged if averaged is not None else model
         confusion = accumulate_confusion(
-            model, val_images, val_labels, num_classes, config.val_batch_size, device, amp_dtype, config.channels_last
+            selected, val_images, val_labels, num_classes, config.val_batch_size, device, amp_dtype, config.channels_last
         )
         record = {
             "epoch": loop["epoch"],
@@ -321,7 +347,7 @@ def train(
         loop["history"].append(record)
         if record["val_miou"] > loop["best_miou"]:
             loop.update(best_miou=record["val_miou"], best_epoch=loop["epoch"])
-            loop["best_state"] = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+            loop["best_state"] = copy.deepcopy({k: v.detach().cpu() for k, v in selected.state_dict().items()})
         loop.update(epoch=loop["epoch"] + 1, order=None, running_loss=None)
         if checkpointer:
             save_checkpoint()

@@ -67,14 +67,17 @@ def test_input_size_must_fit_the_pooling_levels():
         SegNet(TINY)(torch.rand(1, 3, 60, 60))
 
 
-def test_sqrt_input_transform_lifts_faint_ink_and_is_part_of_the_model():
-    linear = SegNet(SegNetConfig(encoder_channels=(1,), decoder_channels=(1,), in_channels=1, input_transform="linear"))
-    lifted = SegNet(SegNetConfig(encoder_channels=(1,), decoder_channels=(1,), in_channels=1, input_transform="sqrt"))
+@pytest.mark.parametrize("transform, faint, full", [
+    ("linear", 1 / 255, 1.0), ("sqrt", (1 / 255) ** 0.5, 1.0), ("ink_sqrt", 0.5 + 0.5 * (1 / 255) ** 0.5, 1.0),
+])
+def test_input_transforms_lift_faint_ink_keep_background_at_zero_and_are_part_of_the_model(transform, faint, full):
+    model = SegNet(SegNetConfig(encoder_channels=(1,), decoder_channels=(1,), in_channels=1, input_transform=transform))
     seen = {}
-    for name, model in (("linear", linear), ("sqrt", lifted)):
-        model.encoder[0].block[0].register_forward_hook(lambda m, args, out, name=name: seen.update({name: args[0]}))
-        model(torch.full((1, 1, 2, 2), 1 / 255))
-    assert seen["linear"].max().item() == pytest.approx(1 / 255)
-    assert seen["sqrt"].max().item() == pytest.approx((1 / 255) ** 0.5)
+    model.encoder[0].block[0].register_forward_hook(lambda m, args, out: seen.update(first_conv_input=args[0]))
+    model(torch.tensor([[[[0.0, 1 / 255], [1.0, 0.0]]]]))
+    assert seen["first_conv_input"].flatten().tolist() == pytest.approx([0.0, faint, full, 0.0])
+
+
+def test_an_unknown_input_transform_is_refused():
     with pytest.raises(ValueError, match="input_transform"):
         SegNetConfig(input_transform="log")

@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +12,15 @@ from segnet.generate import compose_panel
 from segnet.inference import accumulate_confusion
 from segnet.metrics import mean_iou
 from segnet.model import SegNet, SegNetConfig
-from segnet.train import TrainConfig, TrainingInterrupted, class_weights, select_amp_dtype, set_seed, train
+from segnet.train import (
+    TrainConfig,
+    TrainingInterrupted,
+    class_weights,
+    select_amp_dtype,
+    set_seed,
+    train,
+    update_average,
+)
 from tests.helpers import random_panels
 
 
@@ -86,6 +96,23 @@ def test_deformation_is_seeded_and_zero_pixels_is_the_identity():
     assert torch.equal(same_images, images) and torch.equal(same_labels, labels)
 
 
+def test_an_affine_map_alone_slants_and_scales_panels_under_the_same_rules():
+    images, labels = _digit_panels(16, 3)
+    new_images, new_labels = deform_panels(images, labels, 0.0, 5, torch.Generator().manual_seed(0), affine=0.1)
+    assert torch.equal(new_images.amax(-1) > 0, new_labels > 0)
+    assert 0.01 < (new_labels != labels).float().mean() < 0.3
+    for before, after in zip(labels, new_labels):
+        assert set(after.unique().tolist()) <= set(before.unique().tolist())
+    # A linear map about the centre barely moves the centre but moves the corners by up to 0.1 * 32 px.
+    images = torch.zeros(8, 64, 64, 1, dtype=torch.uint8)
+    images[:, 31:33, 31:33] = 255
+    images[:, :3, :3] = 255
+    labels = (images[..., 0] > 0).to(torch.uint8)
+    _, moved = deform_panels(images, labels, 0.0, 5, torch.Generator().manual_seed(1), affine=0.1)
+    assert moved[:, 31:33, 31:33].all()
+    assert not moved[:, :3, :3].all()
+
+
 def test_median_frequency_weights_by_hand():
     # frequencies 0.7, 0.2, 0.1 (and one absent class): median 0.2 -> weights 0.2/0.7, 1, 2, 0
     weights = class_weights(torch.tensor([70, 20, 10, 0]))
@@ -130,14 +157,16 @@ class Recorder(Callback):
         self.records.append(record)
 
 
-def test_training_learns_and_returns_the_best_epochs_weights():
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
+def test_training_learns_and_returns_the_best_epochs_weights(ema_decay):
     rng = np.random.default_rng(0)
     images, labels = random_panels(48, rng)
     images = torch.from_numpy(np.rint(images * 255).astype(np.uint8))
     labels = torch.from_numpy(labels)
     set_seed(0)
     model = SegNet(SegNetConfig(encoder_channels=(8, 8, 8, 8), decoder_channels=(8, 8, 8, 8)))
-    config = TrainConfig(epochs=4, batch_size=8, lr=0.01, precision="float32", overlay_probability=0.5)
+    config = TrainConfig(epochs=4, batch_size=8, lr=0.01, precision="float32", overlay_probability=0.5,
+                         ema_decay=ema_decay)
     recorder = Recorder()
     result = train(model, images[:40], labels[:40], images[40:], labels[40:], 11, config, seed=0,
                    callbacks=[recorder])
@@ -146,10 +175,23 @@ def test_training_learns_and_returns_the_best_epochs_weights():
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
     best = max(result.history, key=lambda r: r["val_miou"])
     assert result.best_epoch == best["epoch"] and result.best_val_miou == best["val_miou"]
-    # The returned weights are the best epoch's: they reproduce its validation mIoU.
+    # The returned weights are the best epoch's (averaged, with ema_decay): they reproduce its validation mIoU.
     model.load_state_dict(result.best_state)
     confusion = accumulate_confusion(model, images[40:], labels[40:], 11, 16, torch.device("cpu"))
     assert mean_iou(confusion) == pytest.approx(result.best_val_miou)
+
+
+def test_the_weight_average_moves_by_the_decay_after_a_short_ramp():
+    live, averaged = torch.nn.BatchNorm2d(2), torch.nn.BatchNorm2d(2)
+    with torch.no_grad():
+        live.weight.fill_(1.0)
+        averaged.weight.fill_(0.0)
+        live.running_mean.fill_(5.0)
+    update_average(averaged, live, decay=0.9, step=1000)
+    assert averaged.weight.tolist() == pytest.approx([0.1, 0.1])
+    assert averaged.running_mean.tolist() == [5.0, 5.0]  # statistics are copied, not averaged
+    update_average(averaged, live, decay=0.9, step=0)  # ramp: decay (1 + 0) / (10 + 0) = 0.1
+    assert averaged.weight.tolist() == pytest.approx([0.1 + 0.9 * 0.9] * 2)
 
 
 @pytest.mark.parametrize("steps", [1, 2, 5, 10])
@@ -181,9 +223,12 @@ def _fit(images, labels, config, **options):
     return train(_fresh_model(), images[:32], labels[:32], images[32:], labels[32:], 11, config, seed=0, **options)
 
 
-@pytest.mark.parametrize("stop_after, every", [(1, 3), (4, 3), (8, 0), (9, 2), (11, 5)])
-def test_a_run_stopped_at_any_step_resumes_to_exactly_the_uninterrupted_result(tmp_path, stop_after, every):
+@pytest.mark.parametrize("stop_after, every, changes", [
+    (1, 3, {}), (4, 3, {}), (8, 0, {}), (9, 2, {}), (11, 5, {}), (6, 0, dict(ema_decay=0.9, deform_affine=0.1)),
+])
+def test_a_run_stopped_at_any_step_resumes_to_exactly_the_uninterrupted_result(tmp_path, stop_after, every, changes):
     images, labels, config = _resume_setup()  # 4 steps per epoch, 12 in all
+    config = dataclasses.replace(config, **changes)
     uninterrupted = _fit(images, labels, config)
 
     fingerprint = "f" * 64
