@@ -1,6 +1,7 @@
 """What the throughput, techniques and profile benchmarks share: their settings and a small built-in dataset."""
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 from segnet.generate import SplitSpec, build_archive
@@ -9,6 +10,18 @@ from segnet.params import load_params
 from segnet.train import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
+# Speed measurements are repeated in interleaved rounds and the best kept: on a shared machine other load
+# only ever slows a measurement down, and interleaving spreads a slow spell over every variant alike.
+ROUNDS = 3
+
+
+def best_of_rounds(measures: dict[str, Callable[[], float]], rounds: int = ROUNDS) -> dict[str, float]:
+    """Runs every measure once per round, in the same order each round, and keeps each one's highest value."""
+    best = dict.fromkeys(measures, 0.0)
+    for _ in range(rounds):
+        for name, measure in measures.items():
+            best[name] = max(best[name], measure())
+    return best
 
 
 def read_settings(description: str, default_files: int) -> tuple[dict, SegNetConfig, int]:
