@@ -214,6 +214,33 @@ def test_four_queued_experiments_on_two_workers_all_land_in_a_fresh_root_store(p
     assert not list((copy / ".dvc" / "tmp").rglob("mlflow.db"))
 
 
+def _output_bytes(root: Path) -> dict[str, bytes]:
+    """Every file DVC tracks as a stage output: the built-in zip, prepared arrays, the model and the pictures."""
+    files = [path for path in (root / "data").rglob("*") if path.is_file() and path.name != ".gitignore"]
+    files += [root / "metrics" / name for name in ("confusion_matrix.png", "predictions.png")]
+    return {str(path.relative_to(root)): path.read_bytes() for path in files}
+
+
+def test_a_local_dvc_remote_takes_a_push_and_gives_back_every_output_on_pull(project, tmp_path):
+    copy = tmp_path / "project"
+    shutil.copytree(project, copy, ignore=lambda folder, names: {"tmp"} if Path(folder) == project / ".dvc" else set())
+    assert "up to date" in run(["dvc", "status"], copy).stdout
+    outputs = _output_bytes(copy)
+    assert {"data/prepared/train_images.npy", "data/model/model.pt", "data/builtin/multi-digit-mnist.zip"} <= set(outputs)
+
+    remote = tmp_path / "dvc-storage"
+    run(["dvc", "remote", "add", "-d", "storage", str(remote)], copy)
+    run(["dvc", "push"], copy)
+    assert any(path.is_file() for path in remote.rglob("*"))
+    # As on another machine: no outputs and no cache, only the repository and the remote.
+    shutil.rmtree(copy / ".dvc" / "cache")
+    for name in outputs:
+        (copy / name).unlink()
+    run(["dvc", "pull"], copy)
+    assert _output_bytes(copy) == outputs
+    assert "up to date" in run(["dvc", "status"], copy).stdout
+
+
 def test_bad_archive_fails_clearly_and_keeps_the_last_good_results(project, tmp_path):
     lock_before = (project / "dvc.lock").read_text()
     metrics_before = (project / "metrics" / "evaluate.json").read_text()
