@@ -8,6 +8,7 @@ Usage: make bench  (or python -m benchmarks.techniques [--files N])
 """
 
 import tempfile
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -51,7 +52,7 @@ def main() -> None:
         measures = {}
         for variant in VARIANTS:
             name = f"{variant[0]}: {variant[1]}" if variant else "defaults"
-            measures[name] = lambda name=name, changes=dict([variant] if variant else []): measure(name, changes)
+            measures[name] = partial(measure, name, dict([variant]) if variant else {})
         speeds = best_of_rounds(measures)
     rows = [(name, speed, first_steps[name]) for name, speed in speeds.items()]
 
