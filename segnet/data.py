@@ -1,6 +1,7 @@
 """Loading prepared arrays and turning them into model batches."""
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -48,8 +49,11 @@ def load_split(folder: Path, split: str, mmap: bool = False) -> tuple[torch.Tens
             f"{folder}: dataset.json counts {expected} {split} panels but {split}_images.npy holds {images.shape[0]}; "
             "rerun the prepare stage (dvc repro prepare)"
         )
-    # from_numpy shares memory; memory-mapped arrays are read-only, which torch only warns about.
-    return torch.from_numpy(np.asarray(images)), torch.from_numpy(np.asarray(labels))
+    # from_numpy shares memory. Memory-mapped arrays are read-only, which torch warns about; nothing here
+    # writes to them (batches are gathered copies), so the warning is only noise.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(np.asarray(images)), torch.from_numpy(np.asarray(labels))
 
 
 def split_indices(count: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -25,11 +25,13 @@ def predict_batches(
     device: torch.device,
     amp_dtype: torch.dtype | None = None,
     channels_last: bool = True,
-) -> Iterator[tuple[slice, torch.Tensor]]:
-    """Yields (slice of the input, predicted classes (B, H, W) int64 on the CPU), batch by batch."""
+    index: torch.Tensor | None = None,
+) -> Iterator[tuple[slice | torch.Tensor, torch.Tensor]]:
+    """Yields (the batch's panels: a slice, or indices when `index` picks the panels, predicted classes
+    (B, H, W) int64 on the CPU), batch by batch."""
     model.eval()
-    for start in range(0, len(images), batch_size):
-        window = slice(start, start + batch_size)
+    for start in range(0, len(images) if index is None else len(index), batch_size):
+        window = slice(start, start + batch_size) if index is None else index[start : start + batch_size]
         with autocast(device, amp_dtype):
             logits = model(to_input(images[window], device, channels_last))
         yield window, logits.argmax(1).cpu()
@@ -44,9 +46,10 @@ def accumulate_confusion(
     device: torch.device,
     amp_dtype: torch.dtype | None = None,
     channels_last: bool = True,
+    index: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """One confusion matrix (classes, classes) over every pixel of every image."""
+    """One confusion matrix (classes, classes) over every pixel of every image (of those `index` picks)."""
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
-    for window, prediction in predict_batches(model, images, batch_size, device, amp_dtype, channels_last):
+    for window, prediction in predict_batches(model, images, batch_size, device, amp_dtype, channels_last, index):
         confusion += confusion_matrix(labels[window], prediction, num_classes)
     return confusion

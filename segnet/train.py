@@ -18,6 +18,7 @@ from segnet.augment import deform_panels, overlay_panels
 from segnet.callbacks import Callback
 from segnet.checkpoint import Checkpointer
 from segnet.data import to_input
+from segnet.distributed import SINGLE_PROCESS, World, any_across, sum_across, synchronize_batch_norm
 from segnet.inference import accumulate_confusion, autocast
 from segnet.metrics import mean_iou
 
@@ -56,6 +57,8 @@ class TrainConfig:
     compile: bool = False
     threads: int = 0
     checkpoint_steps: int = 100
+    processes: int = 1
+    distributed_backend: str = "auto"
 
     def __post_init__(self):
         checks = {
@@ -74,6 +77,8 @@ class TrainConfig:
             "val_batch_size": self.val_batch_size >= 1,
             "threads": self.threads >= 0,
             "checkpoint_steps": self.checkpoint_steps >= 0,
+            "processes": self.processes >= 1,
+            "distributed_backend": self.distributed_backend in ("auto", "gloo", "nccl"),
             "optimizer": self.optimizer in OPTIMIZERS,
             "schedule": self.schedule in SCHEDULES,
             "precision": self.precision in PRECISIONS,
@@ -115,10 +120,12 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def select_device(name: str) -> torch.device:
-    """`auto` picks CUDA when available, else the CPU."""
+def select_device(name: str, local_rank: int | None = None) -> torch.device:
+    """`auto` picks CUDA when available, else the CPU. `local_rank` gives each process on a machine its own GPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and local_rank is not None:
+        name = f"cuda:{local_rank}"
     try:
         device = torch.device(name)
     except RuntimeError as error:
@@ -199,10 +206,10 @@ def update_average(averaged: nn.Module, model: nn.Module, decay: float, step: in
 
 def train(
     model: nn.Module,
-    train_images: torch.Tensor,
-    train_labels: torch.Tensor,
-    val_images: torch.Tensor,
-    val_labels: torch.Tensor,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    train_index: torch.Tensor,
+    val_index: torch.Tensor,
     num_classes: int,
     config: TrainConfig,
     seed: int,
@@ -210,13 +217,16 @@ def train(
     checkpointer: Checkpointer | None = None,
     resume: dict | None = None,
     stop_requested: Callable[[], bool] = lambda: False,
+    world: World = SINGLE_PROCESS,
 ) -> TrainResult:
     """Trains `model` and returns the weights of the epoch with the best validation mIoU.
 
     Args:
         model: Any module mapping (N, 3, H, W) floats to (N, classes, H, W) logits.
-        train_images, val_images: (N, H, W, 3) uint8 or float pixels (see segnet.data).
-        train_labels, val_labels: (N, H, W) class indices.
+        images: (N, H, W, 3) uint8 or float pixels (see segnet.data); may be memory-mapped, as only the
+            panels of each batch are read.
+        labels: (N, H, W) class indices.
+        train_index, val_index: The panels to train on and to select the epoch by.
         num_classes: Number of classes in the labels.
         config: Optimisation and hardware settings.
         seed: Seeds initialisation-independent randomness here (batch order).
@@ -226,26 +236,40 @@ def train(
             continues from it and ends exactly as the uninterrupted run would (on the CPU).
         stop_requested: Polled after every step; when it returns True the loop saves a checkpoint and
             raises TrainingInterrupted.
+        world: This process's place among the training processes (segnet.distributed); the process group
+            must already be started. Each process trains on its slice of every global batch.
 
     Raises:
         TrainingInterrupted: `stop_requested` returned True.
     """
     if config.threads:
         torch.set_num_threads(config.threads)
-    device = select_device(config.device)
+    if config.batch_size % world.size:
+        raise ValueError(f"train.batch_size {config.batch_size} does not divide among {world.size} processes")
+    device = select_device(config.device, world.local_rank if world.is_distributed else None)
     amp_dtype = select_amp_dtype(config.precision, device)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model.to(device=device, memory_format=memory_format)
+    forward = model
+    if world.is_distributed:
+        synchronize_batch_norm(model, device)
+        forward = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     # The compiled module shares its parameters with `model`, so state_dict() keeps plain names.
-    forward = torch.compile(model) if config.compile else model
+    forward = torch.compile(forward) if config.compile else forward
+    # Every process builds the whole global batch (the same batch order and augmentation draws), then
+    # trains on its own slice: the data are then exactly those of a single-process run.
+    local_batch_size = config.batch_size // world.size
+    local = slice(world.rank * local_batch_size, (world.rank + 1) * local_batch_size)
 
     weights = None
     if config.class_weighting == "median_frequency":
-        weights = class_weights(torch.bincount(train_labels.reshape(-1).long(), minlength=num_classes)).to(device)
+        counts = sum(torch.bincount(labels[chunk].reshape(-1).long(), minlength=num_classes)
+                     for chunk in train_index.split(4096))
+        weights = class_weights(counts).to(device)
     optimizer = make_optimizer(model, config)
-    steps_per_epoch = len(train_images) // config.batch_size
+    steps_per_epoch = len(train_index) // config.batch_size
     if steps_per_epoch == 0:
-        raise ValueError(f"batch_size {config.batch_size} exceeds the {len(train_images)} training images")
+        raise ValueError(f"batch_size {config.batch_size} exceeds the {len(train_index)} training images")
     total_steps = steps_per_epoch * config.epochs
     schedule = make_schedule(optimizer, config, total_steps)
     batch_order = torch.Generator().manual_seed(seed)
@@ -282,7 +306,7 @@ def train(
         })
 
     def stop_if_requested(save: bool) -> None:
-        if stop_requested():
+        if any_across(stop_requested(), device):
             if save and checkpointer:
                 save_checkpoint()
             raise TrainingInterrupted(loop["step"], checkpointer.path if checkpointer else None)
@@ -295,22 +319,22 @@ def train(
         if loop["order"] is None:
             # The last partial batch is dropped: every step sees the same batch size, which keeps
             # batch-norm statistics and the learning-rate schedule consistent.
-            order = torch.randperm(len(train_images), generator=batch_order)[: steps_per_epoch * config.batch_size]
+            order = torch.randperm(len(train_index), generator=batch_order)[: steps_per_epoch * config.batch_size]
             loop.update(order=order.view(steps_per_epoch, config.batch_size), batch=0,
                         running_loss=torch.zeros((), dtype=torch.float64))
         running_loss = loop["running_loss"] = loop["running_loss"].to(device)  # summed in place, step by step
         while loop["batch"] < steps_per_epoch:
-            batch = loop["order"][loop["batch"]]
+            batch = train_index[loop["order"][loop["batch"]]]
             batch_images, batch_labels = deform_panels(
-                train_images[batch], train_labels[batch], config.deform_pixels, config.deform_grid, batch_order,
+                images[batch], labels[batch], config.deform_pixels, config.deform_grid, batch_order,
                 config.deform_affine,
             )
             for _ in range(config.overlay_partners):
                 batch_images, batch_labels = overlay_panels(
                     batch_images, batch_labels, config.overlay_probability, batch_order
                 )
-            inputs = to_input(batch_images, device, config.channels_last)
-            targets = batch_labels.to(device, non_blocking=True).long()
+            inputs = to_input(batch_images[local], device, config.channels_last)
+            targets = batch_labels[local].to(device, non_blocking=True).long()
             with autocast(device, amp_dtype):
                 logits = forward(inputs)
             loss = F.cross_entropy(logits.float(), targets, weight=weights)
@@ -333,13 +357,15 @@ def train(
             stop_if_requested(save=True)
 
         selected = averaged if averaged is not None else model
-        confusion = accumulate_confusion(
-            selected, val_images, val_labels, num_classes, config.val_batch_size, device, amp_dtype, config.channels_last
-        )
+        # Each process scores its share of the validation panels; the confusion matrices add up.
+        confusion = sum_across(accumulate_confusion(
+            selected, images, labels, num_classes, config.val_batch_size, device, amp_dtype, config.channels_last,
+            index=val_index[world.rank::world.size],
+        ).to(device)).cpu()
         record = {
             "epoch": loop["epoch"],
             "step": loop["step"],
-            "train_loss": float(running_loss) / steps_per_epoch,
+            "train_loss": float(sum_across(running_loss.clone())) / steps_per_epoch / world.size,
             "val_miou": mean_iou(confusion),
             "lr": optimizer.param_groups[0]["lr"],
             "elapsed_s": loop["elapsed_s"] + time.perf_counter() - start,

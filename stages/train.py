@@ -1,7 +1,13 @@
 """DVC stage `train`: trains SegNet on the prepared training split, selecting the epoch by validation mIoU.
 
 Usage: python -m stages.train PREPARED_DIR MODEL_DIR METRICS_JSON HISTORY_CSV CHECKPOINT_DIR
-The test split is not read here: only `evaluate` touches it.
+The test split is not read here: only `evaluate` touches it. The prepared panels are memory-mapped: only
+the panels of each batch are read, so a dataset larger than memory trains too.
+
+Several processes: `train.processes: N` makes this stage launch itself in N processes on this machine
+(torchrun's launcher, DistributedDataParallel); started by `torchrun` (any number of nodes), it joins the
+job torchrun describes instead. Either way the rank-0 process alone logs to MLflow and writes checkpoints
+and outputs.
 
 Interrupted training resumes: the loop state is saved to CHECKPOINT_DIR every train.checkpoint_steps steps
 and at every epoch's end, and the next run with the same settings, data and code continues from it (into the
@@ -9,9 +15,12 @@ same MLflow run), ending with exactly the weights of an uninterrupted run. Ctrl-
 the MLflow run KILLED and exits with 130. The checkpoint is deleted once training has finished.
 """
 
+import contextlib
 import csv
 import io
 import json
+import os
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -25,6 +34,7 @@ from segnet.archive import sha256_file
 from segnet.callbacks import ProgressBar
 from segnet.checkpoint import Checkpointer, fingerprint, load_checkpoint
 from segnet.cli import run_stage
+from segnet import distributed
 from segnet.data import load_split, split_indices, to_input
 from segnet.files import save_torch, staged_directory, write_bytes, write_json
 from segnet.interrupt import StopSignals
@@ -33,7 +43,7 @@ from segnet.model import SegNet, SegNetConfig
 from segnet.params import build, load_params
 from segnet.plots import miou_time_png
 from segnet.tracking import TRAIN_STAGE, MLflowCallback, log_metrics, stage_run
-from segnet.train import TrainConfig, set_seed, train
+from segnet.train import TrainConfig, select_device, set_seed, train
 
 
 def main() -> None:
@@ -46,22 +56,32 @@ def main() -> None:
         raise ValueError(
             f"params.yaml model.num_classes: the labels have {NUM_CLASSES} classes, got {model_config.num_classes}"
         )
-    images, labels = load_split(prepared_dir, "train")
+    world = distributed.launched_world()
+    if train_config.processes > 1 and not world.is_distributed:
+        sys.exit(_launch(train_config.processes))
+    images, labels = load_split(prepared_dir, "train", mmap=True)
     dataset_record = (prepared_dir / "dataset.json").read_text()
     dataset = json.loads(dataset_record)
     logged = {"seed": seed, "model": params["model"], "train": params["train"]}
-    tags = {"dataset_sha256": dataset["archive_sha256"]}
+    tags = {"dataset_sha256": dataset["archive_sha256"], "processes": world.size}
 
     # How often to checkpoint does not change the result, so it is left out of what a checkpoint must match.
+    # The number of processes is: a checkpoint of N processes resumes only in N processes.
     decisive = {**logged, "train": {k: v for k, v in params["train"].items() if k != "checkpoint_steps"},
-                "dataset": dataset_record}
+                "dataset": dataset_record, "processes": world.size}
     code = sorted(Path(segnet.__file__).parent.glob("*.py")) + [Path(__file__)]
     run_fingerprint = fingerprint(decisive, code)
     checkpoint_path = checkpoint_dir / f"train-{run_fingerprint[:16]}.pt"
     resume = load_checkpoint(checkpoint_path, run_fingerprint)
 
+    if world.is_distributed:
+        distributed.start(world, train_config.distributed_backend,
+                          select_device(train_config.device, world.local_rank))
     resume_run_id = resume["extra"].get("mlflow_run_id") if resume else None
-    with stage_run(TRAIN_STAGE, params["tracking"]["experiment"], logged, tags, resume_run_id) as run:
+    # Only the main process tracks: one MLflow run for the whole job.
+    tracked = (stage_run(TRAIN_STAGE, params["tracking"]["experiment"], logged, tags, resume_run_id)
+               if world.is_main else contextlib.nullcontext())
+    with tracked as run:
         if images.shape[1] % model_config.downsampling or images.shape[2] % model_config.downsampling:
             raise ValueError(
                 f"{prepared_dir}: panels are {tuple(images.shape[1:3])}, but a {len(model_config.encoder_channels)}"
@@ -70,23 +90,29 @@ def main() -> None:
         train_index, val_index = split_indices(len(images), train_config.val_fraction, seed)
         set_seed(seed)
         model = SegNet(model_config)
-        checkpointer = Checkpointer(checkpoint_path, train_config.checkpoint_steps, run_fingerprint,
-                                    extra={"mlflow_run_id": run.info.run_id})
+        checkpointer = None
+        if world.is_main:
+            checkpointer = Checkpointer(checkpoint_path, train_config.checkpoint_steps, run_fingerprint,
+                                        extra={"mlflow_run_id": run.info.run_id})
         with StopSignals() as stop:
             result = train(
                 model,
-                images[train_index],
-                labels[train_index],
-                images[val_index],
-                labels[val_index],
+                images,
+                labels,
+                train_index,
+                val_index,
                 num_classes=model_config.num_classes,
                 config=train_config,
                 seed=seed,
-                callbacks=[ProgressBar(train_config.epochs), MLflowCallback()],
+                callbacks=[ProgressBar(train_config.epochs), MLflowCallback()] if world.is_main else [],
                 checkpointer=checkpointer,
                 resume=resume["state"] if resume else None,
                 stop_requested=stop.requested,
+                world=world,
             )
+        distributed.stop()
+        if not world.is_main:
+            return
 
         config = {**logged, "dataset_sha256": dataset["archive_sha256"], "best_epoch": result.best_epoch}
         # Weights and their config appear together or not at all: evaluate must never pair one with another's.
@@ -112,8 +138,18 @@ def main() -> None:
             picture = Path(folder) / "miou_vs_time.png"
             picture.write_bytes(miou_time_png(result.history))
             mlflow.log_artifact(str(picture))
-        _log_model(model, result.best_state, images[:2])
+        # A fresh model: the trained one may hold cross-process batch norm, which only runs in a process group.
+        _log_model(SegNet(model_config), result.best_state, images[:2])
     checkpointer.remove()
+
+
+def _launch(processes: int) -> int:
+    """Runs this stage in `processes` processes on this machine under torchrun; returns their exit status."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
+               "-m", "stages.train", *sys.argv[1:]]
+    # torchrun would set one thread per process with a warning; dividing the cores is what it means.
+    env = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // processes)), **os.environ}
+    return subprocess.call(command, env=env)
 
 
 def _history_csv(history: list[dict]) -> bytes:

@@ -168,7 +168,7 @@ def test_training_learns_and_returns_the_best_epochs_weights(ema_decay):
     config = TrainConfig(epochs=4, batch_size=8, lr=0.01, precision="float32", overlay_probability=0.5,
                          ema_decay=ema_decay)
     recorder = Recorder()
-    result = train(model, images[:40], labels[:40], images[40:], labels[40:], 11, config, seed=0,
+    result = train(model, images, labels, torch.arange(40), torch.arange(40, len(images)), 11, config, seed=0,
                    callbacks=[recorder])
     assert recorder.steps == 4 * (40 // 8)
     assert [r["epoch"] for r in result.history] == [1, 2, 3, 4] == [r["epoch"] for r in recorder.records]
@@ -201,7 +201,7 @@ def test_one_cycle_schedule_runs_however_few_steps_there_are(steps):
     set_seed(0)
     model = SegNet(SegNetConfig(encoder_channels=(4, 4, 4, 4), decoder_channels=(4, 4, 4, 4)))
     config = TrainConfig(epochs=1, batch_size=8, lr=0.01, precision="float32", warmup_fraction=0.2)
-    result = train(model, images, labels, images[:8], labels[:8], 11, config, seed=0)
+    result = train(model, images, labels, torch.arange(len(images)), torch.arange(8), 11, config, seed=0)
     assert result.history[-1]["step"] == steps
 
 
@@ -220,7 +220,8 @@ def _fresh_model():
 
 
 def _fit(images, labels, config, **options):
-    return train(_fresh_model(), images[:32], labels[:32], images[32:], labels[32:], 11, config, seed=0, **options)
+    return train(_fresh_model(), images, labels, torch.arange(32), torch.arange(32, len(images)), 11, config, seed=0,
+                 **options)
 
 
 @pytest.mark.parametrize("stop_after, every, changes", [

@@ -1,0 +1,134 @@
+"""Training in several processes with DistributedDataParallel: `torchrun`, or `train.processes` on one machine.
+
+Every process holds a replica of the model and trains on its share of each global batch; gradients are
+averaged across processes after every backward pass, so the replicas stay identical. The global batch is
+`train.batch_size` whatever the number of processes, and batch-norm statistics span the whole global
+batch, so a run in N processes computes what a run in one process computes, up to floating-point
+summation order.
+"""
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+BACKENDS = ("auto", "gloo", "nccl")
+
+
+@dataclass(frozen=True)
+class World:
+    """Where this process stands among the training processes (one process: rank 0 of 1)."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """The process that alone logs to MLflow and writes checkpoints and outputs."""
+        return self.rank == 0
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.size > 1
+
+
+SINGLE_PROCESS = World()
+
+
+def launched_world() -> World:
+    """The World that torchrun describes in this process's environment (RANK, WORLD_SIZE, LOCAL_RANK)."""
+    if "WORLD_SIZE" not in os.environ:
+        return SINGLE_PROCESS
+    return World(
+        rank=int(os.environ["RANK"]), size=int(os.environ["WORLD_SIZE"]), local_rank=int(os.environ["LOCAL_RANK"])
+    )
+
+
+def start(world: World, backend: str, device: torch.device) -> None:
+    """Joins the process group that torchrun set up; `auto` picks nccl for CUDA and gloo for the CPU."""
+    if backend not in BACKENDS:
+        raise ValueError(f"train.distributed_backend: '{backend}' is not one of {', '.join(BACKENDS)}")
+    if backend == "auto":
+        backend = "nccl" if device.type == "cuda" else "gloo"
+    if backend == "nccl" and device.type != "cuda":
+        raise ValueError("train.distributed_backend: nccl needs CUDA devices; use gloo on the CPU")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend, rank=world.rank, world_size=world.size)
+
+
+def stop() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def sum_across(tensor: torch.Tensor) -> torch.Tensor:
+    """Sums `tensor` over all processes, in place (a no-op in a single process)."""
+    if dist.is_initialized():
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def any_across(flag: bool, device: torch.device) -> bool:
+    """True on every process when `flag` is True on any: processes must stop at the same step."""
+    if not dist.is_initialized():
+        return flag
+    return bool(sum_across(torch.tensor([int(flag)], device=device)).item())
+
+
+class _SumAcross(torch.autograd.Function):
+    """All-reduce (sum) whose backward pass is an all-reduce of the gradient: d(sum_r x_r)/dx_r = 1."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        return sum_across(tensor.clone())
+
+    @staticmethod
+    def backward(ctx, gradient: torch.Tensor) -> torch.Tensor:
+        return sum_across(gradient.clone())
+
+
+class CrossProcessBatchNorm(nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics cover the global batch, on any backend.
+
+    nn.SyncBatchNorm does the same on CUDA only. Statistics are computed in two passes (the mean, then the
+    mean squared deviation), in float32, as BatchNorm2d does; the running variance is the unbiased one.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return super().forward(x)
+        x = x.float()
+        channels = (1, -1, 1, 1)
+        count = x.numel() // x.shape[1] * dist.get_world_size()
+        mean = _SumAcross.apply(x.sum(dim=(0, 2, 3))) / count
+        centred = x - mean.view(channels)
+        variance = _SumAcross.apply(centred.square().sum(dim=(0, 2, 3))) / count
+        with torch.no_grad():
+            self.running_mean.lerp_(mean, self.momentum)
+            self.running_var.lerp_(variance * count / (count - 1), self.momentum)
+            self.num_batches_tracked += 1
+        scale = self.weight * torch.rsqrt(variance + self.eps)
+        return centred * scale.view(channels) + self.bias.view(channels)
+
+
+def synchronize_batch_norm(model: nn.Module, device: torch.device) -> nn.Module:
+    """Replaces every BatchNorm2d of `model` by one whose statistics span all processes; keeps the weights.
+
+    The state-dict keys stay the same, so the weights load into the plain model again.
+    """
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    for name, child in model.named_children():
+        if type(child) is nn.BatchNorm2d:
+            if child.momentum is None or not child.affine or not child.track_running_stats:
+                raise ValueError(f"{name}: only affine batch norm with running statistics and a momentum is supported")
+            replacement = CrossProcessBatchNorm(child.num_features, child.eps, child.momentum)
+            replacement.load_state_dict(child.state_dict())
+            setattr(model, name, replacement.to(child.weight.device))
+        else:
+            synchronize_batch_norm(child, device)
+    return model
