@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
-import torch
 
 
 def _read_umask() -> int:
@@ -82,8 +81,58 @@ def save_npy(path: Path, array: np.ndarray) -> None:
     _replace_atomically(path, write)
 
 
+class NpyWriter:
+    """A .npy file written block by block along its first axis, so an array larger than memory can be saved.
+
+    The header is written first with room for any length and rewritten with the final length on close,
+    so the file is a plain .npy that np.load reads (and memory-maps). Not atomic by itself: write it inside
+    a staged_directory, which is.
+    """
+
+    # Magic, version, header length and the header dict padded to 128 bytes: a multiple of 64 (numpy's
+    # alignment), with room for any count of rows.
+    HEADER_BYTES = 128
+
+    def __init__(self, path: Path, dtype: np.dtype, row_shape: tuple[int, ...]):
+        self.path = Path(path)
+        self.dtype = np.dtype(dtype)
+        self.row_shape = tuple(row_shape)
+        self.rows = 0
+        self._file = open(self.path, "wb")
+        self._file.write(self._header())
+
+    def append(self, block: np.ndarray) -> None:
+        """Appends rows; `block` must have this file's dtype and row shape."""
+        if block.dtype != self.dtype or block.shape[1:] != self.row_shape:
+            raise ValueError(f"{self.path}: a block of {block.dtype} {block.shape[1:]} rows, expected "
+                             f"{self.dtype} {self.row_shape}")
+        self._file.write(np.ascontiguousarray(block).data)
+        self.rows += len(block)
+
+    def close(self) -> None:
+        """Writes the final header and flushes the file to disk."""
+        self._file.seek(0)
+        self._file.write(self._header())
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+
+    def discard(self) -> None:
+        """Closes and deletes an unfinished file."""
+        self._file.close()
+        self.path.unlink(missing_ok=True)
+
+    def _header(self) -> bytes:
+        fields = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
+                  "shape": (self.rows, *self.row_shape)}
+        text = repr(fields).encode("latin1").ljust(self.HEADER_BYTES - 11) + b"\n"
+        return b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text
+
+
 def save_torch(path: Path, value) -> None:
     """Saves tensors (a state dict) with torch.save atomically."""
+    import torch  # here, not at the top: prepare's worker processes import this module and never need torch
+
     _replace_atomically(path, lambda temporary: torch.save(value, temporary))
 
 

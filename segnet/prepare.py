@@ -6,30 +6,52 @@ Output folder layout (all NumPy .npy, loadable with allow_pickle=False and memor
     test_images.npy, test_labels.npy  likewise
     dataset.json      the summary returned by prepare_dataset
 
-The folder is built beside its final place and swapped in whole, dataset.json written last: a
-failed or interrupted run leaves the previous folder (or none) in place, never a partial one.
+The archive is streamed: files are parsed in parallel worker processes and appended to the arrays on disk in
+archive order, so memory use stays the same whatever the number of files (the course generator's full
+release has 500,000 panels). The folder is built beside its final place and swapped in whole, dataset.json
+written last: a failed or interrupted run leaves the previous folder (or none) in place, never a partial one.
 """
 
+import collections
+import ctypes
 import logging
+import multiprocessing
+import os
+import signal
+import sys
+import zipfile
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from segnet.archive import ArchiveLimits, index_archive, open_archive, read_member, sha256_file
 from segnet.errors import DatasetError
-from segnet.files import save_npy, staged_directory, write_json
+from segnet.files import NpyWriter, staged_directory, write_json
 from segnet.matfile import NUM_CLASSES, read_panels
 
 log = logging.getLogger(__name__)
 
+# Rows converted at a time when a split turns out to need float32 after uint8 rows were written.
+_CONVERT_ROWS = 4096
 
-def prepare_dataset(archive_path: Path, output_dir: Path, *, limits: ArchiveLimits = ArchiveLimits()) -> dict:
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which containers and taskset restrict)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def prepare_dataset(
+    archive_path: Path, output_dir: Path, *, limits: ArchiveLimits = ArchiveLimits(), workers: int = 1
+) -> dict:
     """Reads every .mat file of the archive, validates it and writes the split arrays.
 
     Args:
         archive_path: The zip (read only; never modified).
         output_dir: Folder for the .npy files; replaced as a whole, and only once everything is read.
         limits: How far the archive and each file in it may inflate.
+        workers: Processes that parse .mat files (1: parse in this process). The output does not depend on it.
 
     Returns:
         A summary: archive fingerprint, file and image counts, pixel storage and class histograms.
@@ -37,70 +59,191 @@ def prepare_dataset(archive_path: Path, output_dir: Path, *, limits: ArchiveLimi
     Raises:
         DatasetError: Anything wrong with the archive or its files, naming the file.
     """
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     archive_path = Path(archive_path)
     fingerprint = sha256_file(archive_path) if archive_path.is_file() else None
     with open_archive(archive_path) as archive:
         index = index_archive(archive, str(archive_path), limits=limits)
-        for name in index.ignored:
-            log.warning("%s:%s: not a batch*.mat or testset*.mat file; ignored", archive_path, name)
-        splits = {
-            "train": _read_split(archive, index.train, str(archive_path), limits=limits),
-            "test": _read_split(archive, index.test, str(archive_path), limits=limits),
-        }
+    for name in index.ignored:
+        log.warning("%s:%s: not a batch*.mat or testset*.mat file; ignored", archive_path, name)
 
-    shapes = {split: images.shape[1:3] for split, (images, _) in splits.items()}
-    if shapes["train"] != shapes["test"]:
-        raise DatasetError(
-            f"{archive_path}: training panels are {shapes['train']} but test panels are {shapes['test']}"
-        )
-
-    summary = {
-        "archive": str(archive_path),
-        "archive_sha256": fingerprint,
-        "height": int(shapes["train"][0]),
-        "width": int(shapes["train"][1]),
-    }
-    for split, (images, labels) in splits.items():
-        histogram = np.bincount(labels.reshape(-1), minlength=NUM_CLASSES)
-        summary[f"{split}_files"] = len(index.train if split == "train" else index.test)
-        summary[f"{split}_images"] = int(images.shape[0])
-        summary[f"{split}_pixel_dtype"] = str(images.dtype)
-        summary[f"{split}_class_pixels"] = [int(count) for count in histogram]
+    summary = {"archive": str(archive_path), "archive_sha256": fingerprint}
     with staged_directory(output_dir) as staging:
-        for split, (images, labels) in splits.items():
-            save_npy(staging / f"{split}_images.npy", images)
-            save_npy(staging / f"{split}_labels.npy", labels)
+        splits = {}
+        with _file_reader(archive_path, limits, workers) as read_files:
+            for split, members in (("train", index.train), ("test", index.test)):
+                writer = _SplitWriter(staging, split, str(archive_path))
+                try:
+                    for name, (images, exact, masks) in zip(members, read_files(members), strict=True):
+                        writer.append(name, images, exact, masks)
+                except BaseException:
+                    writer.discard()
+                    raise
+                writer.close()
+                splits[split] = writer
+        if splits["train"].shape != splits["test"].shape:
+            raise DatasetError(
+                f"{archive_path}: training panels are {splits['train'].shape} but test panels are "
+                f"{splits['test'].shape}"
+            )
+        summary["height"], summary["width"] = (int(side) for side in splits["train"].shape)
+        for split, writer in splits.items():
+            summary[f"{split}_files"] = len(index.train if split == "train" else index.test)
+            summary[f"{split}_images"] = writer.rows
+            summary[f"{split}_pixel_dtype"] = str(writer.pixel_dtype)
+            summary[f"{split}_class_pixels"] = [int(count) for count in writer.histogram]
         # Last: load_split takes a folder without dataset.json for an unfinished one.
         write_json(staging / "dataset.json", summary)
     return summary
 
 
-def _read_split(archive, members: list[str], source: str, *, limits: ArchiveLimits) -> tuple[np.ndarray, np.ndarray]:
-    """Reads members in order; returns (images, labels) with images uint8 when that is lossless."""
-    quantized, exact_float, labels, shape = [], [], [], None
-    for name in members:
-        where = f"{source}:{name}"
-        data = read_member(archive, name, source, limits=limits)
-        images, masks = read_panels(data, where, max_bytes=limits.max_member_bytes)
-        if shape is None:
-            shape = images.shape[1:]
-        elif images.shape[1:] != shape:
-            raise DatasetError(f"{where}: panels are {images.shape[1:3]}, earlier files had {shape[:2]}")
-        as_bytes = np.rint(images * 255).astype(np.uint8)
-        # The course release stores k/255 in float32: uint8 holds it exactly and takes a quarter of the space.
-        if np.array_equal(to_unit_float(as_bytes), images):
-            quantized.append(as_bytes)
-            exact_float.append(None)
-        else:
-            quantized.append(None)
-            exact_float.append(images)
-        labels.append(masks)
-    if all(q is not None for q in quantized):
-        images = np.concatenate(quantized)
-    else:
-        log.warning("%s: pixels are not all multiples of 1/255; storing float32", source)
-        images = np.concatenate([f if f is not None else to_unit_float(q) for q, f in zip(quantized, exact_float)])
-    return images, np.concatenate(labels)
+class _SplitWriter:
+    """Appends one split's panels, file by file, to its .npy files, checking that all files agree in shape.
+
+    Pixels are stored as uint8 while every file holds exact k/255 values (the course release does: uint8
+    holds them exactly in a quarter of the space). The first file that does not turns the whole split to
+    float32: the rows written so far are converted on disk, block by block.
+    """
+
+    def __init__(self, folder: Path, split: str, source: str):
+        self.folder, self.split, self.source = folder, split, source
+        self.images: NpyWriter | None = None
+        self.labels: NpyWriter | None = None
+        self.shape: tuple[int, int] | None = None
+        self.histogram = np.zeros(NUM_CLASSES, dtype=np.int64)
+
+    @property
+    def rows(self) -> int:
+        return self.labels.rows
+
+    @property
+    def pixel_dtype(self) -> np.dtype:
+        return self.images.dtype
+
+    def append(self, name: str, images: np.ndarray, exact: bool, masks: np.ndarray) -> None:
+        if self.shape is None:
+            self.shape = images.shape[1:3]
+            self.images = NpyWriter(self._path("images"), np.uint8 if exact else np.float32, images.shape[1:])
+            self.labels = NpyWriter(self._path("labels"), np.uint8, masks.shape[1:])
+        elif images.shape[1:3] != self.shape:
+            raise DatasetError(f"{self.source}:{name}: panels are {images.shape[1:3]}, earlier files had {self.shape}")
+        if self.images.dtype == np.uint8 and not exact:
+            log.warning("%s: pixels are not all multiples of 1/255; storing float32", self.source)
+            self._convert_to_float()
+        self.images.append(images if exact == (self.images.dtype == np.uint8) else to_unit_float(images))
+        self.labels.append(masks)
+        self.histogram += np.bincount(masks.reshape(-1), minlength=NUM_CLASSES)
+
+    def close(self) -> None:
+        self.images.close()
+        self.labels.close()
+
+    def discard(self) -> None:
+        for writer in (self.images, self.labels):
+            if writer is not None:
+                writer.discard()
+
+    def _path(self, kind: str) -> Path:
+        return self.folder / f"{self.split}_{kind}.npy"
+
+    def _convert_to_float(self) -> None:
+        written = self._path("images").with_suffix(".uint8.npy")
+        self.images.close()
+        self._path("images").rename(written)
+        quantized = np.load(written, mmap_mode="r")
+        self.images = NpyWriter(self._path("images"), np.float32, quantized.shape[1:])
+        for start in range(0, len(quantized), _CONVERT_ROWS):
+            self.images.append(to_unit_float(quantized[start : start + _CONVERT_ROWS]))
+        del quantized
+        written.unlink()
+
+
+def _file_reader(archive_path: Path, limits: ArchiveLimits, workers: int):
+    """A context giving read_files(members) -> iterator of (images, exact, masks), one per member, in order."""
+    if workers == 1:
+        return _InProcessReader(archive_path, limits)
+    return _ParallelReader(archive_path, limits, workers)
+
+
+class _InProcessReader:
+    def __init__(self, archive_path: Path, limits: ArchiveLimits):
+        self.archive_path, self.limits = archive_path, limits
+
+    def __enter__(self):
+        _open_worker_archive(self.archive_path, self.limits)
+        return lambda members: map(_read_file, members)
+
+    def __exit__(self, *exc_info):
+        _close_worker_archive()
+
+
+class _ParallelReader:
+    """Parses files in worker processes, at most 2 per worker in flight, and yields them in archive order.
+
+    The bound keeps memory flat: a result waits only for the files before it, never for the whole archive.
+    """
+
+    def __init__(self, archive_path: Path, limits: ArchiveLimits, workers: int):
+        # spawn, not fork: the stage process may hold threads (MLflow's), which fork would copy mid-state.
+        self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=_open_worker_archive, initargs=(archive_path, limits))
+        self.in_flight = 2 * workers
+
+    def __enter__(self):
+        return self._read_files
+
+    def __exit__(self, *exc_info):
+        self.pool.shutdown(cancel_futures=True)
+
+    def _read_files(self, members: list[str]) -> Iterator[tuple[np.ndarray, bool, np.ndarray]]:
+        pending = collections.deque()
+        names = iter(members)
+        for name in names:
+            pending.append(self.pool.submit(_read_file, name))
+            if len(pending) == self.in_flight:
+                break
+        while pending:
+            result = pending.popleft().result()
+            for name in names:
+                pending.append(self.pool.submit(_read_file, name))
+                break
+            yield result
+
+
+# The archive each worker process (or this process, with one worker) reads from.
+_worker: dict = {}
+
+
+def _open_worker_archive(archive_path: Path, limits: ArchiveLimits) -> None:
+    _exit_with_parent()
+    _worker.update(archive=zipfile.ZipFile(archive_path), source=str(archive_path), limits=limits)
+
+
+def _exit_with_parent() -> None:
+    """Makes Linux end this worker when the process that started it dies (killed stages leave no workers)."""
+    if multiprocessing.parent_process() is None or not sys.platform.startswith("linux"):
+        return
+    set_parent_death_signal = 1  # PR_SET_PDEATHSIG
+    ctypes.CDLL(None, use_errno=True).prctl(set_parent_death_signal, signal.SIGKILL)
+    if os.getppid() != multiprocessing.parent_process().pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _close_worker_archive() -> None:
+    _worker.pop("archive").close()
+
+
+def _read_file(name: str) -> tuple[np.ndarray, bool, np.ndarray]:
+    """Reads and validates one member; returns its images (uint8 when exact k/255, else float32), exact, masks."""
+    limits, source = _worker["limits"], _worker["source"]
+    data = read_member(_worker["archive"], name, source, limits=limits)
+    images, masks = read_panels(data, f"{source}:{name}", max_bytes=limits.max_member_bytes)
+    as_bytes = np.rint(images * 255).astype(np.uint8)
+    # The course release stores k/255 in float32: uint8 holds it exactly and takes a quarter of the space.
+    if np.array_equal(to_unit_float(as_bytes), images):
+        return as_bytes, True, masks
+    return images, False, masks
 
 
 def to_unit_float(pixels: np.ndarray) -> np.ndarray:

@@ -14,7 +14,7 @@ from segnet.archive import ArchiveLimits
 from segnet.cli import run_stage
 from segnet.files import write_json
 from segnet.params import build, load_params
-from segnet.prepare import prepare_dataset
+from segnet.prepare import available_cores, prepare_dataset
 from segnet.tracking import log_metrics, stage_run
 
 
@@ -23,11 +23,15 @@ def main() -> None:
     params = load_params()
     settings = dict(params["data"])
     archive = Path(settings.pop("archive"))
+    workers = settings.pop("workers")
+    if not isinstance(workers, int) or workers < 0:
+        raise ValueError(f"params.yaml data.workers: must be an integer >= 0, got {workers!r}")
+    workers = workers or available_cores()
     limits = build(ArchiveLimits, "data", settings)
     # The resolved limits, defaults included, are logged with the run.
-    logged = {"data": {"archive": str(archive), **dataclasses.asdict(limits)}}
+    logged = {"data": {"archive": str(archive), "workers": workers, **dataclasses.asdict(limits)}}
     with stage_run("prepare", params["tracking"]["experiment"], logged):
-        summary = prepare_dataset(archive, output_dir, limits=limits)
+        summary = prepare_dataset(archive, output_dir, limits=limits, workers=workers)
         mlflow.set_tag("archive_sha256", summary["archive_sha256"])
         # The class histograms go to MLflow and dataset.json; DVC's metrics keep the counts, which
         # `dvc exp show` can display in one row.

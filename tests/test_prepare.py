@@ -9,12 +9,55 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 
 from segnet.data import load_split
 from segnet.errors import DatasetError
 from segnet.prepare import prepare_dataset
 from tests.helpers import PREPARE_STAGE, course_mat, course_zip, random_panels, stage_env, tree, write_params, write_zip
+
+
+def _mixed_archive(path: Path) -> list[np.ndarray]:
+    """Six training files, the fourth with pixels that are not k/255; returns every training panel in order."""
+    rng = np.random.default_rng(5)
+    panels, members = [], {}
+    for number in range(1, 7):
+        images, masks = random_panels(3, rng)
+        if number == 4:
+            images = (images * np.float32(0.999)).astype(np.float32)
+        panels.append(images)
+        members[f"batch{number:05d}.mat"] = course_mat(images, masks)
+    members["testset001.mat"] = course_mat(*random_panels(2, rng))
+    write_zip(path, members)
+    return panels
+
+
+def test_worker_processes_write_exactly_what_one_process_writes(tmp_path):
+    panels = _mixed_archive(tmp_path / "mixed.zip")
+    one = prepare_dataset(tmp_path / "mixed.zip", tmp_path / "one", workers=1)
+    two = prepare_dataset(tmp_path / "mixed.zip", tmp_path / "two", workers=2)
+    assert one == two and tree(tmp_path / "one") == tree(tmp_path / "two")
+    # The fourth file turned the split to float32 after three files had been stored as uint8: those were
+    # converted on disk, exactly.
+    assert one["train_pixel_dtype"] == "float32" and one["test_pixel_dtype"] == "uint8"
+    images = np.load(tmp_path / "two" / "train_images.npy", mmap_mode="r")
+    np.testing.assert_array_equal(images, np.concatenate(panels))
+    assert not list((tmp_path / "two").glob("*.uint8.npy"))
+
+
+def test_a_bad_file_read_by_a_worker_is_named_and_the_earlier_output_is_kept(tmp_path):
+    course_zip(tmp_path / "good.zip", np.random.default_rng(0), train_files=2, test_files=1, per_file=3)
+    prepare_dataset(tmp_path / "good.zip", tmp_path / "out", workers=2)
+    before = tree(tmp_path / "out")
+    mat = course_mat(*random_panels(2, np.random.default_rng(1)))
+    members = {f"batch{i:05d}.mat": mat for i in range(1, 6)} | {"batch00003.mat": b"garbage" * 50,
+                                                                 "testset001.mat": mat}
+    write_zip(tmp_path / "bad.zip", members)
+    with pytest.raises(DatasetError, match=r"bad\.zip:batch00003\.mat: not a readable"):
+        prepare_dataset(tmp_path / "bad.zip", tmp_path / "out", workers=2)
+    assert tree(tmp_path / "out") == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["bad.zip", "good.zip", "out"]
 
 
 def test_a_failing_prepare_leaves_the_earlier_output_byte_identical(tmp_path):
@@ -67,6 +110,14 @@ def _write_seconds(output: Path, prepare) -> float:
     return moments[-1] - moments[0] if moments else 0.0
 
 
+def _ended(process: psutil.Process) -> bool:
+    """Gone, or a zombie: dead, waiting for an init process that, in some containers, never reaps it."""
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def _assert_no_partial_results(project: Path, allowed: list[dict]) -> None:
     """out/ is absent or one of the allowed complete folders; no staging folder passes for a dataset."""
     if (project / "out").exists():
@@ -106,8 +157,12 @@ def test_a_killed_prepare_stage_leaves_the_earlier_output_or_a_complete_new_one(
         else:
             _wait_for_staging(process, tmp_path)
             time.sleep(rng.uniform(0.0, 1.5 * writing))
+        workers = psutil.Process(process.pid).children(recursive=True) if process.poll() is None else []
         process.kill()
         process.wait(timeout=60)
+        # The parse workers end with the stage: a killed run leaves no process behind.
+        _, alive = psutil.wait_procs(workers, timeout=10)
+        assert all(_ended(worker) for worker in alive), alive
         _assert_no_partial_results(tmp_path, allowed=[first, second])
 
     _run_stage(tmp_path)

@@ -1,0 +1,151 @@
+"""Full-size data: streaming prepare (throughput, peak memory) and memory-mapped training on 100k panels.
+
+Builds two archives with the built-in generator, laid out like the original generator's full release
+(500 panels per .mat file, training panels with 0-4 digits, test panels with 0-9): 10k and 100k panels
+(20 and 200 files, one in twenty a test file). Each is prepared in a fresh process, whose peak resident
+memory (and its parse workers') is read from the kernel: streaming keeps the two within 20%. Then training
+runs for a fixed number of steps on the prepared 100k panels, memory-mapped, and its images/s and peak
+memory are reported.
+Usage: python -m benchmarks.large [--images 100000] [--small 10000] [--steps 40]   (or `make bench-large`)
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+from benchmarks.common import REPO
+from segnet.generate import SplitSpec, build_archive
+from segnet.prepare import available_cores
+
+PANELS_PER_FILE = 500
+TEST_SHARE = 20  # one file in twenty holds test panels
+
+
+def build(folder: Path, images: int) -> Path:
+    files = images // PANELS_PER_FILE
+    test_files = max(1, files // TEST_SHARE)
+    archive = folder / f"archive-{images}.zip"
+    build_archive(archive, seed=0, train=SplitSpec(files - test_files, PANELS_PER_FILE, 0, 4),
+                  test=SplitSpec(test_files, PANELS_PER_FILE, 0, 9), test_digit_fraction=0.2)
+    return archive
+
+
+# Each measurement runs in a new interpreter, so that its peak memory is its own.
+PREPARE = """
+import json, sys, time
+from pathlib import Path
+from segnet.prepare import prepare_dataset
+start = time.perf_counter()
+summary = prepare_dataset(Path(sys.argv[1]), Path(sys.argv[2]), workers=int(sys.argv[3]))
+seconds = time.perf_counter() - start
+print(json.dumps({"seconds": seconds, "files": summary["train_files"] + summary["test_files"],
+                  "images": summary["train_images"] + summary["test_images"]}))
+"""
+
+TRAIN = """
+import json, sys, time
+from pathlib import Path
+import torch
+from segnet.callbacks import Callback
+from segnet.data import load_split, split_indices
+from segnet.model import SegNet, SegNetConfig
+from segnet.params import load_params
+from segnet.train import TrainConfig, TrainingInterrupted, set_seed, train
+
+steps = int(sys.argv[2])
+params = load_params(Path(sys.argv[3]))
+images, labels = load_split(Path(sys.argv[1]), "train", mmap=True)
+train_index, val_index = split_indices(len(images), params["train"]["val_fraction"], 0)
+
+class Clock(Callback):
+    # The first steps warm up allocators and kernels; the rate is timed from step 5 on.
+    def on_step_end(self, step, loss):
+        if step == 5:
+            self.start = time.perf_counter()
+        self.step = step
+
+clock = Clock()
+set_seed(0)
+config = TrainConfig(**{**params["train"], "device": "cpu"})
+try:
+    train(SegNet(SegNetConfig(**params["model"])), images, labels, train_index, val_index, 11, config, seed=0,
+          callbacks=[clock], stop_requested=lambda: clock.step >= steps)
+except TrainingInterrupted:
+    pass
+seconds = time.perf_counter() - clock.start
+print(json.dumps({"images_per_second": (clock.step - 5) * config.batch_size / seconds,
+                  "dataset_mib": (images.nbytes + labels.nbytes) / 2**20}))
+"""
+
+
+def measure(script: str, *arguments) -> dict:
+    """Runs `script` in a new interpreter; returns what it printed plus the peak resident memory it used.
+
+    The peak is sampled every 20 ms from the kernel over the process and all its children (prepare's parse
+    workers) together, as the whole job's footprint; `rss_mib` is the main process's, `tree_rss_mib` the
+    total. (getrusage's ru_maxrss will not do: a child inherits its parent's high-water mark at fork.)
+    """
+    process = psutil.Popen([sys.executable, "-c", script, *map(str, arguments)], cwd=REPO,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak_main = peak_tree = 0
+    while process.poll() is None:
+        try:
+            main_rss = process.memory_info().rss
+            tree = main_rss + sum(child.memory_info().rss for child in process.children(recursive=True))
+        except psutil.Error:  # a process ended between listing and reading it
+            continue
+        peak_main, peak_tree = max(peak_main, main_rss), max(peak_tree, tree)
+        time.sleep(0.02)
+    stdout, stderr = process.communicate()
+    if process.returncode != 0:
+        raise SystemExit(f"measurement failed:\n{stderr}")
+    peaks = {"rss_mib": peak_main / 2**20, "tree_rss_mib": peak_tree / 2**20}
+    return json.loads(stdout.strip().splitlines()[-1]) | peaks
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=100_000, help="panels in the large archive")
+    parser.add_argument("--small", type=int, default=10_000, help="panels in the small archive")
+    parser.add_argument("--steps", type=int, default=40, help="training steps to time on the large archive")
+    arguments = parser.parse_args()
+    cores = available_cores()
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        for images in (arguments.small, arguments.images):
+            start = time.perf_counter()
+            archive = build(folder, images)
+            built = time.perf_counter() - start
+            for workers in sorted({1, cores}):
+                prepared = folder / f"prepared-{images}-{workers}"
+                result = measure(PREPARE, archive, prepared, workers)
+                rows.append((images, workers, built, archive.stat().st_size / 2**20, result))
+                print(f"{images} panels, {workers} worker(s): {result}", flush=True)
+        trained = measure(TRAIN, folder / f"prepared-{arguments.images}-{cores}", arguments.steps, REPO / "params.yaml")
+
+    print(f"\nMachine: {cores} cores. Panels per file: {PANELS_PER_FILE}.")
+    print("| panels | files | archive MiB | workers | prepare s | files/s | panels/s | peak RSS MiB (main) "
+          "| peak RSS MiB (main + workers) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for images, workers, built, size, result in rows:
+        print(f"| {images:,} | {result['files']} | {size:.0f} | {workers} | {result['seconds']:.1f} | "
+              f"{result['files'] / result['seconds']:.1f} | {result['images'] / result['seconds']:.0f} | "
+              f"{result['rss_mib']:.0f} | {result['tree_rss_mib']:.0f} |")
+    small = next(r for i, w, _, _, r in rows if i == arguments.small and w == cores)
+    large = next(r for i, w, _, _, r in rows if i == arguments.images and w == cores)
+    print(f"\nPeak RSS, {arguments.images:,} against {arguments.small:,} panels ({cores} workers): main "
+          f"{large['rss_mib'] / small['rss_mib']:.2f}x, with workers {large['tree_rss_mib'] / small['tree_rss_mib']:.2f}x")
+    print(f"Training on the prepared {arguments.images:,} panels, memory-mapped ({trained['dataset_mib']:.0f} MiB "
+          f"on disk): {trained['images_per_second']:.1f} images/s over {arguments.steps - 5} steps, "
+          f"peak RSS {trained['rss_mib']:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
