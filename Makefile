@@ -5,7 +5,7 @@ BIN := $(abspath $(VENV))/bin
 # Stage commands in dvc.yaml call `python`: the venv's must come first on PATH.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: venv repro test ui bench clean-venv
+.PHONY: venv repro test ui bench bench-large clean-venv
 
 venv: $(VENV)/.installed
 
@@ -28,6 +28,10 @@ bench: venv
 	python -m benchmarks.throughput
 	python -m benchmarks.techniques
 	python -m benchmarks.profile
+
+# Full-size data: a 100k-panel archive (500 panels per file), streamed prepare and memory-mapped training.
+bench-large: venv
+	python -m benchmarks.large
 
 clean-venv:
 	rm -rf $(VENV)

@@ -6,22 +6,20 @@ Output folder layout (all NumPy .npy, loadable with allow_pickle=False and memor
     test_images.npy, test_labels.npy  likewise
     dataset.json      the summary returned by prepare_dataset
 
-The archive is streamed: files are parsed in parallel worker processes and appended to the arrays on disk in
+The archive is streamed: files are parsed in parallel threads and appended to the arrays on disk in
 archive order, so memory use stays the same whatever the number of files (the course generator's full
 release has 500,000 panels). The folder is built beside its final place and swapped in whole, dataset.json
 written last: a failed or interrupted run leaves the previous folder (or none) in place, never a partial one.
 """
 
 import collections
-import ctypes
+import itertools
 import logging
-import multiprocessing
 import os
-import signal
-import sys
+import threading
 import zipfile
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +49,7 @@ def prepare_dataset(
         archive_path: The zip (read only; never modified).
         output_dir: Folder for the .npy files; replaced as a whole, and only once everything is read.
         limits: How far the archive and each file in it may inflate.
-        workers: Processes that parse .mat files (1: parse in this process). The output does not depend on it.
+        workers: Threads that parse .mat files. The output does not depend on it.
 
     Returns:
         A summary: archive fingerprint, file and image counts, pixel storage and class histograms.
@@ -161,89 +159,58 @@ class _SplitWriter:
 
 def _file_reader(archive_path: Path, limits: ArchiveLimits, workers: int):
     """A context giving read_files(members) -> iterator of (images, exact, masks), one per member, in order."""
-    if workers == 1:
-        return _InProcessReader(archive_path, limits)
     return _ParallelReader(archive_path, limits, workers)
 
 
-class _InProcessReader:
-    def __init__(self, archive_path: Path, limits: ArchiveLimits):
-        self.archive_path, self.limits = archive_path, limits
-
-    def __enter__(self):
-        _open_worker_archive(self.archive_path, self.limits)
-        return lambda members: map(_read_file, members)
-
-    def __exit__(self, *exc_info):
-        _close_worker_archive()
-
-
 class _ParallelReader:
-    """Parses files in worker processes, at most 2 per worker in flight, and yields them in archive order.
+    """Parses files in `workers` threads, at most 2 per thread in flight, and yields them in archive order.
 
-    The bound keeps memory flat: a result waits only for the files before it, never for the whole archive.
+    Threads, not processes: the work is inflating (zlib) and NumPy array passes over large arrays, which run
+    without holding Python's global lock, so threads use the cores without start-up cost, pickling of
+    results, or worker processes that could outlive a killed stage. The in-flight bound keeps memory
+    flat: a parsed file waits only for the files before it, never for the whole archive.
     """
 
     def __init__(self, archive_path: Path, limits: ArchiveLimits, workers: int):
-        # spawn, not fork: the stage process may hold threads (MLflow's), which fork would copy mid-state.
-        self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                        initializer=_open_worker_archive, initargs=(archive_path, limits))
+        self.archive_path, self.limits = archive_path, limits
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="prepare")
         self.in_flight = 2 * workers
+        self.local = threading.local()
+        self.archives = []
 
     def __enter__(self):
         return self._read_files
 
     def __exit__(self, *exc_info):
         self.pool.shutdown(cancel_futures=True)
+        for archive in self.archives:
+            archive.close()
 
     def _read_files(self, members: list[str]) -> Iterator[tuple[np.ndarray, bool, np.ndarray]]:
         pending = collections.deque()
         names = iter(members)
-        for name in names:
-            pending.append(self.pool.submit(_read_file, name))
-            if len(pending) == self.in_flight:
-                break
+        for name in itertools.islice(names, self.in_flight):
+            pending.append(self.pool.submit(self._read_file, name))
         while pending:
             result = pending.popleft().result()
-            for name in names:
-                pending.append(self.pool.submit(_read_file, name))
-                break
+            for name in itertools.islice(names, 1):
+                pending.append(self.pool.submit(self._read_file, name))
             yield result
 
-
-# The archive each worker process (or this process, with one worker) reads from.
-_worker: dict = {}
-
-
-def _open_worker_archive(archive_path: Path, limits: ArchiveLimits) -> None:
-    _exit_with_parent()
-    _worker.update(archive=zipfile.ZipFile(archive_path), source=str(archive_path), limits=limits)
-
-
-def _exit_with_parent() -> None:
-    """Makes Linux end this worker when the process that started it dies (killed stages leave no workers)."""
-    if multiprocessing.parent_process() is None or not sys.platform.startswith("linux"):
-        return
-    set_parent_death_signal = 1  # PR_SET_PDEATHSIG
-    ctypes.CDLL(None, use_errno=True).prctl(set_parent_death_signal, signal.SIGKILL)
-    if os.getppid() != multiprocessing.parent_process().pid:  # the parent died before prctl took effect
-        os._exit(1)
-
-
-def _close_worker_archive() -> None:
-    _worker.pop("archive").close()
-
-
-def _read_file(name: str) -> tuple[np.ndarray, bool, np.ndarray]:
-    """Reads and validates one member; returns its images (uint8 when exact k/255, else float32), exact, masks."""
-    limits, source = _worker["limits"], _worker["source"]
-    data = read_member(_worker["archive"], name, source, limits=limits)
-    images, masks = read_panels(data, f"{source}:{name}", max_bytes=limits.max_member_bytes)
-    as_bytes = np.rint(images * 255).astype(np.uint8)
-    # The course release stores k/255 in float32: uint8 holds it exactly and takes a quarter of the space.
-    if np.array_equal(to_unit_float(as_bytes), images):
-        return as_bytes, True, masks
-    return images, False, masks
+    def _read_file(self, name: str) -> tuple[np.ndarray, bool, np.ndarray]:
+        """Reads and validates one member; returns its images (uint8 when exact k/255, else float32), exact, masks."""
+        # One ZipFile per thread: each keeps its own file position.
+        if not hasattr(self.local, "archive"):
+            self.local.archive = zipfile.ZipFile(self.archive_path)
+            self.archives.append(self.local.archive)
+        source = str(self.archive_path)
+        data = read_member(self.local.archive, name, source, limits=self.limits)
+        images, masks = read_panels(data, f"{source}:{name}", max_bytes=self.limits.max_member_bytes)
+        as_bytes = np.rint(images * 255).astype(np.uint8)
+        # The course release stores k/255 in float32: uint8 holds it exactly and takes a quarter of the space.
+        if np.array_equal(to_unit_float(as_bytes), images):
+            return as_bytes, True, masks
+        return images, False, masks
 
 
 def to_unit_float(pixels: np.ndarray) -> np.ndarray:
