@@ -28,9 +28,10 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import psycopg
+import sqlalchemy
 
 from segnet.errors import ServerError, TrackingError
 from segnet.tracking import check_server
@@ -184,6 +185,21 @@ class Postgres:
             raise ServerError(f"PostgreSQL on {HOST}:{self.port}: {str(error).strip()}") from None
 
 
+def check_database(uri: str) -> None:
+    """Fails fast, naming the problem, when a PostgreSQL `uri` does not accept a connection.
+
+    `mlflow server` would retry a database that cannot be reached for minutes before giving up.
+    Other databases (MySQL, SQLite) are left for MLflow to check.
+    """
+    scheme, _, rest = uri.partition("://")
+    if scheme.split("+")[0] not in ("postgresql", "postgres"):
+        return
+    try:
+        psycopg.connect(f"postgresql://{rest}", connect_timeout=10).close()
+    except psycopg.Error as error:
+        raise ServerError(f"the database {uri} does not accept a connection: {str(error).strip()}") from None
+
+
 @dataclass(frozen=True)
 class TrackingServer:
     """A running tracking server: `uri` is what clients set as MLFLOW_TRACKING_URI."""
@@ -261,6 +277,7 @@ def tracking_server(
     """
     folder = Path(folder).resolve()
     folder.mkdir(parents=True, exist_ok=True)
+    check_port_free(port, "the MLflow server")  # before starting a database it would then have to stop
     with contextlib.ExitStack() as started:
         if database_uri is None:
             postgres = Postgres(folder, postgres_port, postgres_bin_dir())
@@ -269,6 +286,8 @@ def tracking_server(
             started.callback(postgres.stop)
             postgres.create_database()
             database_uri = postgres.uri()
+        else:
+            check_database(database_uri)
         artifacts = folder / "artifacts"
         artifacts.mkdir(exist_ok=True)
         process = start_mlflow(database_uri, artifacts, port, log_file)
@@ -292,12 +311,15 @@ def main(argv: list[str] | None = None) -> None:
                         help="an existing database (postgresql://...) to use instead of a cluster in --folder")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    # `kill` stops it as cleanly as Ctrl-C does: the server first, then the database.
-    signal.signal(signal.SIGTERM, _interrupt)
+    # `kill` stops it as cleanly as Ctrl-C does: the server first, then the database. SIGINT too, explicitly:
+    # a shell script's background job (`make server &`) starts with SIGINT ignored.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _interrupt)
     try:
         with tracking_server(args.folder, args.port, args.postgres_port, args.database_uri or None) as server:
             log.info("MLflow tracking server ready: export MLFLOW_TRACKING_URI=%s (Ctrl-C stops it)", server.uri)
-            log.info("runs in %s, artifacts in %s", server.backend_uri, server.artifacts)
+            database = unquote(sqlalchemy.make_url(server.backend_uri).render_as_string(hide_password=True))
+            log.info("runs in %s, artifacts in %s", database, server.artifacts)
             status = server.process.wait()
             raise ServerError(f"mlflow server stopped by itself with exit status {status}")
     except KeyboardInterrupt:
