@@ -5,7 +5,7 @@ BIN := $(abspath $(VENV))/bin
 # Stage commands in dvc.yaml call `python`: the venv's must come first on PATH.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: venv repro test ui bench bench-large clean-venv
+.PHONY: venv repro test ui server bench bench-large clean-venv
 
 venv: $(VENV)/.installed
 
@@ -22,6 +22,17 @@ test: venv
 
 ui: venv
 	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+
+# The shared tracking server's settings live here, not in params.yaml, which drives the stages.
+SERVER_DIR ?= .mlflow-server
+SERVER_PORT ?= 5050
+SERVER_POSTGRES_PORT ?= 5433
+# An existing database (postgresql://user@host/db) instead of a PostgreSQL cluster in SERVER_DIR.
+SERVER_DATABASE_URI ?=
+
+server: venv
+	python -m segnet.server --folder '$(SERVER_DIR)' --port $(SERVER_PORT) --postgres-port $(SERVER_POSTGRES_PORT) \
+		$(if $(SERVER_DATABASE_URI),--database-uri '$(SERVER_DATABASE_URI)')
 
 bench: venv
 	python -m benchmarks.pipeline

@@ -10,3 +10,7 @@ class DatasetError(ValueError):
 
 class TrackingError(ValueError):
     """Raised when the MLflow tracking store cannot be reached; the message names its URI and the fix."""
+
+
+class ServerError(RuntimeError):
+    """Raised when the shared tracking server or its database cannot be set up or started; says what to do."""

@@ -1,9 +1,11 @@
-"""Small real datasets for tests: .mat files written by scipy, zipped like the course release."""
+"""Shared test material: small real datasets zipped like the course release, and a tiny copy of the project."""
 
 import io
 import os
 import socket
+import shutil
 import struct
+import subprocess
 import sys
 import zipfile
 from pathlib import Path
@@ -15,6 +17,7 @@ import yaml
 from segnet.generate import compose_panel
 
 REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
 # The prepare stage of this checkout, run in a project folder (cwd) that holds its params.yaml.
 PREPARE_STAGE = [sys.executable, "-m", "stages.prepare", "out", "metrics.json"]
 
@@ -98,11 +101,16 @@ def course_zip(path, rng: np.random.Generator, train_files=3, test_files=2, per_
     return contents
 
 
-def dead_server_uri() -> str:
-    """An http:// URI on a loopback port that nothing listens on."""
+def free_port() -> int:
+    """A loopback TCP port that nothing listens on now."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{probe.getsockname()[1]}"
+        return probe.getsockname()[1]
+
+
+def dead_server_uri() -> str:
+    """An http:// URI on a loopback port that nothing listens on."""
+    return f"http://127.0.0.1:{free_port()}"
 
 
 def stage_env() -> dict[str, str]:
@@ -123,3 +131,54 @@ def tree(folder: Path) -> dict[str, bytes | None]:
     """Every path below folder, relative, with a file's bytes (None for a folder)."""
     folder = Path(folder)
     return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else None for p in sorted(folder.rglob("*"))}
+
+
+# Params small enough for a whole `dvc repro` in seconds on a CPU.
+TINY = {
+    "generate": dict(train_files=4, train_panels_per_file=8, test_files=2, test_panels_per_file=6),
+    "model": dict(encoder_channels=[8, 8, 8, 8], decoder_channels=[8, 8, 8, 8]),
+    "train": dict(epochs=2, batch_size=8, val_fraction=0.25, val_batch_size=16, deform_pixels=1.0),
+    "evaluate": dict(batch_size=16, samples=2),
+}
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The caller's environment without MLflow or DVC settings, with this venv first on PATH."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
+    return env | extra
+
+
+def run(
+    command: list[str], cwd: Path, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Runs `command` in `cwd` (environment: clean_env() unless given), failing with its output."""
+    result = subprocess.run(command, cwd=cwd, env=env or clean_env(), capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{command} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def set_params(root: Path, overrides: dict) -> None:
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    for section, values in overrides.items():
+        if isinstance(values, dict):
+            params[section].update(values)
+        else:
+            params[section] = values
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def tiny_project(root: Path) -> Path:
+    """A fresh clone-like copy of the repository in root (tracked files only), with TINY params committed."""
+    root.mkdir(parents=True, exist_ok=True)
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    for name in tracked.splitlines():
+        if (REPO / name).is_file():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, root / name)
+    set_params(root, TINY)
+    run(["git", "init", "-q"], root)
+    run(["git", "add", "-A"], root)
+    run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-qm", "tiny"], root)
+    return root

@@ -5,7 +5,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,55 +14,12 @@ import pytest
 import torch
 import yaml
 
-from tests.helpers import course_zip, dead_server_uri, write_zip
-
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-TINY = {
-    "generate": dict(train_files=4, train_panels_per_file=8, test_files=2, test_panels_per_file=6),
-    "model": dict(encoder_channels=[8, 8, 8, 8], decoder_channels=[8, 8, 8, 8]),
-    "train": dict(epochs=2, batch_size=8, val_fraction=0.25, val_batch_size=16, deform_pixels=1.0),
-    "evaluate": dict(batch_size=16, samples=2),
-}
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """The caller's environment without MLflow or DVC settings, with this venv first on PATH."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
-    return env | extra
-
-
-def run(command: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(command, cwd=cwd, env=clean_env(), capture_output=True, text=True, timeout=600)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{command} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
-    return result
-
-
-def set_params(root: Path, overrides: dict) -> None:
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    for section, values in overrides.items():
-        if isinstance(values, dict):
-            params[section].update(values)
-        else:
-            params[section] = values
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-
+from tests.helpers import clean_env, course_zip, dead_server_uri, run, set_params, tiny_project, write_zip
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     """A fresh clone-like copy of the repository (tracked files only), with tiny params, after dvc repro."""
-    root = tmp_path_factory.mktemp("project")
-    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout
-    for name in tracked.splitlines():
-        if (REPO / name).is_file():
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, root / name)
-    set_params(root, TINY)
-    run(["git", "init", "-q"], root)
-    run(["git", "add", "-A"], root)
-    run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-qm", "tiny"], root)
+    root = tiny_project(tmp_path_factory.mktemp("project"))
     run(["dvc", "repro"], root)
     return root
 
