@@ -18,7 +18,7 @@ repro: venv
 	dvc repro
 
 test: venv
-	python -m pytest tests
+	python -m pytest -rs tests
 
 ui: venv
 	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
