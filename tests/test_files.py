@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from segnet.files import save_npy, save_torch, staged_directory, write_bytes, write_json
+from segnet.files import NpyWriter, save_npy, save_torch, staged_directory, write_bytes, write_json
 
 
 def _umask() -> int:
@@ -111,3 +111,24 @@ def test_save_torch_bytes_do_not_depend_on_the_temporary_name(tmp_path):
         save_torch(tmp_path / folder / "model.pt", {"weight": torch.arange(3)})
     assert (tmp_path / "a" / "model.pt").read_bytes() == (tmp_path / "b" / "model.pt").read_bytes()
     assert zipfile.ZipFile(tmp_path / "a" / "model.pt").namelist()[0] == "model.pt/data.pkl"
+
+
+def test_an_npy_written_block_by_block_is_a_plain_npy_of_all_the_blocks(tmp_path):
+    rng = np.random.default_rng(0)
+    blocks = [rng.integers(0, 256, size=(rows, 4, 3), dtype=np.uint8) for rows in (5, 0, 7, 1)]
+    writer = NpyWriter(tmp_path / "a.npy", np.uint8, (4, 3))
+    for block in blocks:
+        writer.append(block)
+    with pytest.raises(ValueError, match=r"a block of float32 \(4, 3\) rows, expected uint8 \(4, 3\)"):
+        writer.append(np.zeros((2, 4, 3), dtype=np.float32))
+    writer.close()
+    expected = np.concatenate(blocks)
+    np.testing.assert_array_equal(np.load(tmp_path / "a.npy", allow_pickle=False), expected)
+    mapped = np.load(tmp_path / "a.npy", mmap_mode="r")
+    assert mapped.shape == (13, 4, 3) and mapped.offset % 64 == 0  # data aligned as numpy aligns it
+    np.testing.assert_array_equal(mapped, expected)
+    # The same bytes as np.save would write, after the header.
+    with open(tmp_path / "b.npy", "wb") as file:
+        np.save(file, expected)
+    saved, written = (tmp_path / "b.npy").read_bytes(), (tmp_path / "a.npy").read_bytes()
+    assert written[NpyWriter.HEADER_BYTES:] == saved[len(saved) - expected.nbytes:]
