@@ -58,12 +58,16 @@ def main() -> None:
         )
     world = distributed.launched_world()
     if train_config.processes > 1 and not world.is_distributed:
+        # Checked here too (train() checks any job's size), so that a bad size fails before N processes start.
+        if train_config.batch_size % train_config.processes:
+            raise ValueError(f"train.batch_size {train_config.batch_size} does not divide among "
+                             f"{train_config.processes} processes")
         sys.exit(_launch(train_config.processes))
     images, labels = load_split(prepared_dir, "train", mmap=True)
     dataset_record = (prepared_dir / "dataset.json").read_text()
     dataset = json.loads(dataset_record)
     logged = {"seed": seed, "model": params["model"], "train": params["train"]}
-    tags = {"dataset_sha256": dataset["archive_sha256"], "processes": world.size}
+    tags = {"dataset_sha256": dataset["archive_sha256"], "processes": str(world.size)}
 
     # How often to checkpoint does not change the result, so it is left out of what a checkpoint must match.
     # The number of processes is: a checkpoint of N processes resumes only in N processes.
