@@ -11,7 +11,6 @@ Usage: python -m benchmarks.large [--images 100000] [--small 10000] [--steps 40]
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -93,18 +92,20 @@ def measure(script: str, *arguments) -> dict:
     resident once touched (the kernel maps 64 KiB around each page read), but they are the page cache's,
     dropped under memory pressure; anonymous memory is what the process itself holds.
     """
-    process = psutil.Popen([sys.executable, "-c", script, *map(str, arguments)], cwd=REPO,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    peak_rss = peak_anonymous = 0
-    while process.poll() is None:
-        try:
-            memory = [p.memory_info() for p in [process, *process.children(recursive=True)]]
-        except psutil.Error:  # a process ended between listing and reading it
-            continue
-        peak_rss = max(peak_rss, sum(m.rss for m in memory))
-        peak_anonymous = max(peak_anonymous, sum(m.rss - m.shared for m in memory))
-        time.sleep(0.02)
-    stdout, stderr = process.communicate()
+    # Output goes to files, not pipes: a pipe nobody reads until the end would stall a talkative child.
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        process = psutil.Popen([sys.executable, "-c", script, *map(str, arguments)], cwd=REPO, stdout=out, stderr=err)
+        peak_rss = peak_anonymous = 0
+        while process.poll() is None:
+            try:
+                memory = [p.memory_info() for p in [process, *process.children(recursive=True)]]
+            except psutil.Error:  # a process ended between listing and reading it
+                continue
+            peak_rss = max(peak_rss, sum(m.rss for m in memory))
+            peak_anonymous = max(peak_anonymous, sum(m.rss - m.shared for m in memory))
+            time.sleep(0.02)
+        out.seek(0), err.seek(0)
+        stdout, stderr = out.read(), err.read()
     if process.returncode != 0:
         raise SystemExit(f"measurement failed:\n{stderr}")
     peaks = {"rss_mib": peak_rss / 2**20, "anonymous_mib": peak_anonymous / 2**20}

@@ -4,15 +4,21 @@ Every process holds a replica of the model and trains on its share of each globa
 averaged across processes after every backward pass, so the replicas stay identical. The global batch is
 `train.batch_size` whatever the number of processes, and batch-norm statistics span the whole global
 batch, so a run in N processes computes what a run in one process computes, up to floating-point
-summation order.
+summation order. (Not with `train.class_weighting: median_frequency`: each process's weighted mean divides by
+its own slice's total weight.)
 """
 
 import os
+import signal
+import subprocess
+import sys
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from segnet.prepare import available_cores
 
 BACKENDS = ("auto", "gloo", "nccl")
 
@@ -63,6 +69,47 @@ def start(world: World, backend: str, device: torch.device) -> None:
 def stop() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def run_in_processes(processes: int, module: str, arguments: list[str]) -> int:
+    """Runs `python -m module *arguments` in `processes` processes on this machine under torchrun.
+
+    Each process gets its share of the cores as threads. SIGINT and SIGTERM are passed on to torchrun, which
+    passes them to the processes (they stop at the next step, rank 0 saving a checkpoint), and this returns
+    only once they have all ended.
+
+    Returns:
+        torchrun's exit status.
+    """
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
+               "-m", module, *arguments]
+    threads = max(1, available_cores() // processes)
+    launcher = subprocess.Popen(command, env={"OMP_NUM_THREADS": str(threads), **os.environ})
+
+    def forward(signum, frame) -> None:
+        launcher.send_signal(signum)
+
+    previous = {signum: signal.signal(signum, forward) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return launcher.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def from_main(value):
+    """Rank 0's `value`, on every process (a no-op in a single process); `value` must be picklable."""
+    if not dist.is_initialized():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier() -> None:
+    """Waits until every process gets here (a no-op in a single process)."""
+    if dist.is_initialized():
+        dist.barrier()
 
 
 def sum_across(tensor: torch.Tensor) -> torch.Tensor:

@@ -125,7 +125,10 @@ class NpyWriter:
     def _header(self) -> bytes:
         fields = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
                   "shape": (self.rows, *self.row_shape)}
-        text = repr(fields).encode("latin1").ljust(self.HEADER_BYTES - 11) + b"\n"
+        text = repr(fields).encode("latin1")
+        if len(text) > self.HEADER_BYTES - 11:  # rewriting a longer header at close would overwrite data
+            raise ValueError(f"{self.path}: a .npy header for {fields} does not fit in {self.HEADER_BYTES} bytes")
+        text = text.ljust(self.HEADER_BYTES - 11) + b"\n"
         return b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text
 
 

@@ -121,6 +121,8 @@ class _SplitWriter:
 
     def append(self, name: str, images: np.ndarray, exact: bool, masks: np.ndarray) -> None:
         if self.shape is None:
+            if not exact:
+                log.warning("%s: pixels are not all multiples of 1/255; storing float32", self.source)
             self.shape = images.shape[1:3]
             self.images = NpyWriter(self._path("images"), np.uint8 if exact else np.float32, images.shape[1:])
             self.labels = NpyWriter(self._path("labels"), np.uint8, masks.shape[1:])

@@ -197,7 +197,8 @@ def check_database(uri: str) -> None:
     try:
         psycopg.connect(f"postgresql://{rest}", connect_timeout=10).close()
     except psycopg.Error as error:
-        raise ServerError(f"the database {uri} does not accept a connection: {str(error).strip()}") from None
+        shown = unquote(sqlalchemy.make_url(uri).render_as_string(hide_password=True))
+        raise ServerError(f"the database {shown} does not accept a connection: {str(error).strip()}") from None
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from segnet.augment import deform_panels, overlay_panels
 from segnet.callbacks import Callback
 from segnet.checkpoint import Checkpointer
 from segnet.data import to_input
-from segnet.distributed import SINGLE_PROCESS, World, any_across, sum_across, synchronize_batch_norm
+from segnet.distributed import SINGLE_PROCESS, World, any_across, barrier, sum_across, synchronize_batch_norm
 from segnet.inference import accumulate_confusion, autocast
 from segnet.metrics import mean_iou
 
@@ -124,6 +124,9 @@ def select_device(name: str, local_rank: int | None = None) -> torch.device:
     """`auto` picks CUDA when available, else the CPU. `local_rank` gives each process on a machine its own GPU."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
+    if local_rank is not None and name.startswith("cuda:"):
+        raise ValueError(f"train.device: '{name}' would put every process on one GPU; use cuda or auto, which "
+                         "give each process the GPU of its LOCAL_RANK")
     if name == "cuda" and local_rank is not None:
         name = f"cuda:{local_rank}"
     try:
@@ -309,6 +312,8 @@ def train(
         if any_across(stop_requested(), device):
             if save and checkpointer:
                 save_checkpoint()
+            # torchrun ends the whole job as soon as one process exits: all wait for rank 0's checkpoint.
+            barrier()
             raise TrainingInterrupted(loop["step"], checkpointer.path if checkpointer else None)
 
     for callback in callbacks:
@@ -345,6 +350,9 @@ def train(
             if averaged is not None:
                 update_average(averaged, model, config.ema_decay, loop["step"])
             loss_value = loss.detach()
+            if world.is_distributed:
+                # The global batch's loss, the same on every process, so that rank 0's checkpointed sum is all's.
+                loss_value = sum_across(loss_value.clone()) / world.size
             running_loss += loss_value
             loop["batch"] += 1
             loop["step"] += 1
@@ -365,7 +373,7 @@ def train(
         record = {
             "epoch": loop["epoch"],
             "step": loop["step"],
-            "train_loss": float(sum_across(running_loss.clone())) / steps_per_epoch / world.size,
+            "train_loss": float(running_loss) / steps_per_epoch,
             "val_miou": mean_iou(confusion),
             "lr": optimizer.param_groups[0]["lr"],
             "elapsed_s": loop["elapsed_s"] + time.perf_counter() - start,

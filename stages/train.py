@@ -19,8 +19,6 @@ import contextlib
 import csv
 import io
 import json
-import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -62,7 +60,7 @@ def main() -> None:
         if train_config.batch_size % train_config.processes:
             raise ValueError(f"train.batch_size {train_config.batch_size} does not divide among "
                              f"{train_config.processes} processes")
-        sys.exit(_launch(train_config.processes))
+        sys.exit(distributed.run_in_processes(train_config.processes, "stages.train", sys.argv[1:]))
     images, labels = load_split(prepared_dir, "train", mmap=True)
     dataset_record = (prepared_dir / "dataset.json").read_text()
     dataset = json.loads(dataset_record)
@@ -76,11 +74,11 @@ def main() -> None:
     code = sorted(Path(segnet.__file__).parent.glob("*.py")) + [Path(__file__)]
     run_fingerprint = fingerprint(decisive, code)
     checkpoint_path = checkpoint_dir / f"train-{run_fingerprint[:16]}.pt"
-    resume = load_checkpoint(checkpoint_path, run_fingerprint)
-
     if world.is_distributed:
         distributed.start(world, train_config.distributed_backend,
                           select_device(train_config.device, world.local_rank))
+    # Rank 0 writes checkpoints, so it alone reads them; on several nodes the others could not see the file.
+    resume = distributed.from_main(load_checkpoint(checkpoint_path, run_fingerprint) if world.is_main else None)
     resume_run_id = resume["extra"].get("mlflow_run_id") if resume else None
     # Only the main process tracks: one MLflow run for the whole job.
     tracked = (stage_run(TRAIN_STAGE, params["tracking"]["experiment"], logged, tags, resume_run_id)
@@ -145,15 +143,6 @@ def main() -> None:
         # A fresh model: the trained one may hold cross-process batch norm, which only runs in a process group.
         _log_model(SegNet(model_config), result.best_state, images[:2])
     checkpointer.remove()
-
-
-def _launch(processes: int) -> int:
-    """Runs this stage in `processes` processes on this machine under torchrun; returns their exit status."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
-               "-m", "stages.train", *sys.argv[1:]]
-    # torchrun would set one thread per process with a warning; dividing the cores is what it means.
-    env = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // processes)), **os.environ}
-    return subprocess.call(command, env=env)
 
 
 def _history_csv(history: list[dict]) -> bytes:

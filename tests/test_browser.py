@@ -78,7 +78,10 @@ def _install_chromium_or_skip() -> None:
     wait = ["-o", "DPkg::Lock::Timeout=300"]
     install = ["install", "-y", "-q", "--no-install-recommends", "chromium", "chromium-driver"]
     for command in (["apt-get", *wait, "update", "-q"], ["apt-get", *wait, *install]):
-        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=540)
+        try:
+            result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=540)
+        except subprocess.TimeoutExpired:
+            pytest.skip(f"{missing}, and `{' '.join(command)}` did not finish within 540 s")
         if result.returncode != 0:
             pytest.skip(f"{missing}, and `{' '.join(command)}` failed ({result.returncode}): {result.stderr[-800:]}")
 
