@@ -43,8 +43,10 @@ from segnet.prepare import prepare_dataset
 start = time.perf_counter()
 summary = prepare_dataset(Path(sys.argv[1]), Path(sys.argv[2]), workers=int(sys.argv[3]))
 seconds = time.perf_counter() - start
+# The kernel's own high-water mark of this process's resident memory (threads share it): exact, not sampled.
+peak_kib = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
 print(json.dumps({"seconds": seconds, "files": summary["train_files"] + summary["test_files"],
-                  "images": summary["train_images"] + summary["test_images"]}))
+                  "images": summary["train_images"] + summary["test_images"], "peak_rss_mib": peak_kib / 1024}))
 """
 
 TRAIN = """
@@ -86,11 +88,12 @@ print(json.dumps({"images_per_second": (clock.step - 5) * config.batch_size / se
 def measure(script: str, *arguments) -> dict:
     """Runs `script` in a new interpreter; returns what it printed plus the peak resident memory it used.
 
-    The peak is sampled every 20 ms from the kernel: `rss_mib` over the process and any children together
-    (getrusage's ru_maxrss will not do: a child inherits its parent's high-water mark at fork), and
-    `anonymous_mib`, its resident memory less file-backed pages. Pages of a memory-mapped file count as
-    resident once touched (the kernel maps 64 KiB around each page read), but they are the page cache's,
-    dropped under memory pressure; anonymous memory is what the process itself holds.
+    The peak is sampled every 20 ms from the kernel (prepare also reports the kernel's exact high-water mark
+    itself): `rss_mib` over the process and any children together (getrusage's ru_maxrss will not do: a
+    child inherits its parent's high-water mark at fork), and `anonymous_mib`, its resident memory less
+    file-backed pages. Pages of a memory-mapped file count as resident once touched (the kernel maps the
+    page cache's pages around each page read), but they are the page cache's, dropped under memory
+    pressure; anonymous memory is what the process itself holds.
     """
     # Output goes to files, not pipes: a pipe nobody reads until the end would stall a talkative child.
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
@@ -139,11 +142,11 @@ def main() -> None:
     for images, workers, built, size, result in rows:
         print(f"| {images:,} | {result['files']} | {size:.0f} | {workers} | {result['seconds']:.1f} | "
               f"{result['files'] / result['seconds']:.1f} | {result['images'] / result['seconds']:.0f} | "
-              f"{result['rss_mib']:.0f} |")
+              f"{result['peak_rss_mib']:.0f} |")
     small = next(r for i, w, _, _, r in rows if i == arguments.small and w == cores)
     large = next(r for i, w, _, _, r in rows if i == arguments.images and w == cores)
     print(f"\nPeak RSS of prepare, {arguments.images:,} against {arguments.small:,} panels ({cores} threads): "
-          f"{large['rss_mib'] / small['rss_mib']:.2f}x")
+          f"{large['peak_rss_mib'] / small['peak_rss_mib']:.2f}x")
     print(f"Training on the prepared {arguments.images:,} panels, memory-mapped ({trained['dataset_mib']:.0f} MiB "
           f"on disk): {trained['images_per_second']:.1f} images/s over {arguments.steps - 5} steps; peak RSS "
           f"{trained['rss_mib']:.0f} MiB, of which anonymous {trained['anonymous_mib']:.0f} MiB (the rest: pages of "
