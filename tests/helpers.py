@@ -11,6 +11,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 import scipy.io
 import yaml
 
@@ -182,3 +183,23 @@ def tiny_project(root: Path) -> Path:
     run(["git", "add", "-A"], root)
     run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-qm", "tiny"], root)
     return root
+
+
+def apt_install_or_skip(packages: list[str], missing: str) -> None:
+    """Installs Debian packages with apt-get, or skips the test saying why (`missing`: what is absent).
+
+    Only as root with apt-get; another apt run holding the dpkg lock is waited for rather than failed on.
+    """
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        why = "not running as root" if os.geteuid() != 0 else "no apt-get on this machine"
+        pytest.skip(f"{missing}, and it cannot be installed ({why})")
+    env = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
+    wait = ["-o", "DPkg::Lock::Timeout=300"]
+    install = ["install", "-y", "-q", "--no-install-recommends", *packages]
+    for command in (["apt-get", *wait, "update", "-q"], ["apt-get", *wait, *install]):
+        try:
+            result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+        except subprocess.TimeoutExpired:
+            pytest.skip(f"{missing}, and `{' '.join(command)}` did not finish within 600 s")
+        if result.returncode != 0:
+            pytest.skip(f"{missing}, and `{' '.join(command)}` failed ({result.returncode}): {result.stderr[-800:]}")

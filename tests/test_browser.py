@@ -6,7 +6,6 @@ skips, saying why, where it cannot. Its screenshot, pass or fail, is tests/artif
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -21,7 +20,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.wait import WebDriverWait
 
-from tests.helpers import dead_server_uri
+from tests.helpers import apt_install_or_skip, dead_server_uri
 from tests.test_pipeline import clean_env, project, run, runs_by_stage  # noqa: F401 (project: the fixture)
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -71,19 +70,7 @@ def _install_chromium_or_skip() -> None:
     if CHROMIUM.is_file() and CHROMEDRIVER.is_file():
         return
     missing = f"{CHROMIUM} and {CHROMEDRIVER} (Debian packages chromium, chromium-driver) are not installed"
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        pytest.skip(f"{missing}, and installing them needs apt-get as root")
-    env = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
-    # Another apt run on the machine holds the dpkg lock for a while: wait for it rather than fail.
-    wait = ["-o", "DPkg::Lock::Timeout=300"]
-    install = ["install", "-y", "-q", "--no-install-recommends", "chromium", "chromium-driver"]
-    for command in (["apt-get", *wait, "update", "-q"], ["apt-get", *wait, *install]):
-        try:
-            result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=540)
-        except subprocess.TimeoutExpired:
-            pytest.skip(f"{missing}, and `{' '.join(command)}` did not finish within 540 s")
-        if result.returncode != 0:
-            pytest.skip(f"{missing}, and `{' '.join(command)}` failed ({result.returncode}): {result.stderr[-800:]}")
+    apt_install_or_skip(["chromium", "chromium-driver"], missing)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import pytest
 
 from segnet import server
 from segnet.errors import ServerError
-from tests.helpers import clean_env, free_port, run, tiny_project
+from tests.helpers import apt_install_or_skip, clean_env, free_port, run, tiny_project
 
 STAGES = {"generate", "prepare", "train", "evaluate"}
 
@@ -25,17 +25,7 @@ def _install_postgres_or_skip() -> None:
         server.postgres_bin_dir()
         return
     except ServerError as missing:
-        if os.geteuid() != 0 or shutil.which("apt-get") is None:
-            why = "not running as root" if os.geteuid() != 0 else "no apt-get on this machine"
-            pytest.skip(f"PostgreSQL is missing and cannot be installed ({why}): {missing}")
-    env = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
-    for command in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "postgresql"]):
-        try:
-            result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-        except subprocess.TimeoutExpired:
-            pytest.skip(f"PostgreSQL is missing and `{' '.join(command)}` did not finish within 600 s")
-        if result.returncode != 0:
-            pytest.skip(f"PostgreSQL is missing and `{' '.join(command)}` failed: {result.stderr.strip()[-400:]}")
+        apt_install_or_skip(["postgresql"], f"PostgreSQL is missing ({missing})")
     # Debian's package may start its own cluster on install: the test started it, so the test stops it.
     clusters = subprocess.run(["pg_lsclusters", "--no-header"], capture_output=True, text=True).stdout
     for version, name, _, status, *_ in (line.split() for line in clusters.splitlines() if line.strip()):
