@@ -11,10 +11,8 @@ import tempfile
 from functools import partial
 from pathlib import Path
 
-import torch
-
 from benchmarks.common import ROUNDS, best_of_rounds, one_epoch, read_settings, small_archive
-from benchmarks.throughput import our_images_per_second
+from benchmarks.measure import in_fresh_process
 from segnet.prepare import prepare_dataset
 
 # (setting, value) pairs compared against the defaults; None is the default run itself.
@@ -30,25 +28,24 @@ VARIANTS = [
     ("deform_affine", 0.1),
     ("ema_decay", 0.998),
     ("compile", True),
+    ("fused_batch_norm", False),
+    ("keep_freed_memory", False),
 ]
 
 
 def main() -> None:
     params, model_config, files = read_settings(__doc__.splitlines()[0], default_files=20)
     defaults = vars(one_epoch(params))
-    threads = torch.get_num_threads()
-
     first_steps = {}
 
     def measure(name: str, changes: dict) -> float:
-        speed, first_step = our_images_per_second(prepared, model_config, one_epoch(params, **changes))
-        first_steps.setdefault(name, first_step)  # the first round's: later rounds may reuse compiled code
-        torch.set_num_threads(threads)  # `threads` changes it process-wide
-        return speed
+        # A fresh process per run (benchmarks/measure.py): some settings change process-wide state.
+        result = in_fresh_process("ours", Path(folder), **changes)
+        first_steps.setdefault(name, result["first_step_s"])  # the first round's: later rounds may reuse compiled code
+        return result["images_per_second"]
 
     with tempfile.TemporaryDirectory(prefix="segnet-techniques-") as folder:
-        prepared = Path(folder) / "prepared"
-        prepare_dataset(small_archive(folder, files, 1), prepared)
+        prepare_dataset(small_archive(folder, files, 1), Path(folder) / "prepared")
         measures = {}
         for variant in VARIANTS:
             name = f"{variant[0]}: {variant[1]}" if variant else "defaults"
@@ -58,7 +55,7 @@ def main() -> None:
 
     baseline = rows[0][1]
     shown = ("precision", "channels_last", "batch_size", "threads", "overlay_partners", "deform_pixels", "deform_grid",
-             "deform_affine", "ema_decay", "compile")
+             "deform_affine", "ema_decay", "compile", "fused_batch_norm", "keep_freed_memory")
     print("Defaults: " + ", ".join(f"{key}={defaults[key]}" for key in shown))
     print(f"images/s: best of {ROUNDS} interleaved rounds; first step: the first round's")
     print("| train setting changed | images/s | vs defaults | first step, s |")

@@ -23,14 +23,12 @@ from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.common import ROUNDS, best_of_rounds, one_epoch, read_settings, small_archive
-from segnet.callbacks import Callback
+from benchmarks.measure import in_fresh_process, synchronize
 from segnet.data import load_split
 from segnet.inference import accumulate_confusion
 from segnet.model import SegNet, SegNetConfig
 from segnet.prepare import prepare_dataset
-from segnet.train import TrainConfig, select_amp_dtype, select_device, set_seed, train
-
-WARMUP_STEPS = 3
+from segnet.train import select_amp_dtype
 
 
 def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 10, trials: int = 5) -> float:
@@ -59,72 +57,17 @@ def training_flops_per_image(model_config: SegNetConfig, batch: int = 32) -> flo
     return counter.get_total_flops() / batch
 
 
-def reference_images_per_second(mat_files: list[Path], model_config: SegNetConfig, steps: int) -> float:
-    """The course's loop: parse one .mat per step, the file is the batch, float32 eager, Adam 1e-3."""
-    set_seed(0)
-    model = SegNet(model_config).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    images_seen, start = 0, None
-    for step in range(steps + WARMUP_STEPS):
-        if step == WARMUP_STEPS:
-            start, images_seen = time.perf_counter(), 0
-        contents = scipy.io.loadmat(mat_files[step % len(mat_files)])
-        images = torch.from_numpy(contents["imgMat"]).permute(3, 2, 0, 1).float()
-        labels = torch.from_numpy(contents["semanticMaskMat"]).permute(2, 0, 1).long()
-        loss = F.cross_entropy(model(images), labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        images_seen += len(images)
-    return images_seen / (time.perf_counter() - start)
-
-
-class StepClock(Callback):
-    """Times training steps after the warm-up, excluding validation."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.times = []
-        self.start = None
-
-    def on_train_start(self, total_steps: int, steps_per_epoch: int, start_step: int) -> None:
-        self.start = time.perf_counter()
-
-    def on_step_end(self, step: int, loss: torch.Tensor) -> None:
-        _synchronize(self.device)
-        self.times.append(time.perf_counter())
-
-
-def our_images_per_second(
-    prepared: Path, model_config: SegNetConfig, train_config: TrainConfig
-) -> tuple[float, float]:
-    """Our training loop's images/s after the warm-up steps, and the seconds its first step took."""
-    images, labels = load_split(prepared, "train")
-    clock = StepClock(select_device(train_config.device))
-    set_seed(0)
-    train(SegNet(model_config), images, labels, torch.arange(len(images)), torch.arange(8), 11, train_config, seed=0,
-          callbacks=[clock])
-    steps = len(clock.times) - WARMUP_STEPS
-    speed = steps * train_config.batch_size / (clock.times[-1] - clock.times[WARMUP_STEPS - 1])
-    return speed, clock.times[0] - clock.start
-
-
 def evaluation_images_per_second(prepared: Path, model_config: SegNetConfig, batch_size: int,
                                  device: torch.device) -> float:
     """The evaluate stage's loop: float32 whatever training used, so reported metrics never depend on it."""
     images, labels = load_split(prepared, "test")
     model = SegNet(model_config).to(device=device, memory_format=torch.channels_last)
     accumulate_confusion(model, images[:batch_size], labels[:batch_size], 11, batch_size, device)
-    _synchronize(device)
+    synchronize(device)
     start = time.perf_counter()
     accumulate_confusion(model, images, labels, 11, batch_size, device)
-    _synchronize(device)
+    synchronize(device)
     return len(images) / (time.perf_counter() - start)
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def main() -> None:
@@ -140,8 +83,7 @@ def main() -> None:
         archive = small_archive(folder, files, files)
         extracted = folder / "extracted"
         with zipfile.ZipFile(archive) as opened:
-            opened.extractall(extracted)  # our own archive, built above
-        mat_files = sorted(extracted.rglob("batch*.mat"))
+            opened.extractall(extracted)  # our own archive, built above: the reference loop reads its .mat files
 
         start = time.perf_counter()
         prepare_dataset(archive, folder / "prepared")
@@ -152,21 +94,22 @@ def main() -> None:
                 scipy.io.loadmat(io.BytesIO(opened.read(name)))
         plain_files_per_second = 2 * files / (time.perf_counter() - start)
 
+        # Each measurement runs in a fresh process (benchmarks/measure.py): the reference gets the default
+        # memory allocator, ours the settings of params.yaml, and neither inherits the other's state.
         speeds = best_of_rounds({
-            "reference": lambda: reference_images_per_second(mat_files, model_config, steps=len(mat_files)),
-            "ours": lambda: our_images_per_second(folder / "prepared", model_config, cpu_config)[0],
+            "reference": lambda: in_fresh_process("reference", folder)["images_per_second"],
+            "ours": lambda: in_fresh_process("ours", folder)["images_per_second"],
         })
         reference, ours = speeds["reference"], speeds["ours"]
         evaluation = evaluation_images_per_second(folder / "prepared", model_config, evaluate_batch, cpu)
         gpu_rows = []
         if torch.cuda.is_available():
             gpu = torch.device("cuda")
-            gpu_config = one_epoch(params, device="cuda")
-            gpu_amp = select_amp_dtype(gpu_config.precision, gpu)
+            gpu_amp = select_amp_dtype(one_epoch(params, device="cuda").precision, gpu)
             gpu_precision = str(gpu_amp).replace("torch.", "") if gpu_amp else "float32"
             gpu_rows = [
                 f"| GPU ({torch.cuda.get_device_name(gpu)}): our training ({gpu_precision}), images/s | "
-                f"{our_images_per_second(folder / 'prepared', model_config, gpu_config)[0]:.1f} |",
+                f"{in_fresh_process('ours', folder, device='cuda')['images_per_second']:.1f} |",
                 f"| GPU: evaluation (float32), images/s | "
                 f"{evaluation_images_per_second(folder / 'prepared', model_config, evaluate_batch, gpu):.1f} |",
             ]

@@ -1,5 +1,7 @@
 """Training-time augmentation that follows how the panels are built."""
 
+import functools
+
 import torch
 from torch.nn import functional as F
 
@@ -19,6 +21,51 @@ def occupied_cells(labels: torch.Tensor) -> torch.Tensor:
     ink = labels > 0
     cells = [ink[:, rows, columns].flatten(1).any(1) for rows in _UNIQUE_BANDS for columns in _UNIQUE_BANDS]
     return torch.stack(cells, 1)
+
+
+# Both augmentations only move whole pixels, each with its label. They are computed as a map from every
+# output pixel to the batch pixel it copies: an index into the batch's pixels flattened, where the index
+# one past the last pixel means blank background. Maps compose, so the pixels themselves are gathered once
+# per batch (augment) instead of once per step of the augmentation.
+
+
+def identity_sources(count: int, height: int, width: int) -> torch.Tensor:
+    """The map that copies every pixel from where it is: (B, H, W) indices."""
+    return torch.arange(count * height * width).view(count, height, width)
+
+
+def gather_pixels(images: torch.Tensor, labels: torch.Tensor, sources: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The panels that `sources` describes: each pixel and its label copied from its source, blank = 0."""
+    if images.dtype == torch.uint8 and images.shape[-1] == 3 and labels.dtype == torch.uint8:
+        # A pixel's three colour bytes and its label fit one 32-bit word: one gather moves both.
+        words = torch.cat([images, labels[..., None]], -1).view(torch.int32).reshape(-1)
+        moved = torch.cat([words, words.new_zeros(1)])[sources].view(torch.uint8).view(*sources.shape, 4)
+        return moved[..., :3], moved[..., 3]
+    channels = images.shape[-1]
+    pixels = torch.cat([images.reshape(-1, channels), images.new_zeros(1, channels)])
+    classes = torch.cat([labels.reshape(-1), labels.new_zeros(1)])
+    return pixels[sources].view(*sources.shape, channels), classes[sources].view_as(sources)
+
+
+def overlay_sources(
+    sources: torch.Tensor, labels: torch.Tensor, probability: float, generator: torch.Generator, attempts: int = 4
+) -> torch.Tensor:
+    """overlay_panels on a pixel map: `labels` are the batch's original labels, `sources` the map so far."""
+    if probability <= 0:
+        return sources
+    count = len(sources)
+    current = torch.cat([labels.reshape(-1), labels.new_zeros(1)])[sources]  # (B, H, W) labels of the map
+    wanted = torch.rand(count, generator=generator) < probability
+    occupied = occupied_cells(current)
+    partner = torch.full((count,), -1, dtype=torch.long)
+    for _ in range(attempts):
+        candidates = torch.randperm(count, generator=generator)
+        fits = wanted & (partner < 0) & ~(occupied & occupied[candidates]).any(1) & occupied[candidates].any(1)
+        partner[fits] = candidates[fits]
+    has_partner = partner >= 0
+    source = torch.where(has_partner, partner, torch.arange(count))
+    ink = (current[source] > 0) & has_partner[:, None, None]
+    return torch.where(ink, sources[source], sources)
 
 
 def overlay_panels(
@@ -45,20 +92,40 @@ def overlay_panels(
     """
     if probability <= 0:
         return images, labels
-    count = len(images)
-    wanted = torch.rand(count, generator=generator) < probability
-    occupied = occupied_cells(labels)
-    partner = torch.full((count,), -1, dtype=torch.long)
-    for _ in range(attempts):
-        candidates = torch.randperm(count, generator=generator)
-        fits = wanted & (partner < 0) & ~(occupied & occupied[candidates]).any(1) & occupied[candidates].any(1)
-        partner[fits] = candidates[fits]
-    has_partner = partner >= 0
-    source = torch.where(has_partner, partner, torch.arange(count))
-    ink = (labels[source] > 0) & has_partner[:, None, None]
-    images = torch.where(ink[..., None], images[source], images)
-    labels = torch.where(ink, labels[source], labels)
-    return images, labels
+    sources = overlay_sources(identity_sources(*labels.shape), labels, probability, generator, attempts)
+    return gather_pixels(images, labels, sources)
+
+
+@functools.cache
+def _bicubic_weights(grid: int, size: int) -> torch.Tensor:
+    """(size, grid): bicubic interpolation (align_corners) of `grid` control values onto `size` pixels.
+
+    Interpolating the identity gives the weights, so field = W @ control @ W.T is separable bicubic
+    interpolation, as F.interpolate computes it, as two small matrix products.
+    """
+    return F.interpolate(torch.eye(grid)[None, None], size=(size, grid), mode="bicubic", align_corners=True)[0, 0]
+
+
+def deform_sources(
+    count: int, height: int, width: int, pixels: float, grid: int, generator: torch.Generator, affine: float = 0.0
+) -> torch.Tensor:
+    """The pixel map of deform_panels for a batch of `count` panels."""
+    rows, columns = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    flow = torch.zeros(count, 2, height, width)
+    if pixels > 0:
+        control = (torch.rand(count, 2, grid, grid, generator=generator) * 2 - 1) * pixels
+        flow += _bicubic_weights(grid, height) @ control @ _bicubic_weights(grid, width).T  # (B, 2, H, W)
+    if affine > 0:
+        # Each output pixel samples the source at M @ (p - centre) + centre, M = identity + noise.
+        noise = (torch.rand(count, 2, 2, generator=generator) * 2 - 1) * affine
+        centred = torch.stack([rows - (height - 1) / 2, columns - (width - 1) / 2]).float()  # (2, H, W)
+        flow += torch.einsum("bij,jhw->bihw", noise, centred)
+    source_rows = (rows + flow[:, 0]).round_().long()
+    source_columns = (columns + flow[:, 1]).round_().long()
+    inside = (source_rows >= 0) & (source_rows < height) & (source_columns >= 0) & (source_columns < width)
+    panel = torch.arange(count).view(count, 1, 1) * (height * width)
+    blank = count * height * width
+    return torch.where(inside, panel + source_rows * width + source_columns, blank)
 
 
 def deform_panels(
@@ -74,10 +141,9 @@ def deform_panels(
     Test panels are drawn from digit images training never sees. A displacement that varies smoothly
     across the panel gives each digit a differently bent stroke; an optional random linear map about the
     panel's centre adds the slant, rotation and size changes by which handwriting varies most. Every output
-    pixel copies its nearest
-    source pixel together with that pixel's label: no interpolation, so pixel values keep their exact
-    distribution (faint anti-aliased edges included) and a pixel is a digit exactly where it has ink.
-    Sources outside the panel give background.
+    pixel copies its nearest source pixel together with that pixel's label: no interpolation, so pixel
+    values keep their exact distribution (faint anti-aliased edges included) and a pixel is a digit
+    exactly where it has ink. Sources outside the panel give background.
 
     Args:
         images: (B, H, W, C) pixels, any dtype.
@@ -93,22 +159,27 @@ def deform_panels(
     """
     if pixels <= 0 and affine <= 0:
         return images, labels
-    count, height, width = labels.shape
-    rows, columns = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
-    flow = torch.zeros(count, 2, height, width)
-    if pixels > 0:
-        control = (torch.rand(count, 2, grid, grid, generator=generator) * 2 - 1) * pixels
-        flow += F.interpolate(control, size=(height, width), mode="bicubic", align_corners=True)  # (B, 2, H, W)
-    if affine > 0:
-        # Each output pixel samples the source at M @ (p - centre) + centre, M = identity + noise.
-        noise = (torch.rand(count, 2, 2, generator=generator) * 2 - 1) * affine
-        centred = torch.stack([rows - (height - 1) / 2, columns - (width - 1) / 2]).float()  # (2, H, W)
-        flow += torch.einsum("bij,jhw->bihw", noise, centred)
-    source_rows = (rows + flow[:, 0]).round().long()
-    source_columns = (columns + flow[:, 1]).round().long()
-    inside = (source_rows >= 0) & (source_rows < height) & (source_columns >= 0) & (source_columns < width)
-    source = (source_rows.clamp(0, height - 1) * width + source_columns.clamp(0, width - 1)).flatten(1)  # (B, H*W)
-    new_labels = labels.flatten(1).gather(1, source).view_as(labels) * inside
-    channels = images.shape[-1]
-    new_images = images.flatten(1, 2).gather(1, source[..., None].expand(-1, -1, channels)).view_as(images)
-    return new_images * inside[..., None], new_labels
+    return gather_pixels(images, labels, deform_sources(*labels.shape, pixels, grid, generator, affine))
+
+
+def augment(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    generator: torch.Generator,
+    deform_pixels: float,
+    deform_grid: int,
+    deform_affine: float,
+    overlay_partners: int,
+    overlay_probability: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """deform_panels, then `overlay_partners` rounds of overlay_panels, drawing the same random numbers in
+    the same order; the pixels are gathered once at the end."""
+    if (deform_pixels <= 0 and deform_affine <= 0) and (overlay_partners == 0 or overlay_probability <= 0):
+        return images, labels
+    if deform_pixels > 0 or deform_affine > 0:
+        sources = deform_sources(*labels.shape, deform_pixels, deform_grid, generator, deform_affine)
+    else:
+        sources = identity_sources(*labels.shape)
+    for _ in range(overlay_partners):
+        sources = overlay_sources(sources, labels, overlay_probability, generator)
+    return gather_pixels(images, labels, sources)

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from segnet.batch_norm_relu import batch_norm_relu, can_fuse, extension
+
 INPUT_TRANSFORMS = ("linear", "sqrt", "ink_sqrt")
 
 
@@ -55,13 +57,26 @@ class SegNetConfig:
         return 2 ** len(self.encoder_channels)
 
 
-def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int) -> nn.Sequential:
-    # No conv bias: batch norm's shift makes it redundant.
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-    )
+class ConvBatchNormReLU(nn.Sequential):
+    """conv -> batch norm -> ReLU. In training on the CPU, batch norm and ReLU can run as one fused kernel
+    (segnet.batch_norm_relu; turned on by use_fused_batch_norm_relu below): the same function, computed
+    in fewer passes over memory. The layers and their state_dict keys are the same either way."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int):
+        # No conv bias: batch norm's shift makes it redundant.
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        )
+        self.fused = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv, norm, relu = self
+        x = conv(x)
+        if self.fused and self.training and can_fuse(x, norm):
+            return batch_norm_relu(x, norm)
+        return relu(norm(x))
 
 
 class EncoderLevel(nn.Module):
@@ -69,7 +84,7 @@ class EncoderLevel(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int):
         super().__init__()
-        self.block = conv_bn_relu(in_channels, out_channels, kernel_size)
+        self.block = ConvBatchNormReLU(in_channels, out_channels, kernel_size)
         self.pool = nn.MaxPool2d(2, stride=2, return_indices=True)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,7 +97,7 @@ class DecoderLevel(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int):
         super().__init__()
         self.unpool = nn.MaxUnpool2d(2, stride=2)
-        self.block = conv_bn_relu(in_channels, out_channels, kernel_size)
+        self.block = ConvBatchNormReLU(in_channels, out_channels, kernel_size)
 
     def forward(self, x: torch.Tensor, pool_indices: torch.Tensor) -> torch.Tensor:
         # Autocast would run unpooling in float32 on the CPU: a cast of the level's largest tensor there and
@@ -128,3 +143,16 @@ class SegNet(nn.Module):
         for level, indices in zip(self.decoder, reversed(pool_indices)):  # -> (N, 32, 64, 64)
             x = level(x, indices)
         return self.classifier(x)  # (N, classes, H, W) logits
+
+
+def use_fused_batch_norm_relu(model: nn.Module, enabled: bool = True) -> bool:
+    """Turns the fused batch norm + ReLU kernel of `model`'s ConvBatchNormReLU blocks on or off for training.
+
+    Returns whether it is on: not for a model without such blocks, nor where the kernel does not build
+    (segnet.batch_norm_relu.extension warns why).
+    """
+    blocks = [module for module in model.modules() if isinstance(module, ConvBatchNormReLU)]
+    enabled = enabled and bool(blocks) and extension() is not None
+    for block in blocks:
+        block.fused = enabled
+    return enabled
