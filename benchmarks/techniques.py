@@ -28,7 +28,7 @@ VARIANTS = [
     ("deform_affine", 0.1),
     ("ema_decay", 0.998),
     ("compile", True),
-    ("fused_batch_norm", False),
+    ("cpu_kernels", False),
     ("keep_freed_memory", False),
 ]
 
@@ -55,7 +55,7 @@ def main() -> None:
 
     baseline = rows[0][1]
     shown = ("precision", "channels_last", "batch_size", "threads", "overlay_partners", "deform_pixels", "deform_grid",
-             "deform_affine", "ema_decay", "compile", "fused_batch_norm", "keep_freed_memory")
+             "deform_affine", "ema_decay", "compile", "cpu_kernels", "keep_freed_memory")
     print("Defaults: " + ", ".join(f"{key}={defaults[key]}" for key in shown))
     print(f"images/s: best of {ROUNDS} interleaved rounds; first step: the first round's")
     print("| train setting changed | images/s | vs defaults | first step, s |")

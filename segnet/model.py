@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from segnet.batch_norm_relu import batch_norm_relu, can_fuse, extension
+from segnet import cpu_kernels
 
 INPUT_TRANSFORMS = ("linear", "sqrt", "ink_sqrt")
 
@@ -58,9 +58,7 @@ class SegNetConfig:
 
 
 class ConvBatchNormReLU(nn.Sequential):
-    """conv -> batch norm -> ReLU. In training on the CPU, batch norm and ReLU can run as one fused kernel
-    (segnet.batch_norm_relu; turned on by use_fused_batch_norm_relu below): the same function, computed
-    in fewer passes over memory. The layers and their state_dict keys are the same either way."""
+    """conv -> batch norm -> ReLU."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int):
         # No conv bias: batch norm's shift makes it redundant.
@@ -69,13 +67,13 @@ class ConvBatchNormReLU(nn.Sequential):
             nn.BatchNorm2d(out_channels),
             nn.ReLU(inplace=True),
         )
-        self.fused = False
+        self.cpu_kernels = False  # see use_cpu_kernels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv, norm, relu = self
         x = conv(x)
-        if self.fused and self.training and can_fuse(x, norm):
-            return batch_norm_relu(x, norm)
+        if self.cpu_kernels and self.training and cpu_kernels.can_fuse(x, norm):
+            return cpu_kernels.batch_norm_relu(x, norm)
         return relu(norm(x))
 
 
@@ -86,9 +84,14 @@ class EncoderLevel(nn.Module):
         super().__init__()
         self.block = ConvBatchNormReLU(in_channels, out_channels, kernel_size)
         self.pool = nn.MaxPool2d(2, stride=2, return_indices=True)
+        self.cpu_kernels = False  # see use_cpu_kernels
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.pool(self.block(x))  # (N, C, H/2, W/2) values and pool_indices
+        x = self.block(x)
+        if self.cpu_kernels and self.training and cpu_kernels.applies(x):
+            # Positions within each 2x2 window (uint8) instead of int64 indices into the plane.
+            return cpu_kernels.max_pool(x)
+        return self.pool(x)  # (N, C, H/2, W/2) values and pool_indices
 
 
 class DecoderLevel(nn.Module):
@@ -103,7 +106,10 @@ class DecoderLevel(nn.Module):
         # Autocast would run unpooling in float32 on the CPU: a cast of the level's largest tensor there and
         # back, forward and backward. Unpooling only moves values, so it is exact in whatever dtype x has.
         with torch.autocast(x.device.type, enabled=False):
-            x = self.unpool(x, pool_indices)
+            if pool_indices.dtype == torch.uint8:  # window positions from cpu_kernels.max_pool
+                x = cpu_kernels.max_unpool(x, pool_indices)
+            else:
+                x = self.unpool(x, pool_indices)
         return self.block(x)  # (N, C, H, W) -> (N, C', 2H, 2W)
 
 
@@ -145,14 +151,17 @@ class SegNet(nn.Module):
         return self.classifier(x)  # (N, classes, H, W) logits
 
 
-def use_fused_batch_norm_relu(model: nn.Module, enabled: bool = True) -> bool:
-    """Turns the fused batch norm + ReLU kernel of `model`'s ConvBatchNormReLU blocks on or off for training.
+def use_cpu_kernels(model: nn.Module, enabled: bool = True) -> bool:
+    """Turns segnet.cpu_kernels on or off for `model`'s training on the CPU: batch norm + ReLU fused into one
+    kernel, and max pooling and unpooling that record window positions. They compute the same functions in
+    fewer passes over memory; the layers and their state_dict keys stay the same, and evaluation always runs
+    PyTorch's layers.
 
-    Returns whether it is on: not for a model without such blocks, nor where the kernel does not build
-    (segnet.batch_norm_relu.extension warns why).
+    Returns whether they are on: not for a model without such layers, nor where the kernels do not build
+    (segnet.cpu_kernels.extension warns why).
     """
-    blocks = [module for module in model.modules() if isinstance(module, ConvBatchNormReLU)]
-    enabled = enabled and bool(blocks) and extension() is not None
-    for block in blocks:
-        block.fused = enabled
+    layers = [module for module in model.modules() if isinstance(module, (ConvBatchNormReLU, EncoderLevel))]
+    enabled = enabled and bool(layers) and cpu_kernels.extension() is not None
+    for layer in layers:
+        layer.cpu_kernels = enabled
     return enabled

@@ -22,7 +22,7 @@ from segnet.data import to_input
 from segnet.distributed import SINGLE_PROCESS, World, any_across, barrier, sum_across, synchronize_batch_norm
 from segnet.inference import accumulate_confusion, autocast
 from segnet.metrics import mean_iou
-from segnet.model import use_fused_batch_norm_relu
+from segnet.model import use_cpu_kernels
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class TrainConfig:
     precision: str = "auto"
     channels_last: bool = True
     compile: bool = False
-    fused_batch_norm: bool = True
+    cpu_kernels: bool = True
     keep_freed_memory: bool = True
     threads: int = 0
     checkpoint_steps: int = 100
@@ -104,7 +104,7 @@ class TrainResult:
     train_seconds: float = 0.0
     device: str = "cpu"
     amp_dtype: str = "float32"
-    fused_batch_norm: bool = False
+    cpu_kernels: bool = False
     resumed_from_step: int = 0
 
 
@@ -262,7 +262,7 @@ def train(
     amp_dtype = select_amp_dtype(config.precision, device)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model.to(device=device, memory_format=memory_format)
-    fused_batch_norm = config.fused_batch_norm and device.type == "cpu" and use_fused_batch_norm_relu(model)
+    kernels = config.cpu_kernels and device.type == "cpu" and use_cpu_kernels(model)
     forward = model
     if world.is_distributed:
         synchronize_batch_norm(model, device)
@@ -405,6 +405,6 @@ def train(
         train_seconds=loop["elapsed_s"] + time.perf_counter() - start,
         device=str(device),
         amp_dtype=str(amp_dtype).replace("torch.", "") if amp_dtype else "float32",
-        fused_batch_norm=fused_batch_norm,
+        cpu_kernels=kernels,
         resumed_from_step=resumed_from_step,
     )

@@ -133,7 +133,7 @@ def main() -> None:
         write_bytes(history_path, _history_csv(result.history))
         mlflow.set_tags({"model_sha256": sha256_file(model_dir / "model.pt"), "device": result.device,
                          "precision": result.amp_dtype, "resumed_from_step": result.resumed_from_step,
-                         "fused_batch_norm": str(result.fused_batch_norm).lower()})
+                         "cpu_kernels": str(result.cpu_kernels).lower()})
         log_metrics(summary)
         for path in (model_dir / "config.json", metrics_path, history_path):
             mlflow.log_artifact(str(path))

@@ -1,10 +1,12 @@
-// Training-mode batch norm followed by ReLU, forward and backward, in one pass each over channels-last
-// CPU tensors (bfloat16 or float32). PyTorch runs them as separate kernels (statistics, normalisation,
-// ReLU; then ReLU's backward and batch norm's backward), each reading and writing the whole activation,
-// and its bfloat16 channels-last batch norm is several times slower than the memory traffic it needs.
-// Built on first use by segnet/batch_norm_relu.py; every sum is accumulated in float within fixed
-// blocks of rows and the blocks added in double in a fixed order, so results do not depend on the
-// number of threads.
+// CPU kernels for SegNet's memory-bound layers in training, on channels-last tensors (bfloat16 or float32):
+//  - batch norm (batch statistics) followed by ReLU, forward and backward, two passes over memory each way.
+//    PyTorch runs them as separate kernels, each reading and writing the whole activation, and its
+//    bfloat16 channels-last batch norm is several times slower than the memory traffic it needs.
+//  - 2x2 max pooling that records, per output, which of its window's four inputs was the maximum (one
+//    byte, where PyTorch stores an int64 index into the whole plane), and the unpooling that puts values
+//    back there. Each writes every output once, where PyTorch first zero-fills, then scatters.
+// Built on first use by segnet/cpu_kernels.py. Every sum is accumulated in float within fixed blocks of
+// rows and the blocks are added in double in a fixed order, so results do not depend on the thread count.
 
 #include <torch/extension.h>
 
@@ -57,10 +59,14 @@ void block_stats(const T* __restrict x, const float* __restrict pivot, int64_t r
 }
 
 template <typename T>
-void block_normalise(const T* __restrict x, const float* __restrict scale, const float* __restrict shift,
+void block_normalise(const T* __restrict x, const float* __restrict mean, const float* __restrict scale,
+                     const float* __restrict shift,
                      int64_t rows, int64_t channels, T* __restrict y) {
   for (int64_t i = 0; i < rows * channels; i += channels) {
-    for (int64_t c = 0; c < channels; ++c) store(y, i + c, std::max(load(x, i + c) * scale[c] + shift[c], 0.0f));
+    // Centred first: x * scale + (bias - mean * scale) would cancel digits where the mean is large.
+    for (int64_t c = 0; c < channels; ++c) {
+      store(y, i + c, std::max((load(x, i + c) - mean[c]) * scale[c] + shift[c], 0.0f));
+    }
   }
 }
 
@@ -126,7 +132,7 @@ void forward_kernel(const at::Tensor& input, const at::Tensor& weight, const at:
                 squares.data() + block * channels);
   });
   const std::vector<double> sum = add_blocks(sums, channels), sum_sq = add_blocks(squares, channels);
-  std::vector<float> scale(channels), shift(channels);
+  std::vector<float> centre(channels), scale(channels), shift(channels);
   const float* w = weight.data_ptr<float>();
   const float* b = bias.data_ptr<float>();
   float* mean_p = mean_out.data_ptr<float>();
@@ -141,10 +147,12 @@ void forward_kernel(const at::Tensor& input, const at::Tensor& weight, const at:
     var_p[c] = static_cast<float>(var);
     invstd_p[c] = invstd;
     scale[c] = w[c] * invstd;
-    shift[c] = b[c] - mean * scale[c];
+    centre[c] = mean;
+    shift[c] = b[c];
   }
   for_blocks(rows, [&](int64_t row, int64_t count, int64_t) {
-    block_normalise(x + row * channels, scale.data(), shift.data(), count, channels, y + row * channels);
+    block_normalise(x + row * channels, centre.data(), scale.data(), shift.data(), count, channels,
+                    y + row * channels);
   });
 }
 
@@ -185,6 +193,120 @@ void backward_kernel(const at::Tensor& grad_output, const at::Tensor& input, con
   for_blocks(rows, [&](int64_t row, int64_t count, int64_t) {
     const int64_t at = row * channels;
     block_grad_input(g + at, x + at, y + at, mean, k_g.data(), k_x.data(), k_0.data(), count, channels, dx + at);
+  });
+}
+
+// 2x2 windows of an (N, H, W, C) tensor: row r = n * H/2 + oh of the output covers input rows 2 oh and
+// 2 oh + 1 of image n. Window position k: 0 top left, 1 top right, 2 bottom left, 3 bottom right.
+
+// The value of a bfloat16 (uint16_t bits) or float32 (uint32_t bits) element.
+inline float as_float(uint16_t bits) {
+  const uint32_t wide = static_cast<uint32_t>(bits) << 16;
+  float value;
+  std::memcpy(&value, &wide, sizeof(value));
+  return value;
+}
+
+inline float as_float(uint32_t bits) {
+  float value;
+  std::memcpy(&value, &bits, sizeof(value));
+  return value;
+}
+
+// Bits = uint16_t (bfloat16) or uint32_t (float32). The lambdas capture sizes by value and the channel
+// loops are marked `omp simd`: the outputs are distinct arrays, which the compiler cannot prove on its own
+// (a uint8_t store may alias anything), and without it does not vectorise.
+template <typename Bits>
+void max_window_kernel(const Bits* y, int64_t n, int64_t h, int64_t w, int64_t channels, Bits* values,
+                       uint8_t* where) {
+  const int64_t out_h = h / 2, out_w = w / 2;
+  at::parallel_for(0, n * out_h, 1, [=](int64_t first, int64_t last) {
+    for (int64_t r = first; r < last; ++r) {
+      const Bits* top = y + ((r / out_h) * h + 2 * (r % out_h)) * w * channels;
+      for (int64_t ow = 0; ow < out_w; ++ow) {
+        const Bits* k0 = top + 2 * ow * channels;
+        const Bits* k1 = k0 + channels;
+        const Bits* k2 = k0 + w * channels;
+        const Bits* k3 = k2 + channels;
+        Bits* value = values + (r * out_w + ow) * channels;
+        uint8_t* position = where + (r * out_w + ow) * channels;
+#pragma omp simd
+        for (int64_t c = 0; c < channels; ++c) {
+          // The first maximum in row-major order; NaN wins, as in PyTorch's max_pool2d.
+          float best = as_float(k0[c]);
+          Bits chosen = k0[c];
+          uint8_t k = 0;
+          float v = as_float(k1[c]);
+          bool take = v > best || v != v;
+          best = take ? v : best;
+          chosen = take ? k1[c] : chosen;
+          k = take ? 1 : k;
+          v = as_float(k2[c]);
+          take = v > best || v != v;
+          best = take ? v : best;
+          chosen = take ? k2[c] : chosen;
+          k = take ? 2 : k;
+          v = as_float(k3[c]);
+          take = v > best || v != v;
+          chosen = take ? k3[c] : chosen;
+          k = take ? 3 : k;
+          value[c] = chosen;
+          position[c] = k;
+        }
+      }
+    }
+  });
+}
+
+template <typename Bits>
+void scatter_window_kernel(const Bits* values, const uint8_t* where, int64_t n, int64_t out_h, int64_t out_w,
+                           int64_t channels, Bits* y) {
+  const int64_t w = 2 * out_w;
+  at::parallel_for(0, n * out_h, 1, [=](int64_t first, int64_t last) {
+    for (int64_t r = first; r < last; ++r) {
+      Bits* top = y + 2 * r * w * channels;
+      for (int64_t ow = 0; ow < out_w; ++ow) {
+        const Bits* value = values + (r * out_w + ow) * channels;
+        const uint8_t* position = where + (r * out_w + ow) * channels;
+        Bits* k0 = top + 2 * ow * channels;
+        Bits* k1 = k0 + channels;
+        Bits* k2 = k0 + w * channels;
+        Bits* k3 = k2 + channels;
+#pragma omp simd
+        for (int64_t c = 0; c < channels; ++c) {
+          const Bits v = value[c];
+          const uint8_t k = position[c];
+          k0[c] = k == 0 ? v : 0;
+          k1[c] = k == 1 ? v : 0;
+          k2[c] = k == 2 ? v : 0;
+          k3[c] = k == 3 ? v : 0;
+        }
+      }
+    }
+  });
+}
+
+template <typename Bits>
+void gather_window_kernel(const Bits* y, const uint8_t* where, int64_t n, int64_t out_h, int64_t out_w,
+                          int64_t channels, Bits* values) {
+  const int64_t w = 2 * out_w;
+  at::parallel_for(0, n * out_h, 1, [=](int64_t first, int64_t last) {
+    for (int64_t r = first; r < last; ++r) {
+      const Bits* top = y + 2 * r * w * channels;
+      for (int64_t ow = 0; ow < out_w; ++ow) {
+        Bits* value = values + (r * out_w + ow) * channels;
+        const uint8_t* position = where + (r * out_w + ow) * channels;
+        const Bits* k0 = top + 2 * ow * channels;
+        const Bits* k1 = k0 + channels;
+        const Bits* k2 = k0 + w * channels;
+        const Bits* k3 = k2 + channels;
+#pragma omp simd
+        for (int64_t c = 0; c < channels; ++c) {
+          const uint8_t k = position[c];
+          value[c] = k == 0 ? k0[c] : k == 1 ? k1[c] : k == 2 ? k2[c] : k3[c];
+        }
+      }
+    }
   });
 }
 
@@ -234,9 +356,70 @@ std::vector<at::Tensor> backward(const at::Tensor& grad_output, const at::Tensor
   return {grad_input, grad_weight, grad_bias};
 }
 
+// (N, C, H, W) channels-last -> (values (N, C, H/2, W/2), where (N, C, H/2, W/2) uint8), both channels-last.
+std::vector<at::Tensor> max_window(const at::Tensor& input) {
+  check(input, "input");
+  TORCH_CHECK(input.size(2) % 2 == 0 && input.size(3) % 2 == 0, "height and width must be even");
+  const int64_t n = input.size(0), channels = input.size(1), h = input.size(2), w = input.size(3);
+  auto values = at::empty({n, channels, h / 2, w / 2}, input.options(), at::MemoryFormat::ChannelsLast);
+  auto where = at::empty({n, channels, h / 2, w / 2}, input.options().dtype(at::kByte), at::MemoryFormat::ChannelsLast);
+  if (input.scalar_type() == at::kBFloat16) {
+    max_window_kernel(reinterpret_cast<const uint16_t*>(input.data_ptr()), n, h, w, channels,
+                      reinterpret_cast<uint16_t*>(values.data_ptr()), where.data_ptr<uint8_t>());
+  } else {
+    max_window_kernel(reinterpret_cast<const uint32_t*>(input.data_ptr()), n, h, w, channels,
+                      reinterpret_cast<uint32_t*>(values.data_ptr()), where.data_ptr<uint8_t>());
+  }
+  return {values, where};
+}
+
+void check_where(const at::Tensor& values, const at::Tensor& where) {
+  check(values, "values");
+  TORCH_CHECK(where.scalar_type() == at::kByte && where.sizes() == values.sizes() &&
+                  where.is_contiguous(at::MemoryFormat::ChannelsLast),
+              "where must be channels-last uint8 of the values' shape");
+}
+
+// values at their window positions of a (N, C, 2H, 2W) channels-last tensor, zeros elsewhere.
+at::Tensor scatter_window(const at::Tensor& values, const at::Tensor& where) {
+  check_where(values, where);
+  const int64_t n = values.size(0), channels = values.size(1), h = values.size(2), w = values.size(3);
+  auto output = at::empty({n, channels, 2 * h, 2 * w}, values.options(), at::MemoryFormat::ChannelsLast);
+  if (values.element_size() == 2) {
+    scatter_window_kernel(reinterpret_cast<const uint16_t*>(values.data_ptr()), where.data_ptr<uint8_t>(), n, h, w,
+                          channels, reinterpret_cast<uint16_t*>(output.data_ptr()));
+  } else {
+    scatter_window_kernel(reinterpret_cast<const uint32_t*>(values.data_ptr()), where.data_ptr<uint8_t>(), n, h, w,
+                          channels, reinterpret_cast<uint32_t*>(output.data_ptr()));
+  }
+  return output;
+}
+
+// The value at each window's recorded position of a (N, C, 2H, 2W) channels-last tensor.
+at::Tensor gather_window(const at::Tensor& input, const at::Tensor& where) {
+  check(input, "input");
+  const int64_t n = input.size(0), channels = input.size(1), h = input.size(2) / 2, w = input.size(3) / 2;
+  TORCH_CHECK(where.scalar_type() == at::kByte && where.dim() == 4 && where.size(0) == n && where.size(1) == channels &&
+                  where.size(2) == h && where.size(3) == w && input.size(2) == 2 * h && input.size(3) == 2 * w &&
+                  where.is_contiguous(at::MemoryFormat::ChannelsLast),
+              "where must be channels-last uint8 with half the input's height and width");
+  auto values = at::empty({n, channels, h, w}, input.options(), at::MemoryFormat::ChannelsLast);
+  if (input.element_size() == 2) {
+    gather_window_kernel(reinterpret_cast<const uint16_t*>(input.data_ptr()), where.data_ptr<uint8_t>(), n, h, w,
+                         channels, reinterpret_cast<uint16_t*>(values.data_ptr()));
+  } else {
+    gather_window_kernel(reinterpret_cast<const uint32_t*>(input.data_ptr()), where.data_ptr<uint8_t>(), n, h, w,
+                         channels, reinterpret_cast<uint32_t*>(values.data_ptr()));
+  }
+  return values;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("forward", &forward, "batch norm (batch statistics) + ReLU, channels-last");
-  m.def("backward", &backward, "gradients of forward");
+  m.def("batch_norm_relu", &forward, "batch norm (batch statistics) + ReLU, channels-last");
+  m.def("batch_norm_relu_backward", &backward, "gradients of batch_norm_relu");
+  m.def("max_window", &max_window, "2x2 max pooling with the window position of each maximum");
+  m.def("scatter_window", &scatter_window, "2x2 unpooling to recorded window positions");
+  m.def("gather_window", &gather_window, "the values at recorded window positions");
 }

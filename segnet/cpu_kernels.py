@@ -1,0 +1,152 @@
+"""C++ kernels for the memory-bound layers of SegNet training on the CPU (segnet/cpu_kernels.cpp).
+
+On our 2-core CPU the convolutions run near the machine's bfloat16 matmul peak, and most of the rest of
+a training step went to memory-bound layers that PyTorch runs slower than the memory traffic they need:
+batch norm + ReLU (about 19 ms of a step, where copying the same tensors takes under 1 ms), and max
+pooling and unpooling (about 20 ms: int64 indices as large as the activations, zero-filling before
+scattering, contiguous copies). The kernels compute the same functions:
+
+- batch_norm_relu: relu(batch_norm(x)) with batch statistics, forward and backward in two passes each.
+- max_pool / max_unpool: 2x2 max pooling that records each maximum's position in its window (one byte),
+  and the unpooling that puts values back there. Ties and NaN pick the same element as PyTorch's
+  max_pool2d, so unpooling places every value where nn.MaxUnpool2d would.
+
+They are compiled with the system's C++ compiler on first use (about 40 s, then cached by torch under
+~/.cache/torch_extensions) and used only in training, on channels-last bfloat16 or float32 CPU tensors;
+segnet.model decides where. Evaluation and the exported model use PyTorch's own layers.
+"""
+
+import hashlib
+import logging
+import platform
+from functools import cache
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_suffix(".cpp")
+
+
+def _cpu_signature() -> str:
+    """Identifies the CPU's instruction sets: the build targets them (-march=native), so a cached build
+    copied to another CPU must not be reused."""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        flags = platform.processor()
+    return hashlib.sha256(flags.encode()).hexdigest()[:12]
+
+
+@cache
+def extension():
+    """The compiled kernels, or None (with a warning) where they cannot be built, e.g. without a C++ compiler."""
+    from torch.utils import cpp_extension
+
+    try:
+        return cpp_extension.load(
+            name=f"segnet_cpu_kernels_{_cpu_signature()}",
+            sources=[str(SOURCE)],
+            # -fopenmp makes at::parallel_for use torch's OpenMP threads; without it the kernels run on one.
+            extra_cflags=["-O3", "-march=native", "-fopenmp"],
+        )
+    except Exception as error:  # noqa: BLE001 - any build failure means: run PyTorch's layers instead
+        message = str(error).strip().splitlines()
+        log.warning("could not build the CPU kernels (%s); training uses PyTorch's layers",
+                    message[-1] if message else type(error).__name__)
+        return None
+
+
+def applies(x: torch.Tensor) -> bool:
+    """Whether the kernels take `x`: a 4-d channels-last bfloat16 or float32 CPU tensor."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype in (torch.bfloat16, torch.float32)
+        and x.dim() == 4
+        and x.is_contiguous(memory_format=torch.channels_last)
+    )
+
+
+def can_fuse(x: torch.Tensor, norm: torch.nn.Module) -> bool:
+    """Whether batch_norm_relu computes relu(norm(x)): a plain BatchNorm2d (not the synchronised ones of
+    distributed training) with affine weights and running statistics, and an input the kernels take."""
+    return (
+        type(norm) is torch.nn.BatchNorm2d
+        and norm.affine
+        and norm.track_running_stats
+        and norm.momentum is not None
+        and applies(x)
+    )
+
+
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+class _BatchNormReLU(torch.autograd.Function):
+    """relu(batch_norm(x)) with batch statistics; returns the output, the batch mean and the biased variance."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float):
+        output, mean, var, invstd = extension().batch_norm_relu(x, weight, bias, eps)
+        ctx.save_for_backward(x, output, weight, mean, invstd)
+        ctx.mark_non_differentiable(mean, var)
+        return output, mean, var
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor, _grad_mean, _grad_var):
+        x, output, weight, mean, invstd = ctx.saved_tensors
+        grad_input, grad_weight, grad_bias = extension().batch_norm_relu_backward(
+            _channels_last(grad_output), x, output, weight, mean, invstd
+        )
+        return grad_input, grad_weight, grad_bias, None
+
+
+def batch_norm_relu(x: torch.Tensor, norm: torch.nn.BatchNorm2d) -> torch.Tensor:
+    """relu(norm(x)) in training mode, updating norm's running statistics as nn.BatchNorm2d does."""
+    output, mean, var = _BatchNormReLU.apply(x, norm.weight, norm.bias, norm.eps)
+    with torch.no_grad():
+        count = x.numel() // x.shape[1]
+        norm.num_batches_tracked.add_(1)
+        norm.running_mean.lerp_(mean, norm.momentum)
+        # Running variance is the unbiased estimate, as in PyTorch.
+        norm.running_var.lerp_(var * (count / (count - 1)), norm.momentum)
+    return output
+
+
+class _MaxPool(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor):
+        values, where = extension().max_window(x)
+        ctx.save_for_backward(where)
+        ctx.mark_non_differentiable(where)
+        return values, where
+
+    @staticmethod
+    def backward(ctx, grad_values: torch.Tensor, _grad_where):
+        (where,) = ctx.saved_tensors
+        return extension().scatter_window(_channels_last(grad_values), where)
+
+
+class _MaxUnpool(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, values: torch.Tensor, where: torch.Tensor):
+        ctx.save_for_backward(where)
+        return extension().scatter_window(_channels_last(values), where)
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        (where,) = ctx.saved_tensors
+        return extension().gather_window(_channels_last(grad_output), where), None
+
+
+def max_pool(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """2x2 max pooling, stride 2: (values, where), `where` (uint8) the position of each maximum in its window."""
+    return _MaxPool.apply(x)
+
+
+def max_unpool(values: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+    """The inverse placement of max_pool: each value at its recorded window position, zeros elsewhere."""
+    return _MaxUnpool.apply(values, where)
+
