@@ -12,7 +12,7 @@ from segnet.train import TrainConfig
 REPO = Path(__file__).resolve().parents[1]
 # Speed measurements are repeated in interleaved rounds and the best kept: on a shared machine other load
 # only ever slows a measurement down, and interleaving spreads a slow spell over every variant alike.
-ROUNDS = 3
+ROUNDS = 5
 
 
 def best_of_rounds(measures: dict[str, Callable[[], float]], rounds: int = ROUNDS) -> dict[str, float]:

@@ -11,10 +11,12 @@ import tempfile
 from functools import partial
 from pathlib import Path
 
-from benchmarks.common import ROUNDS, best_of_rounds, one_epoch, read_settings, small_archive
+from benchmarks.common import best_of_rounds, one_epoch, read_settings, small_archive
 from benchmarks.measure import in_fresh_process
 from segnet.prepare import prepare_dataset
 
+# Fewer rounds than the throughput benchmark's: fifteen variants, each in a fresh process.
+ROUNDS = 3
 # (setting, value) pairs compared against the defaults; None is the default run itself.
 VARIANTS = [
     None,
@@ -50,7 +52,7 @@ def main() -> None:
         for variant in VARIANTS:
             name = f"{variant[0]}: {variant[1]}" if variant else "defaults"
             measures[name] = partial(measure, name, dict([variant]) if variant else {})
-        speeds = best_of_rounds(measures)
+        speeds = best_of_rounds(measures, rounds=ROUNDS)
     rows = [(name, speed, first_steps[name]) for name, speed in speeds.items()]
 
     baseline = rows[0][1]

@@ -96,11 +96,15 @@ def main() -> None:
 
         # Each measurement runs in a fresh process (benchmarks/measure.py): the reference gets the default
         # memory allocator, ours the settings of params.yaml, and neither inherits the other's state.
+        # The matmul peaks join the same rounds, so that a slow spell cannot lower them alone.
         speeds = best_of_rounds({
             "reference": lambda: in_fresh_process("reference", folder)["images_per_second"],
             "ours": lambda: in_fresh_process("ours", folder)["images_per_second"],
+            "peak_fp32": lambda: matmul_peak(torch.float32),
+            "peak_bf16": lambda: matmul_peak(torch.bfloat16),
         })
         reference, ours = speeds["reference"], speeds["ours"]
+        peak_fp32, peak_bf16 = speeds["peak_fp32"], speeds["peak_bf16"]
         evaluation = evaluation_images_per_second(folder / "prepared", model_config, evaluate_batch, cpu)
         gpu_rows = []
         if torch.cuda.is_available():
@@ -115,8 +119,6 @@ def main() -> None:
             ]
 
     flops = training_flops_per_image(model_config)
-    peak_fp32 = matmul_peak(torch.float32)
-    peak_bf16 = matmul_peak(torch.bfloat16)
     precision = "bfloat16" if amp_dtype == torch.bfloat16 else "float32"
     peak = peak_bf16 if amp_dtype == torch.bfloat16 else peak_fp32
     achieved = flops * ours
