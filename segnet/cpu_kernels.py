@@ -45,9 +45,12 @@ def extension():
     from torch.utils import cpp_extension
 
     try:
-        return cpp_extension.load(
+        # From the source text, not the file: torch writes it into its build folder, so every copy of the
+        # project (each test's, each `dvc exp run --temp` one) shares one build instead of rebuilding it
+        # because the path in the build file changed.
+        return cpp_extension.load_inline(
             name=f"segnet_cpu_kernels_{_cpu_signature()}",
-            sources=[str(SOURCE)],
+            cpp_sources=[SOURCE.read_text()],
             # -fopenmp makes at::parallel_for use torch's OpenMP threads; without it the kernels run on one.
             extra_cflags=["-O3", "-march=native", "-fopenmp"],
         )
