@@ -36,7 +36,7 @@ VARIANTS = [
 
 
 def main() -> None:
-    params, model_config, files = read_settings(__doc__.splitlines()[0], default_files=20)
+    params, model_config, files = read_settings(__doc__.splitlines()[0], default_files=40)
     defaults = vars(one_epoch(params))
     first_steps = {}
 
