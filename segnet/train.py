@@ -262,7 +262,7 @@ def train(
     amp_dtype = select_amp_dtype(config.precision, device)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model.to(device=device, memory_format=memory_format)
-    kernels = config.cpu_kernels and device.type == "cpu" and use_cpu_kernels(model)
+    kernels = use_cpu_kernels(model, enabled=config.cpu_kernels and device.type == "cpu")
     forward = model
     if world.is_distributed:
         synchronize_batch_norm(model, device)
