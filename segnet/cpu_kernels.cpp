@@ -44,7 +44,7 @@ inline void store(at::BFloat16* p, int64_t i, float value) {
 }
 
 // The per-block loops take restrict pointers and run over channels innermost, so the compiler vectorises
-// them; per-block float sums go to `partial` (blocks x channels) and are added in double afterwards.
+// them; each block's float sums go to its own row of a (blocks x channels) array, added in double afterwards.
 
 template <typename T>
 void block_stats(const T* __restrict x, const float* __restrict pivot, int64_t rows, int64_t channels,

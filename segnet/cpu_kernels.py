@@ -18,7 +18,10 @@ segnet.model decides where. Evaluation and the exported model use PyTorch's own 
 
 import hashlib
 import logging
+import os
 import platform
+import shutil
+import sys
 from functools import cache
 from pathlib import Path
 
@@ -44,6 +47,11 @@ def extension():
     """The compiled kernels, or None (with a warning) where they cannot be built, e.g. without a C++ compiler."""
     from torch.utils import cpp_extension
 
+    # torch runs `ninja` from PATH; a virtual environment's own (requirements.txt) is there only when the
+    # environment is activated, so look beside this Python too.
+    beside_python = Path(sys.executable).parent
+    if shutil.which("ninja") is None and (beside_python / "ninja").is_file():
+        os.environ["PATH"] = f"{beside_python}{os.pathsep}{os.environ.get('PATH', '')}"
     try:
         # From the source text, not the file: torch writes it into its build folder, so every copy of the
         # project (each test's, each `dvc exp run --temp` one) shares one build instead of rebuilding it
