@@ -356,6 +356,17 @@ std::vector<at::Tensor> backward(const at::Tensor& grad_output, const at::Tensor
   return {grad_input, grad_weight, grad_bias};
 }
 
+// Calls body(Bits{}) with the unsigned type of the tensor's element size: uint16_t for bfloat16, uint32_t for
+// float32. The pooling kernels only compare (as floats) and move elements, so they work on their bits.
+template <typename Body>
+void with_element_bits(const at::Tensor& t, const Body& body) {
+  if (t.element_size() == 2) {
+    body(uint16_t{});
+  } else {
+    body(uint32_t{});
+  }
+}
+
 // (N, C, H, W) channels-last -> (values (N, C, H/2, W/2), where (N, C, H/2, W/2) uint8), both channels-last.
 std::vector<at::Tensor> max_window(const at::Tensor& input) {
   check(input, "input");
@@ -363,13 +374,11 @@ std::vector<at::Tensor> max_window(const at::Tensor& input) {
   const int64_t n = input.size(0), channels = input.size(1), h = input.size(2), w = input.size(3);
   auto values = at::empty({n, channels, h / 2, w / 2}, input.options(), at::MemoryFormat::ChannelsLast);
   auto where = at::empty({n, channels, h / 2, w / 2}, input.options().dtype(at::kByte), at::MemoryFormat::ChannelsLast);
-  if (input.scalar_type() == at::kBFloat16) {
-    max_window_kernel(reinterpret_cast<const uint16_t*>(input.data_ptr()), n, h, w, channels,
-                      reinterpret_cast<uint16_t*>(values.data_ptr()), where.data_ptr<uint8_t>());
-  } else {
-    max_window_kernel(reinterpret_cast<const uint32_t*>(input.data_ptr()), n, h, w, channels,
-                      reinterpret_cast<uint32_t*>(values.data_ptr()), where.data_ptr<uint8_t>());
-  }
+  with_element_bits(input, [&](auto bits) {
+    using Bits = decltype(bits);
+    max_window_kernel(static_cast<const Bits*>(input.data_ptr()), n, h, w, channels,
+                      static_cast<Bits*>(values.data_ptr()), where.data_ptr<uint8_t>());
+  });
   return {values, where};
 }
 
@@ -385,13 +394,11 @@ at::Tensor scatter_window(const at::Tensor& values, const at::Tensor& where) {
   check_where(values, where);
   const int64_t n = values.size(0), channels = values.size(1), h = values.size(2), w = values.size(3);
   auto output = at::empty({n, channels, 2 * h, 2 * w}, values.options(), at::MemoryFormat::ChannelsLast);
-  if (values.element_size() == 2) {
-    scatter_window_kernel(reinterpret_cast<const uint16_t*>(values.data_ptr()), where.data_ptr<uint8_t>(), n, h, w,
-                          channels, reinterpret_cast<uint16_t*>(output.data_ptr()));
-  } else {
-    scatter_window_kernel(reinterpret_cast<const uint32_t*>(values.data_ptr()), where.data_ptr<uint8_t>(), n, h, w,
-                          channels, reinterpret_cast<uint32_t*>(output.data_ptr()));
-  }
+  with_element_bits(values, [&](auto bits) {
+    using Bits = decltype(bits);
+    scatter_window_kernel(static_cast<const Bits*>(values.data_ptr()), where.data_ptr<uint8_t>(), n, h, w, channels,
+                          static_cast<Bits*>(output.data_ptr()));
+  });
   return output;
 }
 
@@ -404,13 +411,11 @@ at::Tensor gather_window(const at::Tensor& input, const at::Tensor& where) {
                   where.is_contiguous(at::MemoryFormat::ChannelsLast),
               "where must be channels-last uint8 with half the input's height and width");
   auto values = at::empty({n, channels, h, w}, input.options(), at::MemoryFormat::ChannelsLast);
-  if (input.element_size() == 2) {
-    gather_window_kernel(reinterpret_cast<const uint16_t*>(input.data_ptr()), where.data_ptr<uint8_t>(), n, h, w,
-                         channels, reinterpret_cast<uint16_t*>(values.data_ptr()));
-  } else {
-    gather_window_kernel(reinterpret_cast<const uint32_t*>(input.data_ptr()), where.data_ptr<uint8_t>(), n, h, w,
-                         channels, reinterpret_cast<uint32_t*>(values.data_ptr()));
-  }
+  with_element_bits(input, [&](auto bits) {
+    using Bits = decltype(bits);
+    gather_window_kernel(static_cast<const Bits*>(input.data_ptr()), where.data_ptr<uint8_t>(), n, h, w, channels,
+                         static_cast<Bits*>(values.data_ptr()));
+  });
   return values;
 }
 
