@@ -24,12 +24,14 @@ def best_of_rounds(measures: dict[str, Callable[[], float]], rounds: int = ROUND
     return best
 
 
-def read_settings(description: str, default_files: int) -> tuple[dict, SegNetConfig, int]:
-    """params.yaml, its model config, and the --files argument (training .mat files of 32 panels)."""
-    parser = argparse.ArgumentParser(description=description)
+def read_settings(description: str, default_files: int,
+                  parser: argparse.ArgumentParser | None = None) -> tuple[dict, SegNetConfig, argparse.Namespace]:
+    """params.yaml, its model config, and the command line: --files (training .mat files of 32 panels) and
+    whatever else `parser` defines."""
+    parser = parser or argparse.ArgumentParser(description=description)
     parser.add_argument("--files", type=int, default=default_files, help="training .mat files of 32 panels to build")
     params = load_params(REPO / "params.yaml")
-    return params, SegNetConfig(**params["model"]), parser.parse_args().files
+    return params, SegNetConfig(**params["model"]), parser.parse_args()
 
 
 def one_epoch(params: dict, **changes) -> TrainConfig:

@@ -24,7 +24,8 @@ CONVOLUTION_OPS = ("aten::mkldnn_convolution", "aten::convolution_backward")
 
 
 def main() -> None:
-    params, model_config, files = read_settings(__doc__.splitlines()[0], default_files=8)
+    params, model_config, arguments = read_settings(__doc__.splitlines()[0], default_files=8)
+    files = arguments.files
     config = one_epoch(params)
     with tempfile.TemporaryDirectory(prefix="segnet-profile-") as folder:
         prepared = Path(folder) / "prepared"

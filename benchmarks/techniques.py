@@ -4,9 +4,12 @@ Trains one short epoch per variant on the same small built-in dataset, changing 
 defaults at a time, and prints images/s (after a warm-up) and the first step's seconds (where
 torch.compile spends its compile time). Accuracy effects of settings are measured by full runs
 (README, Performance); this table is their speed side.
-Usage: make bench  (or python -m benchmarks.techniques [--files N])
+On a GPU (--device cuda) each variant trains GPU_EPOCHS epochs, since a GPU step takes milliseconds, and the
+settings that only act on the CPU are left out.
+Usage: make bench  (or python -m benchmarks.techniques [--files N] [--device cuda])
 """
 
+import argparse
 import tempfile
 from functools import partial
 from pathlib import Path
@@ -33,23 +36,30 @@ VARIANTS = [
     ("cpu_kernels", False),
     ("keep_freed_memory", False),
 ]
+CPU_ONLY = ("threads", "cpu_kernels", "keep_freed_memory")
+GPU_EPOCHS = 5
 
 
 def main() -> None:
-    params, model_config, files = read_settings(__doc__.splitlines()[0], default_files=40)
-    defaults = vars(one_epoch(params))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the variants train")
+    params, model_config, arguments = read_settings(parser.description, default_files=40, parser=parser)
+    on_gpu = arguments.device == "cuda"
+    common = {"device": "cuda", "epochs": GPU_EPOCHS} if on_gpu else {}
+    variants = [v for v in VARIANTS if not (on_gpu and v and v[0] in CPU_ONLY)]
+    defaults = vars(one_epoch(params, **common))
     first_steps = {}
 
     def measure(name: str, changes: dict) -> float:
         # A fresh process per run (benchmarks/measure.py): some settings change process-wide state.
-        result = in_fresh_process("ours", Path(folder), **changes)
+        result = in_fresh_process("ours", Path(folder), **common, **changes)
         first_steps.setdefault(name, result["first_step_s"])  # the first round's: later rounds may reuse compiled code
         return result["images_per_second"]
 
     with tempfile.TemporaryDirectory(prefix="segnet-techniques-") as folder:
-        prepare_dataset(small_archive(folder, files, 1), Path(folder) / "prepared")
+        prepare_dataset(small_archive(folder, arguments.files, 1), Path(folder) / "prepared")
         measures = {}
-        for variant in VARIANTS:
+        for variant in variants:
             name = f"{variant[0]}: {variant[1]}" if variant else "defaults"
             measures[name] = partial(measure, name, dict([variant]) if variant else {})
         speeds = best_of_rounds(measures, rounds=ROUNDS)
@@ -58,7 +68,7 @@ def main() -> None:
     baseline = rows[0][1]
     shown = ("precision", "channels_last", "batch_size", "threads", "overlay_partners", "deform_pixels", "deform_grid",
              "deform_affine", "ema_decay", "compile", "cpu_kernels", "keep_freed_memory")
-    print("Defaults: " + ", ".join(f"{key}={defaults[key]}" for key in shown))
+    print(f"Device: {arguments.device}. Defaults: " + ", ".join(f"{key}={defaults[key]}" for key in shown))
     print(f"images/s: best of {ROUNDS} interleaved rounds; first step: the first round's")
     print("| train setting changed | images/s | vs defaults | first step, s |")
     print("|---|---:|---:|---:|")
