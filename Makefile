@@ -17,8 +17,10 @@ $(VENV)/.installed: requirements.txt
 repro: venv
 	dvc repro
 
+# One worker per core; a test file stays on one worker, since its module fixtures (a tiny project after
+# `dvc repro`) are built once per worker that runs its tests.
 test: venv
-	python -m pytest -rs tests
+	python -m pytest -rs -n auto --dist loadfile tests
 
 ui: venv
 	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000

@@ -1,6 +1,7 @@
 """What the throughput, techniques and profile benchmarks share: their settings and a small built-in dataset."""
 
 import argparse
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,11 +17,16 @@ ROUNDS = 5
 
 
 def best_of_rounds(measures: dict[str, Callable[[], float]], rounds: int = ROUNDS) -> dict[str, float]:
-    """Runs every measure once per round, in the same order each round, and keeps each one's highest value."""
+    """Runs every measure once per round, in the same order each round, and keeps each one's highest value.
+
+    Each value goes to stderr as it comes, so a run stopped by a time limit still leaves what it measured.
+    """
     best = dict.fromkeys(measures, 0.0)
-    for _ in range(rounds):
+    for round_number in range(1, rounds + 1):
         for name, measure in measures.items():
-            best[name] = max(best[name], measure())
+            value = measure()
+            print(f"round {round_number}/{rounds}: {name} {value:.4g}", file=sys.stderr, flush=True)
+            best[name] = max(best[name], value)
     return best
 
 
