@@ -21,6 +21,7 @@ from segnet.checkpoint import Checkpointer
 from segnet.data import to_input
 from segnet.distributed import SINGLE_PROCESS, World, any_across, barrier, sum_across, synchronize_batch_norm
 from segnet.inference import accumulate_confusion, autocast
+from segnet.losses import soft_iou_loss
 from segnet.metrics import mean_iou
 from segnet.model import use_cpu_kernels
 
@@ -53,6 +54,7 @@ class TrainConfig:
     ema_decay: float = 0.0
     val_batch_size: int = 256
     class_weighting: str = "none"
+    soft_iou_weight: float = 0.0
     device: str = "auto"
     precision: str = "auto"
     channels_last: bool = True
@@ -79,6 +81,7 @@ class TrainConfig:
             "deform_affine": 0 <= self.deform_affine < 1,
             "ema_decay": 0 <= self.ema_decay < 1,
             "val_batch_size": self.val_batch_size >= 1,
+            "soft_iou_weight": self.soft_iou_weight >= 0,
             "threads": self.threads >= 0,
             "checkpoint_steps": self.checkpoint_steps >= 0,
             "processes": self.processes >= 1,
@@ -348,7 +351,10 @@ def train(
             targets = batch_labels[local].to(device, non_blocking=True).long()
             with autocast(device, amp_dtype):
                 logits = forward(inputs)
-            loss = F.cross_entropy(logits.float(), targets, weight=weights)
+            logits = logits.float()
+            loss = F.cross_entropy(logits, targets, weight=weights)
+            if config.soft_iou_weight:
+                loss = loss + config.soft_iou_weight * soft_iou_loss(logits, targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -140,7 +140,8 @@ def test_precision_choice():
     assert select_amp_dtype("bfloat16", cpu) == torch.bfloat16
 
 
-@pytest.mark.parametrize("bad", [dict(epochs=0), dict(lr=-1.0), dict(schedule="step"), dict(val_fraction=1.0)])
+@pytest.mark.parametrize("bad", [dict(epochs=0), dict(lr=-1.0), dict(schedule="step"), dict(val_fraction=1.0),
+                                 dict(soft_iou_weight=-0.5)])
 def test_nonsense_train_settings_raise(bad):
     with pytest.raises(ValueError, match="invalid train settings"):
         TrainConfig(**bad)
@@ -157,16 +158,15 @@ class Recorder(Callback):
         self.records.append(record)
 
 
-@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
-def test_training_learns_and_returns_the_best_epochs_weights(ema_decay):
+@pytest.mark.parametrize("changes", [{}, dict(ema_decay=0.9), dict(soft_iou_weight=1.0)])
+def test_training_learns_and_returns_the_best_epochs_weights(changes):
     rng = np.random.default_rng(0)
     images, labels = random_panels(48, rng)
     images = torch.from_numpy(np.rint(images * 255).astype(np.uint8))
     labels = torch.from_numpy(labels)
     set_seed(0)
     model = SegNet(SegNetConfig(encoder_channels=(8, 8, 8, 8), decoder_channels=(8, 8, 8, 8)))
-    config = TrainConfig(epochs=4, batch_size=8, lr=0.01, precision="float32", overlay_probability=0.5,
-                         ema_decay=ema_decay)
+    config = TrainConfig(epochs=4, batch_size=8, lr=0.01, precision="float32", overlay_probability=0.5, **changes)
     recorder = Recorder()
     result = train(model, images, labels, torch.arange(40), torch.arange(40, len(images)), 11, config, seed=0,
                    callbacks=[recorder])
