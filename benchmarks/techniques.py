@@ -18,7 +18,7 @@ from benchmarks.common import best_of_rounds, one_epoch, read_settings, small_ar
 from benchmarks.measure import in_fresh_process
 from segnet.prepare import prepare_dataset
 
-# Fewer rounds than the throughput benchmark's: fifteen variants, each in a fresh process.
+# Fewer rounds than the throughput benchmark's: fourteen variants, each in a fresh process.
 ROUNDS = 3
 # (setting, value) pairs compared against the defaults; None is the default run itself.
 VARIANTS = [
@@ -32,6 +32,7 @@ VARIANTS = [
     ("deform_pixels", 0.0),
     ("deform_affine", 0.1),
     ("ema_decay", 0.998),
+    ("soft_iou_weight", 1.0),
     ("compile", True),
     ("cpu_kernels", False),
     ("keep_freed_memory", False),
@@ -67,7 +68,7 @@ def main() -> None:
 
     baseline = rows[0][1]
     shown = ("precision", "channels_last", "batch_size", "threads", "overlay_partners", "deform_pixels", "deform_grid",
-             "deform_affine", "ema_decay", "compile", "cpu_kernels", "keep_freed_memory")
+             "deform_affine", "ema_decay", "soft_iou_weight", "compile", "cpu_kernels", "keep_freed_memory")
     print(f"Device: {arguments.device}. Defaults: " + ", ".join(f"{key}={defaults[key]}" for key in shown))
     print(f"images/s: best of {ROUNDS} interleaved rounds; first step: the first round's")
     print("| train setting changed | images/s | vs defaults | first step, s |")

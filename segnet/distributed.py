@@ -5,7 +5,7 @@ averaged across processes after every backward pass, so the replicas stay identi
 `train.batch_size` whatever the number of processes, and batch-norm statistics span the whole global
 batch, so a run in N processes computes what a run in one process computes, up to floating-point
 summation order. (Not with `train.class_weighting: median_frequency`: each process's weighted mean divides by
-its own slice's total weight.)
+its own slice's total weight; nor with `train.soft_iou_weight`: each process's IoU spans its own slice.)
 """
 
 import os
