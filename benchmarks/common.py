@@ -14,6 +14,9 @@ REPO = Path(__file__).resolve().parents[1]
 # Speed measurements are repeated in interleaved rounds and the best kept: on a shared machine other load
 # only ever slows a measurement down, and interleaving spreads a slow spell over every variant alike.
 ROUNDS = 5
+# A GPU step takes milliseconds: GPU speed measurements train this many epochs, so that the timed stretch
+# lasts seconds.
+GPU_EPOCHS = 5
 
 
 def best_of_rounds(measures: dict[str, Callable[[], float]], rounds: int = ROUNDS) -> dict[str, float]:

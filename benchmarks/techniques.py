@@ -14,7 +14,7 @@ import tempfile
 from functools import partial
 from pathlib import Path
 
-from benchmarks.common import best_of_rounds, one_epoch, read_settings, small_archive
+from benchmarks.common import GPU_EPOCHS, best_of_rounds, one_epoch, read_settings, small_archive
 from benchmarks.measure import in_fresh_process
 from segnet.prepare import prepare_dataset
 
@@ -38,7 +38,6 @@ VARIANTS = [
     ("keep_freed_memory", False),
 ]
 CPU_ONLY = ("threads", "cpu_kernels", "keep_freed_memory")
-GPU_EPOCHS = 5
 
 
 def main() -> None:

@@ -22,15 +22,13 @@ import torch
 from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.common import ROUNDS, best_of_rounds, one_epoch, read_settings, small_archive
+from benchmarks.common import GPU_EPOCHS, ROUNDS, best_of_rounds, one_epoch, read_settings, small_archive
 from benchmarks.measure import in_fresh_process, synchronize
 from segnet.data import load_split
 from segnet.inference import accumulate_confusion
 from segnet.model import SegNet, SegNetConfig
 from segnet.prepare import prepare_dataset
 from segnet.train import select_amp_dtype
-
-GPU_EPOCHS = 5
 
 
 def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 10, trials: int = 5) -> float:
@@ -114,7 +112,6 @@ def main() -> None:
             gpu = torch.device("cuda")
             gpu_amp = select_amp_dtype(one_epoch(params, device="cuda").precision, gpu)
             gpu_precision = str(gpu_amp).replace("torch.", "") if gpu_amp else "float32"
-            # A GPU step takes milliseconds: several epochs, so that the timed stretch lasts seconds.
             gpu_training = in_fresh_process("ours", folder, device="cuda", epochs=GPU_EPOCHS)["images_per_second"]
             gpu_rows = [
                 f"| GPU ({torch.cuda.get_device_name(gpu)}): our training ({gpu_precision}), images/s | "
