@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import REPO
+from benchmarks.measure import synchronize
 from segnet.data import load_split, split_indices
 from segnet.inference import accumulate_confusion
 from segnet.metrics import summarize
@@ -68,8 +69,7 @@ def main() -> None:
         batch_size = params["evaluate"]["batch_size"]
         accumulate_confusion(model, test_images[:batch_size], test_labels[:batch_size], model_config.num_classes,
                              batch_size, device)  # warm-up: cuDNN picks its algorithms
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronize(device)
         start = time.perf_counter()
         confusion = accumulate_confusion(model, test_images, test_labels, model_config.num_classes, batch_size,
                                          device)
