@@ -19,7 +19,7 @@ INPUT_TRANSFORMS = ("linear", "sqrt", "ink_sqrt")
 class SegNetConfig:
     """Widths per level (encoder top-down, decoder bottom-up), kernel size, classes, input channels."""
 
-    encoder_channels: tuple[int, ...] = (32, 64, 128, 256)
+    encoder_channels: tuple[int, ...] = (32, 64, 128, 512)
     decoder_channels: tuple[int, ...] = (128, 64, 32, 32)
     kernel_size: int = 3
     num_classes: int = 11
@@ -143,7 +143,7 @@ class SegNet(nn.Module):
             # The same, with every inked pixel starting at 0.5: ink against background becomes a step.
             x = torch.where(x > 0, 0.5 + 0.5 * x.clamp(min=0).sqrt(), torch.zeros_like(x))
         pool_indices = []
-        for level in self.encoder:  # (N, 3, 64, 64) -> (N, 256, 4, 4) with defaults
+        for level in self.encoder:  # (N, 3, 64, 64) -> (N, 512, 4, 4) with defaults
             x, indices = level(x)
             pool_indices.append(indices)
         for level, indices in zip(self.decoder, reversed(pool_indices)):  # -> (N, 32, 64, 64)

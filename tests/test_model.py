@@ -2,6 +2,8 @@ import pytest
 import torch
 
 from segnet.model import SegNet, SegNetConfig
+from segnet.params import load_params
+from tests.helpers import REPO
 
 TINY = SegNetConfig(encoder_channels=(4, 6, 8, 10), decoder_channels=(8, 6, 4, 4))
 
@@ -16,9 +18,12 @@ def test_output_shape_and_backward():
     assert images.grad.abs().sum() > 0
 
 
-def test_default_architecture_matches_the_issue():
+def test_default_architecture_matches_params_yaml():
+    # Issue 2 set the encoder at 32, 64, 128, 256; issue 3 widened the deepest level to 512 (measured: README).
     model = SegNet()
-    assert [level.block[0].out_channels for level in model.encoder] == [32, 64, 128, 256]
+    params = load_params(REPO / "params.yaml")["model"]
+    assert [level.block[0].out_channels for level in model.encoder] == params["encoder_channels"] == [32, 64, 128, 512]
+    assert [level.block[0].out_channels for level in model.decoder] == params["decoder_channels"]
     assert [level.block[0].out_channels for level in model.decoder] == [128, 64, 32, 32]
     assert all(level.block[0].kernel_size == (3, 3) for level in model.encoder)
     assert isinstance(model.encoder[0].block[1], torch.nn.BatchNorm2d)
