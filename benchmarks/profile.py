@@ -3,24 +3,95 @@
 Trains one short epoch of the default settings on a small built-in dataset under torch.profiler and
 prints the operators by self CPU time, then the share spent in convolutions (forward and backward),
 their achieved GFLOP/s, and the rest (batch norm, ReLU, pooling, unpooling, loss, optimizer,
-augmentation). This is the evidence behind the speed discussion in README, Performance.
+augmentation). Then it times each convolution of the model alone, at the size it runs at in training, in
+its three parts: forward, the gradient of its input and the gradient of its weights, in GFLOP/s. This is
+the evidence behind the speed discussion in README, Performance.
 Usage: python -m benchmarks.profile [--files N]
 """
 
 import tempfile
+import time
 from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.common import one_epoch, read_settings, small_archive
-from benchmarks.throughput import training_flops_per_image
+from benchmarks.throughput import matmul_peak, training_flops_per_image
 from segnet.data import load_split
 from segnet.model import SegNet
 from segnet.prepare import prepare_dataset
-from segnet.train import set_seed, train
+from segnet.train import select_amp_dtype, set_seed, train
 
 CONVOLUTION_OPS = ("aten::mkldnn_convolution", "aten::convolution_backward")
+# Repeats per timing of one convolution part, and timings per part (the best is kept).
+REPEATS, TRIALS = 10, 5
+
+
+def seconds_per_call(run) -> float:
+    """The best of TRIALS timings of `run`, after a warm-up: other load on the machine only slows it down."""
+    for _ in range(3):
+        run()
+    best = float("inf")
+    for _ in range(TRIALS):
+        start = time.perf_counter()
+        for _ in range(REPEATS):
+            run()
+        best = min(best, (time.perf_counter() - start) / REPEATS)
+    return best
+
+
+def convolution_table(model: SegNet, batch_size: int, dtype: torch.dtype) -> None:
+    """Times every convolution of `model` alone, channels-last in `dtype` at its training input size, split
+    into forward, input gradient and weight gradient (the first layer's input needs no gradient)."""
+    inputs = {}
+
+    def record_input_shape(conv, args):
+        inputs[conv] = args[0].shape
+
+    hooks = [conv.register_forward_pre_hook(record_input_shape)
+             for conv in model.modules() if isinstance(conv, torch.nn.Conv2d)]
+    with torch.no_grad():
+        model(torch.rand(batch_size, model.config.in_channels, 64, 64))
+    for hook in hooks:
+        hook.remove()
+    print(f"\nconvolutions alone, {str(dtype).replace('torch.', '')} channels-last, batch {batch_size}: ms (GFLOP/s)")
+    print(f"{'layer':<28} {'size':>5} {'channels':>11} {'forward':>15} {'input grad':>15} {'weight grad':>15}")
+    first = True
+    totals = [0.0, 0.0, 0.0]  # seconds per part
+    total_flops = [0.0, 0.0, 0.0]
+    for name, conv in model.named_modules():
+        if not isinstance(conv, torch.nn.Conv2d):
+            continue
+        shape = inputs[conv]
+        x = torch.randn(shape).to(dtype).contiguous(memory_format=torch.channels_last)
+        weight = conv.weight.detach().to(dtype).contiguous(memory_format=torch.channels_last)
+        padding = [conv.padding[0], conv.padding[1]]
+        y = torch.nn.functional.conv2d(x, weight, padding=padding)
+        grad = torch.randn_like(y)
+        flops = 2 * y.numel() * weight[0].numel()  # multiply-adds of the forward; each gradient has as many
+
+        def backward(mask):
+            return lambda: torch.ops.aten.convolution_backward(
+                grad, x, weight, None, [1, 1], padding, [1, 1], False, [0, 0], 1, mask)
+
+        parts = [lambda: torch.nn.functional.conv2d(x, weight, padding=padding), backward([True, False, False]),
+                 backward([False, True, False])]
+        cells = []
+        for index, part in enumerate(parts):
+            if index == 1 and first:
+                cells.append("-")
+                continue
+            seconds = seconds_per_call(part)
+            totals[index] += seconds
+            total_flops[index] += flops
+            cells.append(f"{seconds * 1e3:.2f} ({flops / seconds / 1e9:.0f})")
+        first = False
+        print(f"{name:<28} {shape[-1]:>5} {f'{conv.in_channels} -> {conv.out_channels}':>11} "
+              + " ".join(f"{cell:>15}" for cell in cells))
+    cells = [f"{seconds * 1e3:.2f} ({flops / seconds / 1e9:.0f})" for seconds, flops in zip(totals, total_flops)]
+    print(f"{'all':<46} " + " ".join(f"{cell:>15}" for cell in cells))
+    print(f"matmul peak of {str(dtype).replace('torch.', '')}: {matmul_peak(dtype) / 1e9:.0f} GFLOP/s")
 
 
 def main() -> None:
@@ -47,6 +118,8 @@ def main() -> None:
     print(f"convolutions (forward + backward): {convolution / total:.0%} of the time, "
           f"{flops / convolution / 1e9:.0f} GFLOP/s while they run")
     print(f"everything else: {(total - convolution) / steps * 1e3:.1f} ms per step")
+    convolution_table(SegNet(model_config), config.batch_size,
+                      select_amp_dtype(config.precision, torch.device("cpu")) or torch.float32)
 
 
 if __name__ == "__main__":
