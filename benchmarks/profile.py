@@ -57,36 +57,36 @@ def convolution_table(model: SegNet, batch_size: int, dtype: torch.dtype) -> Non
         hook.remove()
     print(f"\nconvolutions alone, {str(dtype).replace('torch.', '')} channels-last, batch {batch_size}: ms (GFLOP/s)")
     print(f"{'layer':<28} {'size':>5} {'channels':>11} {'forward':>15} {'input grad':>15} {'weight grad':>15}")
-    first = True
+    # The model's input needs no gradient, so its first convolution never computes one for its input.
+    first_conv = next(iter(inputs))
     totals = [0.0, 0.0, 0.0]  # seconds per part
     total_flops = [0.0, 0.0, 0.0]
     for name, conv in model.named_modules():
-        if not isinstance(conv, torch.nn.Conv2d):
+        if conv not in inputs:
             continue
         shape = inputs[conv]
         x = torch.randn(shape).to(dtype).contiguous(memory_format=torch.channels_last)
         weight = conv.weight.detach().to(dtype).contiguous(memory_format=torch.channels_last)
-        padding = [conv.padding[0], conv.padding[1]]
-        y = torch.nn.functional.conv2d(x, weight, padding=padding)
+        stride, padding, dilation = list(conv.stride), list(conv.padding), list(conv.dilation)
+        y = torch.nn.functional.conv2d(x, weight, None, stride, padding, dilation, conv.groups)
         grad = torch.randn_like(y)
         flops = 2 * y.numel() * weight[0].numel()  # multiply-adds of the forward; each gradient has as many
 
         def backward(mask):
             return lambda: torch.ops.aten.convolution_backward(
-                grad, x, weight, None, [1, 1], padding, [1, 1], False, [0, 0], 1, mask)
+                grad, x, weight, None, stride, padding, dilation, False, [0, 0], conv.groups, mask)
 
-        parts = [lambda: torch.nn.functional.conv2d(x, weight, padding=padding), backward([True, False, False]),
-                 backward([False, True, False])]
+        parts = [lambda: torch.nn.functional.conv2d(x, weight, None, stride, padding, dilation, conv.groups),
+                 backward([True, False, False]), backward([False, True, False])]
         cells = []
         for index, part in enumerate(parts):
-            if index == 1 and first:
+            if index == 1 and conv is first_conv:
                 cells.append("-")
                 continue
             seconds = seconds_per_call(part)
             totals[index] += seconds
             total_flops[index] += flops
             cells.append(f"{seconds * 1e3:.2f} ({flops / seconds / 1e9:.0f})")
-        first = False
         print(f"{name:<28} {shape[-1]:>5} {f'{conv.in_channels} -> {conv.out_channels}':>11} "
               + " ".join(f"{cell:>15}" for cell in cells))
     cells = [f"{seconds * 1e3:.2f} ({flops / seconds / 1e9:.0f})" for seconds, flops in zip(totals, total_flops)]
