@@ -91,7 +91,6 @@ def convolution_table(model: SegNet, batch_size: int, dtype: torch.dtype) -> Non
               + " ".join(f"{cell:>15}" for cell in cells))
     cells = [f"{seconds * 1e3:.2f} ({flops / seconds / 1e9:.0f})" for seconds, flops in zip(totals, total_flops)]
     print(f"{'all':<46} " + " ".join(f"{cell:>15}" for cell in cells))
-    print(f"matmul peak of {str(dtype).replace('torch.', '')}: {matmul_peak(dtype) / 1e9:.0f} GFLOP/s")
 
 
 def main() -> None:
@@ -118,8 +117,9 @@ def main() -> None:
     print(f"convolutions (forward + backward): {convolution / total:.0%} of the time, "
           f"{flops / convolution / 1e9:.0f} GFLOP/s while they run")
     print(f"everything else: {(total - convolution) / steps * 1e3:.1f} ms per step")
-    convolution_table(SegNet(model_config), config.batch_size,
-                      select_amp_dtype(config.precision, torch.device("cpu")) or torch.float32)
+    dtype = select_amp_dtype(config.precision, torch.device("cpu")) or torch.float32
+    convolution_table(SegNet(model_config), config.batch_size, dtype)
+    print(f"matmul peak of {str(dtype).replace('torch.', '')}: {matmul_peak(dtype) / 1e9:.0f} GFLOP/s")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,15 @@
-"""The benchmark that runs where MLflow and DVC are not installed: `python -m benchmarks.gpu`, here on the CPU."""
+"""The benchmark that runs where MLflow and DVC are not installed (`python -m benchmarks.gpu`, here on the CPU),
+and the profile's per-convolution timings."""
 
 import json
 import subprocess
 import sys
 
 import numpy as np
+import torch
 
+from benchmarks import profile
+from segnet.model import SegNet, SegNetConfig
 from tests.helpers import REPO, clean_env, course_zip
 
 
@@ -30,3 +34,20 @@ def test_the_gpu_benchmark_prepares_trains_and_scores_the_default_model_without_
     assert summary["best_val_miou"] == max(record["val_miou"] for record in summary["history"])
     assert 0 < summary["test_miou"] <= 1 and summary["evaluation_images_per_second"] > 0
     assert f"test miou {summary['test_miou']:.4f} after" in finished.stdout
+
+
+def test_the_profile_times_every_convolution_of_the_model_in_its_three_parts(monkeypatch, capsys):
+    monkeypatch.setattr(profile, "REPEATS", 1)
+    monkeypatch.setattr(profile, "TRIALS", 1)
+    model = SegNet(SegNetConfig())
+    profile.convolution_table(model, 2, torch.float32)
+    rows = capsys.readouterr().out.strip().splitlines()[2:]
+    convolutions = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Conv2d)]
+    assert [row.split()[0] for row in rows] == convolutions + ["all"]
+    first = rows[0].split()
+    # The model's input needs no gradient: the first layer's input gradient is not timed.
+    assert first[:5] == ["encoder.0.block.0", "64", "3", "->", "32"] and first[7] == "-"
+    for row in rows[1:]:
+        milliseconds = [float(cell) for cell in row.split()[-6::2]]
+        assert all(value > 0 for value in milliseconds), row
+    assert rows[-2].split()[1:5] == ["64", "32", "->", "11"]  # the 1x1 classifier at full size
