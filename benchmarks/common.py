@@ -19,18 +19,23 @@ ROUNDS = 5
 GPU_EPOCHS = 5
 
 
-def best_of_rounds(measures: dict[str, Callable[[], float]], rounds: int = ROUNDS) -> dict[str, float]:
-    """Runs every measure once per round, in the same order each round, and keeps each one's highest value.
+def interleaved_rounds(measures: dict[str, Callable[[], float]], rounds: int = ROUNDS) -> dict[str, list[float]]:
+    """Runs every measure once per round, in the same order each round; returns each one's values in round order.
 
     Each value goes to stderr as it comes, so a run stopped by a time limit still leaves what it measured.
     """
-    best = dict.fromkeys(measures, 0.0)
+    values = {name: [] for name in measures}
     for round_number in range(1, rounds + 1):
         for name, measure in measures.items():
             value = measure()
             print(f"round {round_number}/{rounds}: {name} {value:.4g}", file=sys.stderr, flush=True)
-            best[name] = max(best[name], value)
-    return best
+            values[name].append(value)
+    return values
+
+
+def best_of_rounds(measures: dict[str, Callable[[], float]], rounds: int = ROUNDS) -> dict[str, float]:
+    """interleaved_rounds, keeping each measure's highest value."""
+    return {name: max(values) for name, values in interleaved_rounds(measures, rounds).items()}
 
 
 def read_settings(description: str, default_files: int,

@@ -12,6 +12,7 @@ Usage: make bench  (or python -m benchmarks.throughput [--files N])
 
 import io
 import os
+import statistics
 import tempfile
 import time
 import zipfile
@@ -22,7 +23,7 @@ import torch
 from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.common import GPU_EPOCHS, ROUNDS, best_of_rounds, one_epoch, read_settings, small_archive
+from benchmarks.common import GPU_EPOCHS, ROUNDS, interleaved_rounds, one_epoch, read_settings, small_archive
 from benchmarks.measure import in_fresh_process, synchronize
 from segnet.data import load_split
 from segnet.inference import accumulate_confusion
@@ -98,14 +99,16 @@ def main() -> None:
         # Each measurement runs in a fresh process (benchmarks/measure.py): the reference gets the default
         # memory allocator, ours the settings of params.yaml, and neither inherits the other's state.
         # The matmul peaks join the same rounds, so that a slow spell cannot lower them alone.
-        speeds = best_of_rounds({
+        rounds = interleaved_rounds({
             "reference": lambda: in_fresh_process("reference", folder)["images_per_second"],
             "ours": lambda: in_fresh_process("ours", folder)["images_per_second"],
             "peak_fp32": lambda: matmul_peak(torch.float32),
             "peak_bf16": lambda: matmul_peak(torch.bfloat16),
         })
-        reference, ours = speeds["reference"], speeds["ours"]
-        peak_fp32, peak_bf16 = speeds["peak_fp32"], speeds["peak_bf16"]
+        reference, ours, peak_fp32, peak_bf16 = (
+            max(rounds[name]) for name in ("reference", "ours", "peak_fp32", "peak_bf16"))
+        # Within a round the two loops run back to back: the spread of these ratios is how far the ratio moves.
+        round_ratios = sorted(mine / theirs for mine, theirs in zip(rounds["ours"], rounds["reference"]))
         evaluation = evaluation_images_per_second(folder / "prepared", model_config, evaluate_batch, cpu)
         gpu_rows = []
         if torch.cuda.is_available():
@@ -131,6 +134,8 @@ def main() -> None:
     print(f"| reference (course-style, float32) training, images/s | {reference:.1f} |")
     print(f"| our training ({precision} autocast, channels-last), images/s | {ours:.1f} |")
     print(f"| ratio ours / reference | {ours / reference:.2f}x |")
+    print(f"| ratio within each round: lowest / median / highest | {round_ratios[0]:.2f}x / "
+          f"{statistics.median(round_ratios):.2f}x / {round_ratios[-1]:.2f}x |")
     print(f"| training GFLOP per image (forward + backward) | {flops / 1e9:.3f} |")
     print(f"| our achieved GFLOP/s | {achieved / 1e9:.1f} |")
     print(f"| measured matmul peak float32 / bfloat16, GFLOP/s | {peak_fp32 / 1e9:.1f} / {peak_bf16 / 1e9:.1f} |")
