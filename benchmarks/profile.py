@@ -11,6 +11,7 @@ Usage: python -m benchmarks.profile [--files N]
 
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -28,7 +29,7 @@ CONVOLUTION_OPS = ("aten::mkldnn_convolution", "aten::convolution_backward")
 REPEATS, TRIALS = 10, 5
 
 
-def seconds_per_call(run) -> float:
+def seconds_per_call(run: Callable[[], object]) -> float:
     """The best of TRIALS timings of `run`, after a warm-up: other load on the machine only slows it down."""
     for _ in range(3):
         run()
@@ -41,9 +42,9 @@ def seconds_per_call(run) -> float:
     return best
 
 
-def convolution_table(model: SegNet, batch_size: int, dtype: torch.dtype) -> None:
-    """Times every convolution of `model` alone, channels-last in `dtype` at its training input size, split
-    into forward, input gradient and weight gradient (the first layer's input needs no gradient)."""
+def convolution_table(model: SegNet, batch_size: int, image_size: tuple[int, int], dtype: torch.dtype) -> None:
+    """Times every convolution of `model` alone, channels-last in `dtype` at the size it runs at for a batch of
+    `image_size` (height, width) images, split into forward, input gradient and weight gradient."""
     inputs = {}
 
     def record_input_shape(conv, args):
@@ -52,7 +53,7 @@ def convolution_table(model: SegNet, batch_size: int, dtype: torch.dtype) -> Non
     hooks = [conv.register_forward_pre_hook(record_input_shape)
              for conv in model.modules() if isinstance(conv, torch.nn.Conv2d)]
     with torch.no_grad():
-        model(torch.rand(batch_size, model.config.in_channels, 64, 64))
+        model(torch.rand(batch_size, model.config.in_channels, *image_size))
     for hook in hooks:
         hook.remove()
     print(f"\nconvolutions alone, {str(dtype).replace('torch.', '')} channels-last, batch {batch_size}: ms (GFLOP/s)")
@@ -118,7 +119,7 @@ def main() -> None:
           f"{flops / convolution / 1e9:.0f} GFLOP/s while they run")
     print(f"everything else: {(total - convolution) / steps * 1e3:.1f} ms per step")
     dtype = select_amp_dtype(config.precision, torch.device("cpu")) or torch.float32
-    convolution_table(SegNet(model_config), config.batch_size, dtype)
+    convolution_table(SegNet(model_config), config.batch_size, tuple(images.shape[1:3]), dtype)
     print(f"matmul peak of {str(dtype).replace('torch.', '')}: {matmul_peak(dtype) / 1e9:.0f} GFLOP/s")
 
 

@@ -2,10 +2,12 @@
 and the profile's per-convolution timings."""
 
 import json
+import re
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 
 from benchmarks import profile
@@ -39,15 +41,24 @@ def test_the_gpu_benchmark_prepares_trains_and_scores_the_default_model_without_
 def test_the_profile_times_every_convolution_of_the_model_in_its_three_parts(monkeypatch, capsys):
     monkeypatch.setattr(profile, "REPEATS", 1)
     monkeypatch.setattr(profile, "TRIALS", 1)
-    model = SegNet(SegNetConfig())
-    profile.convolution_table(model, 2, torch.float32)
+    model, batch = SegNet(SegNetConfig()), 2
+    profile.convolution_table(model, batch, (64, 64), torch.float32)
     rows = capsys.readouterr().out.strip().splitlines()[2:]
-    convolutions = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Conv2d)]
-    assert [row.split()[0] for row in rows] == convolutions + ["all"]
-    first = rows[0].split()
+    convolutions = {name: module for name, module in model.named_modules() if isinstance(module, torch.nn.Conv2d)}
+    assert [row.split()[0] for row in rows] == list(convolutions) + ["all"]
+    # Each layer at the size it runs at: 64 -> 8 down the encoder, back to 64 up the decoder.
+    sizes = [int(row.split()[1]) for row in rows[:-1]]
+    assert sizes == [64, 32, 16, 8, 8, 16, 32, 64, 64]
     # The model's input needs no gradient: the first layer's input gradient is not timed.
-    assert first[:5] == ["encoder.0.block.0", "64", "3", "->", "32"] and first[7] == "-"
-    for row in rows[1:]:
-        milliseconds = [float(cell) for cell in row.split()[-6::2]]
-        assert all(value > 0 for value in milliseconds), row
-    assert rows[-2].split()[1:5] == ["64", "32", "->", "11"]  # the 1x1 classifier at full size
+    assert rows[0].split()[7] == "-"
+    forward_flops = 0
+    for row, size in zip(rows[:-1], sizes):
+        conv = convolutions[row.split()[0]]
+        assert row.split()[2:5] == [str(conv.in_channels), "->", str(conv.out_channels)]
+        forward_flops += 2 * batch * conv.weight.numel() * size * size
+        timed = re.findall(r"(\d+\.\d+) \((\d+)\)", row)  # milliseconds (GFLOP/s) per timed part
+        assert len(timed) == (2 if row is rows[0] else 3) and all(float(ms) > 0 for ms, _ in timed), row
+    # The total row's forward time at its rate makes the model's forward FLOPs, within the printed digits.
+    milliseconds, rate = (float(value) for value in re.findall(r"(\d+\.\d+) \((\d+)\)", rows[-1])[0])
+    rounding = 0.005 / milliseconds + 0.5 / rate
+    assert milliseconds * 1e-3 * rate * 1e9 == pytest.approx(forward_flops, rel=rounding * 1.01)
