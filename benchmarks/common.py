@@ -1,7 +1,9 @@
-"""What the throughput, techniques and profile benchmarks share: their settings and a small built-in dataset."""
+"""What the throughput, techniques and profile benchmarks share: their settings, a small built-in dataset and
+how they time a call."""
 
 import argparse
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,6 +19,22 @@ ROUNDS = 5
 # A GPU step takes milliseconds: GPU speed measurements train this many epochs, so that the timed stretch
 # lasts seconds.
 GPU_EPOCHS = 5
+
+
+def best_seconds_per_call(run: Callable[[], object], repeats: int, trials: int) -> float:
+    """Seconds per call of `run` after three warm-up calls: the best of `trials` timings of `repeats` calls.
+
+    The best, not the mean: on a shared machine a neighbour's load only ever slows a trial down.
+    """
+    for _ in range(3):
+        run()
+    best = float("inf")
+    for _ in range(trials):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            run()
+        best = min(best, (time.perf_counter() - start) / repeats)
+    return best
 
 
 def interleaved_rounds(measures: dict[str, Callable[[], float]], rounds: int = ROUNDS) -> dict[str, list[float]]:

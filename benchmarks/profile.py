@@ -10,14 +10,12 @@ Usage: python -m benchmarks.profile [--files N]
 """
 
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.common import one_epoch, read_settings, small_archive
+from benchmarks.common import best_seconds_per_call, one_epoch, read_settings, small_archive
 from benchmarks.throughput import matmul_peak, training_flops_per_image
 from segnet.data import load_split
 from segnet.model import SegNet
@@ -29,17 +27,9 @@ CONVOLUTION_OPS = ("aten::mkldnn_convolution", "aten::convolution_backward")
 REPEATS, TRIALS = 10, 5
 
 
-def seconds_per_call(run: Callable[[], object]) -> float:
-    """The best of TRIALS timings of `run`, after a warm-up: other load on the machine only slows it down."""
-    for _ in range(3):
-        run()
-    best = float("inf")
-    for _ in range(TRIALS):
-        start = time.perf_counter()
-        for _ in range(REPEATS):
-            run()
-        best = min(best, (time.perf_counter() - start) / REPEATS)
-    return best
+def timed_cell(seconds: float, flops: float) -> str:
+    """One table cell: milliseconds (GFLOP/s)."""
+    return f"{seconds * 1e3:.2f} ({flops / seconds / 1e9:.0f})"
 
 
 def convolution_table(model: SegNet, batch_size: int, image_size: tuple[int, int], dtype: torch.dtype) -> None:
@@ -84,13 +74,13 @@ def convolution_table(model: SegNet, batch_size: int, image_size: tuple[int, int
             if index == 1 and conv is first_conv:
                 cells.append("-")
                 continue
-            seconds = seconds_per_call(part)
+            seconds = best_seconds_per_call(part, REPEATS, TRIALS)
             totals[index] += seconds
             total_flops[index] += flops
-            cells.append(f"{seconds * 1e3:.2f} ({flops / seconds / 1e9:.0f})")
+            cells.append(timed_cell(seconds, flops))
         print(f"{name:<28} {shape[-1]:>5} {f'{conv.in_channels} -> {conv.out_channels}':>11} "
               + " ".join(f"{cell:>15}" for cell in cells))
-    cells = [f"{seconds * 1e3:.2f} ({flops / seconds / 1e9:.0f})" for seconds, flops in zip(totals, total_flops)]
+    cells = [timed_cell(seconds, flops) for seconds, flops in zip(totals, total_flops)]
     print(f"{'all':<46} " + " ".join(f"{cell:>15}" for cell in cells))
 
 

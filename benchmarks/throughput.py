@@ -23,7 +23,9 @@ import torch
 from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.common import GPU_EPOCHS, ROUNDS, interleaved_rounds, one_epoch, read_settings, small_archive
+from benchmarks.common import (
+    GPU_EPOCHS, ROUNDS, best_seconds_per_call, interleaved_rounds, one_epoch, read_settings, small_archive,
+)
 from benchmarks.measure import in_fresh_process, synchronize
 from segnet.data import load_split
 from segnet.inference import accumulate_confusion
@@ -39,15 +41,7 @@ def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 10, trials:
     peak taken from a slowed trial once put our training above 100% of it.
     """
     a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    best = 0.0
-    for _ in range(trials):
-        start = time.perf_counter()
-        for _ in range(repeats):
-            a @ b
-        best = max(best, 2 * size**3 * repeats / (time.perf_counter() - start))
-    return best
+    return 2 * size**3 / best_seconds_per_call(lambda: a @ b, repeats, trials)
 
 
 def training_flops_per_image(model_config: SegNetConfig, batch: int = 32) -> float:
