@@ -10,6 +10,7 @@ Usage: python -m benchmarks.profile [--files N]
 """
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -30,6 +31,20 @@ REPEATS, TRIALS = 10, 5
 def timed_cell(seconds: float, flops: float) -> str:
     """One table cell: milliseconds (GFLOP/s)."""
     return f"{seconds * 1e3:.2f} ({flops / seconds / 1e9:.0f})"
+
+
+def convolution_parts(conv: torch.nn.Conv2d, x: torch.Tensor, weight: torch.Tensor,
+                      grad: torch.Tensor) -> list[Callable[[], object]]:
+    """The three parts of `conv` on input `x` with `weight` (its bias left out), each a call to time: the forward
+    pass, the gradient of the input alone and the gradient of the weight alone, for output gradient `grad`."""
+    stride, padding, dilation = list(conv.stride), list(conv.padding), list(conv.dilation)
+
+    def backward(mask):
+        return lambda: torch.ops.aten.convolution_backward(
+            grad, x, weight, None, stride, padding, dilation, False, [0, 0], conv.groups, mask)
+
+    return [lambda: torch.nn.functional.conv2d(x, weight, None, stride, padding, dilation, conv.groups),
+            backward([True, False, False]), backward([False, True, False])]
 
 
 def convolution_table(model: SegNet, batch_size: int, image_size: tuple[int, int], dtype: torch.dtype) -> None:
@@ -58,17 +73,10 @@ def convolution_table(model: SegNet, batch_size: int, image_size: tuple[int, int
         shape = inputs[conv]
         x = torch.randn(shape).to(dtype).contiguous(memory_format=torch.channels_last)
         weight = conv.weight.detach().to(dtype).contiguous(memory_format=torch.channels_last)
-        stride, padding, dilation = list(conv.stride), list(conv.padding), list(conv.dilation)
-        y = torch.nn.functional.conv2d(x, weight, None, stride, padding, dilation, conv.groups)
+        y = torch.nn.functional.conv2d(x, weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
         grad = torch.randn_like(y)
         flops = 2 * y.numel() * weight[0].numel()  # multiply-adds of the forward; each gradient has as many
-
-        def backward(mask):
-            return lambda: torch.ops.aten.convolution_backward(
-                grad, x, weight, None, stride, padding, dilation, False, [0, 0], conv.groups, mask)
-
-        parts = [lambda: torch.nn.functional.conv2d(x, weight, None, stride, padding, dilation, conv.groups),
-                 backward([True, False, False]), backward([False, True, False])]
+        parts = convolution_parts(conv, x, weight, grad)
         cells = []
         for index, part in enumerate(parts):
             if index == 1 and conv is first_conv:

@@ -62,3 +62,19 @@ def test_the_profile_times_every_convolution_of_the_model_in_its_three_parts(mon
     milliseconds, rate = (float(value) for value in re.findall(r"(\d+\.\d+) \((\d+)\)", rows[-1])[0])
     rounding = 0.005 / milliseconds + 0.5 / rate
     assert milliseconds * 1e-3 * rate * 1e9 == pytest.approx(forward_flops, rel=rounding * 1.01)
+
+
+def test_each_timed_part_of_a_convolution_computes_what_its_column_is_named_after():
+    # Stride and dilation other than 1, so that a part that dropped the layer's settings gets other shapes.
+    conv = torch.nn.Conv2d(4, 6, 3, stride=2, padding=2, dilation=2, bias=False)
+    x = torch.randn(2, 4, 9, 9, requires_grad=True)
+    weight = conv.weight.detach().clone().requires_grad_()
+    y = torch.nn.functional.conv2d(x, weight, None, conv.stride, conv.padding, conv.dilation)
+    grad = torch.randn_like(y)
+    y.backward(grad)
+    forward, input_grad, weight_grad = profile.convolution_parts(conv, x.detach(), weight.detach(), grad)
+    assert torch.allclose(forward(), y, atol=1e-5)
+    grad_input, grad_weight, _ = input_grad()
+    assert grad_weight is None and torch.allclose(grad_input, x.grad, atol=1e-5)
+    grad_input, grad_weight, _ = weight_grad()
+    assert grad_input is None and torch.allclose(grad_weight, weight.grad, atol=1e-5)
