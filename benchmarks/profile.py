@@ -50,12 +50,12 @@ def convolution_parts(conv: torch.nn.Conv2d, x: torch.Tensor, weight: torch.Tens
 def convolution_table(model: SegNet, batch_size: int, image_size: tuple[int, int], dtype: torch.dtype) -> None:
     """Times every convolution of `model` alone, channels-last in `dtype` at the size it runs at for a batch of
     `image_size` (height, width) images, split into forward, input gradient and weight gradient."""
-    inputs = {}
+    shapes = {}  # conv -> (input shape, output shape) in the model's own forward pass
 
-    def record_input_shape(conv, args):
-        inputs[conv] = args[0].shape
+    def record_shapes(conv, args, output):
+        shapes[conv] = (args[0].shape, output.shape)
 
-    hooks = [conv.register_forward_pre_hook(record_input_shape)
+    hooks = [conv.register_forward_hook(record_shapes)
              for conv in model.modules() if isinstance(conv, torch.nn.Conv2d)]
     with torch.no_grad():
         model(torch.rand(batch_size, model.config.in_channels, *image_size))
@@ -64,18 +64,17 @@ def convolution_table(model: SegNet, batch_size: int, image_size: tuple[int, int
     print(f"\nconvolutions alone, {str(dtype).replace('torch.', '')} channels-last, batch {batch_size}: ms (GFLOP/s)")
     print(f"{'layer':<28} {'size':>5} {'channels':>11} {'forward':>15} {'input grad':>15} {'weight grad':>15}")
     # The model's input needs no gradient, so its first convolution never computes one for its input.
-    first_conv = next(iter(inputs))
+    first_conv = next(iter(shapes))
     totals = [0.0, 0.0, 0.0]  # seconds per part
     total_flops = [0.0, 0.0, 0.0]
     for name, conv in model.named_modules():
-        if conv not in inputs:
+        if conv not in shapes:
             continue
-        shape = inputs[conv]
+        shape, output_shape = shapes[conv]
         x = torch.randn(shape).to(dtype).contiguous(memory_format=torch.channels_last)
         weight = conv.weight.detach().to(dtype).contiguous(memory_format=torch.channels_last)
-        y = torch.nn.functional.conv2d(x, weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
-        grad = torch.randn_like(y)
-        flops = 2 * y.numel() * weight[0].numel()  # multiply-adds of the forward; each gradient has as many
+        grad = torch.randn(output_shape).to(dtype).contiguous(memory_format=torch.channels_last)
+        flops = 2 * grad.numel() * weight[0].numel()  # multiply-adds of the forward; each gradient has as many
         parts = convolution_parts(conv, x, weight, grad)
         cells = []
         for index, part in enumerate(parts):
