@@ -1,5 +1,6 @@
 """Shared test material: small real datasets zipped like the course release, and a tiny copy of the project."""
 
+import fcntl
 import io
 import os
 import socket
@@ -7,6 +8,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -196,10 +198,15 @@ def apt_install_or_skip(packages: list[str], missing: str) -> None:
     env = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
     wait = ["-o", "DPkg::Lock::Timeout=300"]
     install = ["install", "-y", "-q", "--no-install-recommends", *packages]
-    for command in (["apt-get", *wait, "update", "-q"], ["apt-get", *wait, *install]):
-        try:
-            result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-        except subprocess.TimeoutExpired:
-            pytest.skip(f"{missing}, and `{' '.join(command)}` did not finish within 600 s")
-        if result.returncode != 0:
-            pytest.skip(f"{missing}, and `{' '.join(command)}` failed ({result.returncode}): {result.stderr[-800:]}")
+    # DPkg::Lock::Timeout waits for dpkg's lock but not for `apt-get update`'s lists lock: two test workers
+    # installing at once would see one skip. They take turns instead.
+    with open(Path(tempfile.gettempdir()) / "segnet-tests-apt.lock", "w") as turn:
+        fcntl.flock(turn, fcntl.LOCK_EX)
+        for command in (["apt-get", *wait, "update", "-q"], ["apt-get", *wait, *install]):
+            try:
+                result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+            except subprocess.TimeoutExpired:
+                pytest.skip(f"{missing}, and `{' '.join(command)}` did not finish within 600 s")
+            if result.returncode != 0:
+                pytest.skip(f"{missing}, and `{' '.join(command)}` failed ({result.returncode}): "
+                            f"{result.stderr[-800:]}")

@@ -1,5 +1,6 @@
 """End to end: the real `dvc repro` and `dvc exp run` on tiny data, checked in a real MLflow store."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -287,13 +288,21 @@ def _start_repro(root: Path, *arguments: str) -> subprocess.Popen:
 
 def _signal_at_first_checkpoint(process: subprocess.Popen, root: Path, signum: int) -> tuple[str, str]:
     """Sends `signum` to the whole `dvc repro` process group as soon as a checkpoint exists."""
-    deadline = time.monotonic() + 120
-    while not list((root / "data" / "checkpoints").glob("*.pt")):
-        assert process.poll() is None, f"training ended before any checkpoint:\n{process.communicate()}"
-        assert time.monotonic() < deadline, "no checkpoint within 120 s"
-        time.sleep(0.01)
-    os.killpg(process.pid, signum)
-    return process.communicate(timeout=120)
+    try:
+        deadline = time.monotonic() + 300
+        while not list((root / "data" / "checkpoints").glob("*.pt")):
+            assert process.poll() is None, f"training ended before any checkpoint:\n{process.communicate()}"
+            assert time.monotonic() < deadline, "no checkpoint within 300 s"
+            time.sleep(0.01)
+        os.killpg(process.pid, signum)
+        return process.communicate(timeout=120)
+    except BaseException:
+        # A training left running would hold DVC's lock, failing the cleanup's `dvc repro` and hiding this error,
+        # and would slow every test still to run.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise
 
 
 def _checkpoint(root: Path) -> dict:
