@@ -16,12 +16,15 @@ They are compiled with the system's C++ compiler on first use (about 40 s, then 
 segnet.model decides where. Evaluation and the exported model use PyTorch's own layers.
 """
 
+import fcntl
 import hashlib
 import logging
 import os
 import platform
 import shutil
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 
@@ -42,6 +45,37 @@ def _cpu_signature() -> str:
     return hashlib.sha256(flags.encode()).hexdigest()[:12]
 
 
+_NAME = f"segnet_cpu_kernels_{_cpu_signature()}"
+
+
+def build_directory() -> Path:
+    """Where torch builds and caches the kernels (~/.cache/torch_extensions/..., or $TORCH_EXTENSIONS_DIR)."""
+    from torch.utils import cpp_extension
+
+    return Path(cpp_extension._get_build_directory(_NAME, verbose=False))
+
+
+@contextmanager
+def build_turn(folder: Path) -> Iterator[None]:
+    """Holds this process's turn to build or load the kernels in build `folder`, clearing a stale build lock.
+
+    While torch builds or checks an extension it keeps a `lock` file in the build folder, and any other
+    process waits, silently and without end, until the file is gone. A build killed before it deletes the
+    file (SIGKILL, `dvc queue kill`, the OOM killer, a power cut) leaves it behind, and every training on
+    this machine would then hang at its start. Our turn is an flock, which the kernel releases when its
+    holder dies: while we hold it no other process of ours is in torch's build, so a `lock` found then is
+    stale.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "segnet-turn.flock", "w") as turn:
+        fcntl.flock(turn, fcntl.LOCK_EX)  # released when the file closes, or its process dies
+        stale = folder / "lock"
+        if stale.exists():
+            log.warning("removing %s, left by a build of the CPU kernels that was killed", stale)
+            stale.unlink(missing_ok=True)
+        yield
+
+
 @cache
 def extension():
     """The compiled kernels, or None (with a warning) where they cannot be built, e.g. without a C++ compiler."""
@@ -53,15 +87,18 @@ def extension():
     if shutil.which("ninja") is None and (beside_python / "ninja").is_file():
         os.environ["PATH"] = f"{beside_python}{os.pathsep}{os.environ.get('PATH', '')}"
     try:
-        # From the source text, not the file: torch writes it into its build folder, so every copy of the
-        # project (each test's, each `dvc exp run --temp` one) shares one build instead of rebuilding it
-        # because the path in the build file changed.
-        return cpp_extension.load_inline(
-            name=f"segnet_cpu_kernels_{_cpu_signature()}",
-            cpp_sources=[SOURCE.read_text()],
-            # -fopenmp makes at::parallel_for use torch's OpenMP threads; without it the kernels run on one.
-            extra_cflags=["-O3", "-march=native", "-fopenmp"],
-        )
+        folder = build_directory()
+        with build_turn(folder):
+            # From the source text, not the file: torch writes it into its build folder, so every copy of the
+            # project (each test's, each `dvc exp run --temp` one) shares one build instead of rebuilding it
+            # because the path in the build file changed.
+            return cpp_extension.load_inline(
+                name=_NAME,
+                cpp_sources=[SOURCE.read_text()],
+                # -fopenmp makes at::parallel_for use torch's OpenMP threads; without it the kernels run on one.
+                extra_cflags=["-O3", "-march=native", "-fopenmp"],
+                build_directory=str(folder),
+            )
     except Exception as error:  # noqa: BLE001 - any build failure means: run PyTorch's layers instead
         message = str(error).strip().splitlines()
         log.warning("could not build the CPU kernels (%s); training uses PyTorch's layers",

@@ -3,6 +3,7 @@
 import fcntl
 import io
 import os
+import signal
 import socket
 import shutil
 import struct
@@ -153,10 +154,22 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 def run(
-    command: list[str], cwd: Path, check: bool = True, env: dict[str, str] | None = None
+    command: list[str], cwd: Path, check: bool = True, env: dict[str, str] | None = None, timeout: float = 600
 ) -> subprocess.CompletedProcess:
-    """Runs `command` in `cwd` (environment: clean_env() unless given), failing with its output."""
-    result = subprocess.run(command, cwd=cwd, env=env or clean_env(), capture_output=True, text=True, timeout=600)
+    """Runs `command` in `cwd` (environment: clean_env() unless given), failing with its output.
+
+    After `timeout` seconds it is killed with everything it started: its own process group, so that a stage's Python
+    under a timed-out `dvc repro` does not train on beside the tests that follow.
+    """
+    with subprocess.Popen(command, cwd=cwd, env=env or clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, start_new_session=True) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+            raise
+    result = subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
     if check and result.returncode != 0:
         raise AssertionError(f"{command} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result

@@ -4,6 +4,7 @@ import copy
 import os
 import subprocess
 import sys
+import threading
 
 import pytest
 import torch
@@ -155,3 +156,57 @@ def test_without_a_compiler_the_kernels_are_off_with_a_warning_and_training_stil
     assert finished.returncode == 0, finished.stderr
     assert "kernels on: False" in finished.stdout
     assert "could not build the CPU kernels" in finished.stderr
+
+
+HOLD_THE_TURN = (
+    "import sys, time\n"
+    "from pathlib import Path\n"
+    "from segnet.cpu_kernels import build_turn\n"
+    "folder = Path(sys.argv[1])\n"
+    "with build_turn(folder):\n"
+    "    (folder / 'lock').touch()  # what torch's build leaves while it runs\n"
+    "    print('holding', flush=True)\n"
+    "    time.sleep(300)\n"
+)
+
+
+def _hold_the_turn(folder) -> subprocess.Popen:
+    """A process inside build_turn(folder) with torch's build lock present, as in the middle of a build."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_THE_TURN, str(folder)], cwd=REPO, stdout=subprocess.PIPE,
+                              text=True)
+    assert holder.stdout.readline() == "holding\n"
+    return holder
+
+
+def test_a_build_in_progress_is_waited_for_and_one_that_was_killed_is_cleared(tmp_path):
+    holder = _hold_the_turn(tmp_path)
+    entered = threading.Event()
+
+    def take_the_turn():
+        with cpu_kernels.build_turn(tmp_path):
+            entered.set()
+
+    waiting = threading.Thread(target=take_the_turn)
+    waiting.start()
+    try:
+        # A live build keeps its lock, and its turn, however long it takes.
+        assert not entered.wait(timeout=2)
+        assert (tmp_path / "lock").exists()
+    finally:
+        holder.kill()  # killed mid-build: torch's lock stays behind
+        holder.wait()
+    assert entered.wait(timeout=30)
+    waiting.join()
+    assert not (tmp_path / "lock").exists()
+
+
+def test_training_after_a_killed_build_loads_the_kernels_instead_of_waiting_forever():
+    # The real build folder: torch names its lock there, and every training process loads from it. Before
+    # build_turn, a lock left there made every later load wait without end, saying nothing.
+    build_directory = cpu_kernels.build_directory()
+    holder = _hold_the_turn(build_directory)
+    holder.kill()
+    holder.wait()
+    load = "from segnet.cpu_kernels import extension\nassert extension() is not None\n"
+    finished = subprocess.run([sys.executable, "-c", load], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 0, finished.stderr
