@@ -43,8 +43,13 @@ def test_processes_opening_runs_on_a_fresh_sqlite_store_at_once_all_succeed(tmp_
     env["PYTHONPATH"] = str(REPO)
     workers = [subprocess.Popen([sys.executable, "-c", OPEN_A_RUN, str(index)], cwd=tmp_path, env=env,
                                 stderr=subprocess.PIPE, text=True) for index in range(3)]
-    for worker in workers:
-        assert worker.wait(timeout=120) == 0, worker.stderr.read()
+    try:
+        for worker in workers:
+            _, stderr = worker.communicate(timeout=120)  # reads as it waits: a full pipe cannot stall the worker
+            assert worker.returncode == 0, stderr
+    finally:
+        for worker in workers:
+            worker.kill()  # none outlives a failure; a no-op for those that finished
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("race").experiment_id])
     assert sorted(found.data.params["worker"] for found in runs) == ["0", "1", "2"]
