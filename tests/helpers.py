@@ -1,5 +1,6 @@
 """Shared test material: small real datasets zipped like the course release, and a tiny copy of the project."""
 
+import contextlib
 import fcntl
 import io
 import os
@@ -153,6 +154,13 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env | extra
 
 
+def kill_process_group(process: subprocess.Popen) -> None:
+    """SIGKILLs `process`, started with start_new_session=True, and everything it started; reaps it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.communicate()
+
+
 def run(
     command: list[str], cwd: Path, check: bool = True, env: dict[str, str] | None = None, timeout: float = 600
 ) -> subprocess.CompletedProcess:
@@ -166,8 +174,7 @@ def run(
         try:
             stdout, stderr = process.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.communicate()
+            kill_process_group(process)
             raise
     result = subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
     if check and result.returncode != 0:

@@ -1,6 +1,5 @@
 """End to end: the real `dvc repro` and `dvc exp run` on tiny data, checked in a real MLflow store."""
 
-import contextlib
 import json
 import os
 import shutil
@@ -15,7 +14,9 @@ import pytest
 import torch
 import yaml
 
-from tests.helpers import clean_env, course_zip, dead_server_uri, run, set_params, tiny_project, write_zip
+from tests.helpers import (
+    clean_env, course_zip, dead_server_uri, kill_process_group, run, set_params, tiny_project, write_zip,
+)
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
@@ -299,9 +300,7 @@ def _signal_at_first_checkpoint(process: subprocess.Popen, root: Path, signum: i
     except BaseException:
         # A training left running would hold DVC's lock, failing the cleanup's `dvc repro` and hiding this error,
         # and would slow every test still to run.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.communicate()
+        kill_process_group(process)
         raise
 
 
