@@ -23,5 +23,6 @@ def run_stage(main: Callable[[], None]) -> None:
         sys.exit(1)
     except KeyboardInterrupt as interrupt:
         # 130 = 128 + SIGINT, the shell's code for a command stopped by Ctrl-C.
-        log.error("interrupted: %s", interrupt or "stopped before any checkpoint")
+        # A plain Ctrl-C has no message; a stopped training says where its checkpoint is.
+        log.error("interrupted: %s", str(interrupt) or "stopped by the user")
         sys.exit(130)

@@ -120,16 +120,16 @@ class _SplitWriter:
         return self.images.dtype
 
     def append(self, name: str, images: np.ndarray, exact: bool, masks: np.ndarray) -> None:
+        if not exact and (self.images is None or self.images.dtype == np.uint8):
+            log.warning("%s:%s: pixels are not all multiples of 1/255; storing the %s split as float32",
+                        self.source, name, self.split)
         if self.shape is None:
-            if not exact:
-                log.warning("%s: pixels are not all multiples of 1/255; storing float32", self.source)
             self.shape = images.shape[1:3]
             self.images = NpyWriter(self._path("images"), np.uint8 if exact else np.float32, images.shape[1:])
             self.labels = NpyWriter(self._path("labels"), np.uint8, masks.shape[1:])
         elif images.shape[1:3] != self.shape:
             raise DatasetError(f"{self.source}:{name}: panels are {images.shape[1:3]}, earlier files had {self.shape}")
         if self.images.dtype == np.uint8 and not exact:
-            log.warning("%s: pixels are not all multiples of 1/255; storing float32", self.source)
             self._convert_to_float()
         self.images.append(images if exact == (self.images.dtype == np.uint8) else to_unit_float(images))
         self.labels.append(masks)

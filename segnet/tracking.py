@@ -137,11 +137,24 @@ def stage_run(
         resume_run_id = None
     with mlflow.start_run(run_id=resume_run_id, experiment_id=experiment_id, run_name=run_name, tags=run_tags) as run:
         try:
-            mlflow.log_params(flatten(params))
+            _log_params(flatten(params), run if resume_run_id else None)
             yield run
         except KeyboardInterrupt:
             mlflow.end_run(status="KILLED")
             raise
+
+
+def _log_params(params: dict, resumed: mlflow.ActiveRun | None) -> None:
+    """Logs `params` to the active run. A resumed run keeps the values it was started with: MLflow refuses to
+    change a logged param, and a checkpoint resumes despite a changed `train.checkpoint_steps` (it does not
+    change the result), so a changed value is recorded as the tag `resumed_with.<key>` instead."""
+    logged = resumed.data.params if resumed else {}
+    changed = {key: value for key, value in params.items() if key in logged and logged[key] != str(value)}
+    for key, value in changed.items():
+        log.warning("%s was %s when this run started; the resumed part runs with %s (tag resumed_with.%s)",
+                    key, logged[key], value, key)
+    mlflow.set_tags({f"resumed_with.{key}": value for key, value in changed.items()})
+    mlflow.log_params({key: value for key, value in params.items() if key not in logged})
 
 
 def _run_exists(run_id: str, experiment_id: str) -> bool:

@@ -71,8 +71,7 @@ def main() -> None:
     # The number of processes is: a checkpoint of N processes resumes only in N processes.
     decisive = {**logged, "train": {k: v for k, v in params["train"].items() if k != "checkpoint_steps"},
                 "dataset": dataset_record, "processes": world.size}
-    code = sorted(Path(segnet.__file__).parent.glob("*.py")) + [Path(__file__)]
-    run_fingerprint = fingerprint(decisive, code)
+    run_fingerprint = fingerprint(decisive, training_code())
     checkpoint_path = checkpoint_dir / f"train-{run_fingerprint[:16]}.pt"
     if world.is_distributed:
         distributed.start(world, train_config.distributed_backend,
@@ -144,6 +143,12 @@ def main() -> None:
         # A fresh model: the trained one may hold cross-process batch norm, which only runs in a process group.
         _log_model(SegNet(model_config), result.best_state, images[:2])
     checkpointer.remove()
+
+
+def training_code() -> list[Path]:
+    """The source files that decide what training computes: a checkpoint resumes only under the same ones."""
+    package = Path(segnet.__file__).parent
+    return sorted([*package.glob("*.py"), *package.glob("*.cpp"), Path(__file__)])
 
 
 def _history_csv(history: list[dict]) -> bytes:

@@ -226,6 +226,8 @@ def test_pixels_that_are_not_k_over_255_are_stored_as_float32(tmp_path, caplog):
     images = (images * 0.999).astype(np.float32)
     write_zip(tmp_path / "f.zip", {"batch00001.mat": course_mat(images, masks), "testset001.mat": MAT})
     summary = prepare_dataset(tmp_path / "f.zip", tmp_path / "out")
-    assert "f.zip: pixels are not all multiples of 1/255; storing float32" in caplog.text
+    # The warning names the file inside the archive, so that a user can find the odd one among a thousand.
+    assert "f.zip:batch00001.mat: pixels are not all multiples of 1/255; storing the train split as float32" \
+        in caplog.text
     assert summary["train_pixel_dtype"] == "float32"
     np.testing.assert_array_equal(np.load(tmp_path / "out" / "train_images.npy"), images)

@@ -32,10 +32,14 @@ def _mixed_archive(path: Path) -> list[np.ndarray]:
     return panels
 
 
-def test_parsing_threads_write_exactly_what_one_thread_writes(tmp_path):
+def test_parsing_threads_write_exactly_what_one_thread_writes(tmp_path, caplog):
     panels = _mixed_archive(tmp_path / "mixed.zip")
     one = prepare_dataset(tmp_path / "mixed.zip", tmp_path / "one", workers=1)
     two = prepare_dataset(tmp_path / "mixed.zip", tmp_path / "two", workers=2)
+    # Each run warns once, naming the file that turned the split to float32.
+    warnings = [record.getMessage() for record in caplog.records if "1/255" in record.getMessage()]
+    assert warnings == [f"{tmp_path / 'mixed.zip'}:batch00004.mat: pixels are not all multiples of 1/255; "
+                        "storing the train split as float32"] * 2
     assert one == two and tree(tmp_path / "one") == tree(tmp_path / "two")
     # The fourth file turned the split to float32 after three files had been stored as uint8: those were
     # converted on disk, exactly.

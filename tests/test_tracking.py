@@ -7,7 +7,7 @@ import mlflow
 import pytest
 
 from segnet.errors import TrackingError
-from segnet.tracking import check_server, project_root
+from segnet.tracking import check_server, project_root, stage_run
 from tests.helpers import dead_server_uri
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,3 +54,21 @@ def test_processes_opening_runs_on_a_fresh_sqlite_store_at_once_all_succeed(tmp_
     runs = client.search_runs([client.get_experiment_by_name("race").experiment_id])
     assert sorted(found.data.params["worker"] for found in runs) == ["0", "1", "2"]
     assert all(found.info.status == "FINISHED" for found in runs)
+
+
+def test_a_run_resumed_with_another_checkpoint_interval_keeps_its_params_and_tags_the_change(tmp_path, monkeypatch):
+    # A checkpoint resumes whatever train.checkpoint_steps is now (it does not change the result), but MLflow
+    # refuses to change a logged param: the resumed stage must not fail on it.
+    for name in [name for name in os.environ if name.startswith(("MLFLOW_", "DVC_"))]:
+        monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    with stage_run("train", "resume", {"train": {"checkpoint_steps": 100, "lr": 0.1}}) as run:
+        run_id = run.info.run_id
+    with stage_run("train", "resume", {"train": {"checkpoint_steps": 50, "lr": 0.1}, "seed": 3},
+                   resume_run_id=run_id) as resumed:
+        assert resumed.info.run_id == run_id
+    found = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(run_id)
+    assert found.info.status == "FINISHED"
+    assert found.data.params == {"train.checkpoint_steps": "100", "train.lr": "0.1", "seed": "3"}
+    assert found.data.tags["resumed_with.train.checkpoint_steps"] == "50"
+    assert "resumed_with.train.lr" not in found.data.tags

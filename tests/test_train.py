@@ -1,9 +1,11 @@
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import segnet
 from segnet.augment import deform_panels, occupied_cells, overlay_panels
 from segnet.callbacks import Callback
 from segnet.checkpoint import Checkpointer, fingerprint, load_checkpoint
@@ -21,6 +23,7 @@ from segnet.train import (
     train,
     update_average,
 )
+from stages.train import training_code
 from tests.helpers import random_panels
 
 
@@ -298,3 +301,12 @@ def test_the_fingerprint_follows_settings_and_code(tmp_path):
     assert fingerprint({"lr": 0.2}, [code]) != first
     code.write_text("x = 2\n")
     assert fingerprint({"lr": 0.1}, [code]) != first
+
+
+def test_the_checkpoint_fingerprint_covers_the_kernels_source_and_every_module():
+    # The C++ kernels compute batch norm and pooling in training: a checkpoint made with other kernels must
+    # not resume, or the weights would mix two versions of them.
+    package = Path(segnet.__file__).parent
+    names = {path.relative_to(package.parent).as_posix() for path in training_code()}
+    assert "segnet/cpu_kernels.cpp" in names and "stages/train.py" in names
+    assert {f"segnet/{path.name}" for path in package.glob("*.py")} <= names
