@@ -19,7 +19,9 @@ from segnet.augment import augment
 from segnet.callbacks import Callback
 from segnet.checkpoint import Checkpointer
 from segnet.data import to_input
-from segnet.distributed import SINGLE_PROCESS, World, any_across, barrier, sum_across, synchronize_batch_norm
+from segnet.distributed import (
+    BACKENDS, SINGLE_PROCESS, World, any_across, barrier, sum_across, synchronize_batch_norm,
+)
 from segnet.inference import accumulate_confusion, autocast
 from segnet.losses import soft_iou_loss
 from segnet.metrics import mean_iou
@@ -71,6 +73,7 @@ class TrainConfig:
             "epochs": self.epochs >= 1,
             "batch_size": self.batch_size >= 2,  # batch norm needs more than one value per channel
             "lr": self.lr > 0,
+            "momentum": 0 <= self.momentum < 1,
             "weight_decay": self.weight_decay >= 0,
             "warmup_fraction": 0 < self.warmup_fraction < 1,
             "val_fraction": 0 < self.val_fraction < 1,
@@ -85,7 +88,7 @@ class TrainConfig:
             "threads": self.threads >= 0,
             "checkpoint_steps": self.checkpoint_steps >= 0,
             "processes": self.processes >= 1,
-            "distributed_backend": self.distributed_backend in ("auto", "gloo", "nccl"),
+            "distributed_backend": self.distributed_backend in BACKENDS,
             "optimizer": self.optimizer in OPTIMIZERS,
             "schedule": self.schedule in SCHEDULES,
             "precision": self.precision in PRECISIONS,
@@ -184,7 +187,8 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
+        # Nesterov's look-ahead needs momentum: without it this is plain SGD.
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0)
     # The fused kernel updates all parameters in one pass each, instead of a dozen small ops per tensor.
     fused = all(p.device.type in ("cpu", "cuda") and p.dtype == torch.float32 for p in model.parameters())
     return torch.optim.AdamW(groups, lr=config.lr, fused=fused)
@@ -196,8 +200,11 @@ def make_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig, total_s
         # step, or of all steps, divides by zero. Short runs get 1.5 steps of warm-up and at least half a
         # step after it; longer runs keep warmup_fraction as it is.
         warmup_steps = min(max(config.warmup_fraction * total_steps, 1.5), total_steps - 0.5)
+        # One-cycle also cycles momentum against the learning rate, 0.95 -> 0.85 -> 0.95 (PyTorch's default).
+        # AdamW's beta1 keeps that cycle (the defaults were measured with it); SGD keeps train.momentum as set.
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=config.lr, total_steps=total_steps, pct_start=warmup_steps / total_steps
+            optimizer, max_lr=config.lr, total_steps=total_steps, pct_start=warmup_steps / total_steps,
+            cycle_momentum=config.optimizer != "sgd",
         )
     if config.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)

@@ -18,6 +18,8 @@ from segnet.train import (
     TrainConfig,
     TrainingInterrupted,
     class_weights,
+    make_optimizer,
+    make_schedule,
     select_amp_dtype,
     set_seed,
     train,
@@ -310,3 +312,35 @@ def test_the_checkpoint_fingerprint_covers_the_kernels_source_and_every_module()
     names = {path.relative_to(package.parent).as_posix() for path in training_code()}
     assert "segnet/cpu_kernels.cpp" in names and "stages/train.py" in names
     assert {f"segnet/{path.name}" for path in package.glob("*.py")} <= names
+
+
+@pytest.mark.parametrize("schedule", ["onecycle", "cosine", "constant"])
+def test_sgd_keeps_the_momentum_it_is_given_under_every_schedule(schedule):
+    model = SegNet(SegNetConfig(encoder_channels=[4, 4], decoder_channels=[4, 4]))
+    config = TrainConfig(optimizer="sgd", momentum=0.5, schedule=schedule)
+    optimizer = make_optimizer(model, config)
+    schedule = make_schedule(optimizer, config, total_steps=20)
+    for _ in range(10):
+        optimizer.step()
+        schedule.step()
+        assert [group["momentum"] for group in optimizer.param_groups] == [0.5, 0.5]
+
+
+def test_adamw_under_one_cycle_cycles_beta1_against_the_learning_rate():
+    model = SegNet(SegNetConfig(encoder_channels=[4, 4], decoder_channels=[4, 4]))
+    config = TrainConfig(warmup_fraction=0.5)
+    optimizer = make_optimizer(model, config)
+    schedule = make_schedule(optimizer, config, total_steps=21)
+    beta1 = [optimizer.param_groups[0]["betas"][0]]
+    for _ in range(20):
+        optimizer.step()
+        schedule.step()
+        beta1.append(optimizer.param_groups[0]["betas"][0])
+    assert beta1[0] == pytest.approx(0.95) and beta1[-1] == pytest.approx(0.95)
+    assert min(beta1) == pytest.approx(0.85, abs=0.005)  # at the peak of the learning rate
+
+
+def test_momentum_outside_zero_to_one_is_refused_by_name():
+    with pytest.raises(ValueError, match="momentum=1.0"):
+        TrainConfig(optimizer="sgd", momentum=1.0)
+    TrainConfig(optimizer="sgd", momentum=0.0)  # plain SGD
