@@ -2,12 +2,34 @@
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from segnet.data import to_input
 from segnet.metrics import confusion_matrix
+
+
+@dataclass
+class EvaluateConfig:
+    """The evaluate stage's settings (params.yaml `evaluate`).
+
+    Attributes:
+        batch_size: Test panels per forward pass.
+        samples: Test panels drawn in the predictions picture.
+        device: auto (cuda if available, else cpu) | cpu | cuda | cuda:N. Its own setting, not the training
+            device: a model trained on a GPU can be scored on a machine without one.
+    """
+
+    batch_size: int = 256
+    samples: int = 8
+    device: str = "auto"
+
+    def __post_init__(self):
+        for name in ("batch_size", "samples"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"params.yaml evaluate.{name}: must be an integer >= 1, got {getattr(self, name)!r}")
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):

@@ -15,10 +15,10 @@ from segnet.archive import sha256_file
 from segnet.cli import run_stage
 from segnet.data import load_split
 from segnet.files import write_bytes, write_json
-from segnet.inference import accumulate_confusion, predict_batches
+from segnet.inference import EvaluateConfig, accumulate_confusion, predict_batches
 from segnet.metrics import summarize
 from segnet.model import SegNet, SegNetConfig
-from segnet.params import load_params
+from segnet.params import build, load_params
 from segnet.plots import confusion_png, predictions_png
 from segnet.tracking import TRAIN_STAGE, find_run, log_metrics, stage_run
 from segnet.train import select_device
@@ -30,9 +30,7 @@ def main() -> None:
     prepared_dir, model_dir, metrics_path, confusion_path, predictions_path = (Path(a) for a in sys.argv[1:6])
     params = load_params()
     settings = params["evaluate"]
-    for key in ("batch_size", "samples"):
-        if not isinstance(settings[key], int) or settings[key] < 1:
-            raise ValueError(f"params.yaml evaluate.{key}: must be an integer >= 1, got {settings[key]!r}")
+    config = build(EvaluateConfig, "evaluate", settings)
     if not (model_dir / "model.pt").is_file():
         raise ValueError(f"{model_dir / 'model.pt'}: missing; run the train stage first (dvc repro train)")
     experiment = params["tracking"]["experiment"]
@@ -52,18 +50,18 @@ def main() -> None:
             log.warning("no train run with this model's hash in the tracking store; the evaluate run is unlinked")
         model = SegNet(SegNetConfig(**trained["model"]))
         model.load_state_dict(torch.load(model_dir / "model.pt", map_location="cpu", weights_only=True))
-        device = select_device(trained["train"]["device"])
+        device = select_device(config.device, setting="evaluate.device")
         model.to(device=device, memory_format=torch.channels_last)
         images, labels = load_split(prepared_dir, "test")
         # Evaluation runs in float32 whatever training used: the reported numbers must not depend on it.
         confusion = accumulate_confusion(
-            model, images, labels, model.config.num_classes, settings["batch_size"], device
+            model, images, labels, model.config.num_classes, config.batch_size, device
         )
         metrics = summarize(confusion)
         write_json(metrics_path, metrics)
         write_bytes(confusion_path, confusion_png(confusion))
-        samples = slice(0, settings["samples"])
-        _, predictions = next(predict_batches(model, images[samples], settings["samples"], device))
+        samples = slice(0, config.samples)
+        _, predictions = next(predict_batches(model, images[samples], config.samples, device))
         write_bytes(predictions_path, predictions_png(images[samples], labels[samples], predictions))
 
         per_class = {f"iou_{name}": value for name, value in metrics.pop("per_class_iou").items()}

@@ -5,6 +5,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -52,6 +53,21 @@ def test_repro_writes_metrics_model_and_plots(project):
     for picture in ("confusion_matrix.png", "predictions.png"):
         assert (project / "metrics" / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "pipelines are up to date" in run(["dvc", "repro"], project).stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_evaluate_scores_a_model_trained_on_a_gpu_with_its_own_device_setting(project, tmp_path):
+    # The model's record says it trained on CUDA; evaluate.device (auto) decides where it is scored, so a
+    # model pulled onto a machine without a GPU is evaluated there, to the same metrics.
+    model = tmp_path / "model"
+    shutil.copytree(project / "data" / "model", model)
+    config = json.loads((model / "config.json").read_text())
+    config["train"]["device"] = "cuda"
+    (model / "config.json").write_text(json.dumps(config))
+    outputs = [str(tmp_path / name) for name in ("evaluate.json", "confusion.png", "predictions.png")]
+    env = clean_env(PYTHONPATH=str(project), MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run([sys.executable, "-m", "stages.evaluate", "data/prepared", str(model), *outputs], project, env=env)
+    assert (tmp_path / "evaluate.json").read_bytes() == (project / "metrics" / "evaluate.json").read_bytes()
 
 
 def test_every_stage_is_one_linked_mlflow_run_in_the_root_store(project, monkeypatch):
