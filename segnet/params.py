@@ -25,6 +25,14 @@ def flatten(params: dict, prefix: str = "") -> dict[str, object]:
     return flat
 
 
+def read_seed(params: dict) -> int:
+    """params.yaml's top-level `seed`, which seeds training: an integer >= 0."""
+    value = params["seed"]
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"params.yaml seed: must be an integer >= 0, got {value!r}")
+    return value
+
+
 def build(config_class: type, section: str, values: dict):
     """Builds a settings dataclass from a params.yaml section, turning unknown keys and values of the
     wrong type into a ValueError that names the section (e.g. `-S train.epochs=1.5`)."""

@@ -10,8 +10,8 @@ import mlflow
 
 from segnet.archive import sha256_file
 from segnet.cli import run_stage
-from segnet.generate import SplitSpec, build_archive
-from segnet.params import load_params
+from segnet.generate import GenerateConfig, build_archive
+from segnet.params import build, load_params
 from segnet.tracking import log_metrics, stage_run
 
 
@@ -19,24 +19,10 @@ def main() -> None:
     output = Path(sys.argv[1])
     params = load_params()
     settings = params["generate"]
+    config = build(GenerateConfig, "generate", settings)
     with stage_run("generate", params["tracking"]["experiment"], {"generate": settings}):
-        summary = build_archive(
-            output,
-            seed=settings["seed"],
-            train=SplitSpec(
-                files=settings["train_files"],
-                panels_per_file=settings["train_panels_per_file"],
-                min_digits=settings["train_min_digits"],
-                max_digits=settings["train_max_digits"],
-            ),
-            test=SplitSpec(
-                files=settings["test_files"],
-                panels_per_file=settings["test_panels_per_file"],
-                min_digits=settings["test_min_digits"],
-                max_digits=settings["test_max_digits"],
-            ),
-            test_digit_fraction=settings["test_digit_fraction"],
-        )
+        summary = build_archive(output, seed=config.seed, train=config.split("train"), test=config.split("test"),
+                                test_digit_fraction=config.test_digit_fraction)
         mlflow.set_tag("archive_sha256", sha256_file(output))
         log_metrics(summary)
 

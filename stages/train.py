@@ -38,7 +38,7 @@ from segnet.files import save_torch, staged_directory, write_bytes, write_json
 from segnet.interrupt import StopSignals
 from segnet.matfile import NUM_CLASSES
 from segnet.model import SegNet, SegNetConfig
-from segnet.params import build, load_params
+from segnet.params import build, load_params, read_seed
 from segnet.plots import miou_time_png
 from segnet.tracking import TRAIN_STAGE, MLflowCallback, log_metrics, stage_run
 from segnet.train import TrainConfig, select_device, set_seed, train
@@ -47,7 +47,7 @@ from segnet.train import TrainConfig, select_device, set_seed, train
 def main() -> None:
     prepared_dir, model_dir, metrics_path, history_path, checkpoint_dir = (Path(arg) for arg in sys.argv[1:6])
     params = load_params()
-    seed = params["seed"]
+    seed = read_seed(params)
     model_config = build(SegNetConfig, "model", params["model"])
     train_config = build(TrainConfig, "train", params["train"])
     if model_config.num_classes != NUM_CLASSES:

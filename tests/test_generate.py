@@ -1,12 +1,15 @@
 import hashlib
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from segnet.archive import ArchiveLimits
 from segnet.generate import (
     CELL_OFFSETS,
+    GenerateConfig,
     SplitSpec,
     build_archive,
     compose_panel,
@@ -15,7 +18,9 @@ from segnet.generate import (
     split_digits,
 )
 from segnet.matfile import read_panels
+from segnet.params import build, read_seed
 
+REPO = Path(__file__).resolve().parents[1]
 MAX_BYTES = ArchiveLimits().max_member_bytes
 SMALL = dict(
     train=SplitSpec(files=3, panels_per_file=5, min_digits=0, max_digits=4),
@@ -68,9 +73,10 @@ def test_archive_matches_the_course_format(tmp_path):
     # Grey: three equal channels, every value k/255.
     assert np.array_equal(images[..., 0], images[..., 1]) and np.array_equal(images[..., 0], images[..., 2])
     np.testing.assert_array_equal(np.rint(images * 255) / np.float32(255), images)
-    # Labels are exactly where there is ink, and use 1-10.
+    # Labels are exactly where there is ink, in both splits (digit classes 1-10: read_panels refuses others).
     np.testing.assert_array_equal(masks > 0, images[..., 0] > 0)
-    assert set(np.unique(test_masks)) <= set(range(11))
+    np.testing.assert_array_equal(test_masks > 0, test_images[..., 0] > 0)
+    assert test_masks.any()
 
 
 def test_same_params_give_a_byte_identical_zip_and_another_seed_does_not(tmp_path):
@@ -98,3 +104,29 @@ def test_digit_counts_stay_within_the_split_range_in_distinct_cells():
 def test_nonsense_split_specs_raise(arguments):
     with pytest.raises(ValueError):
         SplitSpec(**{**dict(files=1, panels_per_file=1, min_digits=0, max_digits=4), **arguments})
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"seed": 1.5}, "generate.seed: 1.5 is not a int"),
+    ({"seed": -1}, "generate.seed: must be an integer >= 0, got -1"),
+    ({"train_files": 1.5}, "generate.train_files: 1.5 is not a int"),
+    ({"test_files": 0}, r"generate.test_\*: files and panels_per_file must be >= 1"),
+    ({"train_max_digits": 10}, r"generate.train_\*: need 0 <= min_digits <= max_digits <= 9"),
+    ({"test_digit_fraction": 1.0}, r"generate.test_digit_fraction: must be in \(0, 1\), got 1.0"),
+    ({"test_fraction": 0.2}, r"generate: unknown key\(s\) \['test_fraction'\]"),
+])
+def test_bad_generate_settings_are_refused_by_name(values, message):
+    with pytest.raises(ValueError, match=message):
+        build(GenerateConfig, "generate", values)
+
+
+def test_the_generate_defaults_are_params_yaml_s():
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert build(GenerateConfig, "generate", params["generate"]) == GenerateConfig()
+
+
+@pytest.mark.parametrize("value", [1.5, -1, True, "0"])
+def test_a_training_seed_that_is_not_a_non_negative_integer_is_refused(value):
+    with pytest.raises(ValueError, match=f"params.yaml seed: must be an integer >= 0, got {value!r}"):
+        read_seed({"seed": value})
+    assert read_seed({"seed": 0}) == 0
