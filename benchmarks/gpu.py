@@ -87,7 +87,7 @@ def main() -> None:
         "torch": torch.__version__,
         "prepare_seconds": prepare_seconds,
         "train_seconds": result.train_seconds,
-        "train_images_per_second": len(train_index) * len(result.history) / result.train_seconds,
+        "train_images_per_second": result.images_per_second,
         "best_epoch": result.best_epoch,
         "best_val_miou": result.best_val_miou,
         "test_miou": metrics["miou"],

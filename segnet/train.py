@@ -112,6 +112,12 @@ class TrainResult:
     amp_dtype: str = "float32"
     cpu_kernels: bool = False
     resumed_from_step: int = 0
+    images_trained: int = 0  # every step's global batch, those before a resume included
+
+    @property
+    def images_per_second(self) -> float:
+        """Training images per second of the whole run, validation included."""
+        return self.images_trained / self.train_seconds
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -421,4 +427,5 @@ def train(
         amp_dtype=str(amp_dtype).replace("torch.", "") if amp_dtype else "float32",
         cpu_kernels=kernels,
         resumed_from_step=resumed_from_step,
+        images_trained=loop["step"] * config.batch_size,
     )

@@ -126,7 +126,7 @@ def main() -> None:
             "epochs": len(result.history),
             "final_train_loss": result.history[-1]["train_loss"],
             "train_seconds": result.train_seconds,
-            "train_images_per_second": len(train_index) * len(result.history) / result.train_seconds,
+            "train_images_per_second": result.images_per_second,
         }
         write_json(metrics_path, summary)
         write_bytes(history_path, _history_csv(result.history))

@@ -176,6 +176,7 @@ def test_training_learns_and_returns_the_best_epochs_weights(changes):
     result = train(model, images, labels, torch.arange(40), torch.arange(40, len(images)), 11, config, seed=0,
                    callbacks=[recorder])
     assert recorder.steps == 4 * (40 // 8)
+    assert result.images_trained == 4 * 40 and result.images_per_second == 160 / result.train_seconds
     assert [r["epoch"] for r in result.history] == [1, 2, 3, 4] == [r["epoch"] for r in recorder.records]
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
     best = max(result.history, key=lambda r: r["val_miou"])
@@ -251,6 +252,7 @@ def test_a_run_stopped_at_any_step_resumes_to_exactly_the_uninterrupted_result(t
     # Only the remaining steps ran, yet the result is the uninterrupted one to the bit.
     assert resumed.resumed_from_step == stop_after and steps.seen == list(range(stop_after + 1, 13))
     assert resumed.best_epoch == uninterrupted.best_epoch
+    assert resumed.images_trained == uninterrupted.images_trained  # the run's images/s counts the whole run
     for name, tensor in uninterrupted.best_state.items():
         assert torch.equal(resumed.best_state[name], tensor), name
     keep = ("epoch", "step", "train_loss", "val_miou", "lr")
