@@ -74,8 +74,9 @@ class Clock(Callback):
 clock = Clock()
 set_seed(0)
 config = TrainConfig(**{**params["train"], "device": "cpu"})
+model_config = SegNetConfig(**params["model"])
 try:
-    train(SegNet(SegNetConfig(**params["model"])), images, labels, train_index, val_index, 11, config, seed=0,
+    train(SegNet(model_config), images, labels, train_index, val_index, model_config.num_classes, config, seed=0,
           callbacks=[clock], stop_requested=lambda: clock.step >= steps)
 except TrainingInterrupted:
     pass

@@ -83,8 +83,8 @@ def our_images_per_second(prepared: Path, model_config: SegNetConfig, train_conf
     images, labels = load_split(prepared, "train")
     clock = StepClock(select_device(train_config.device))
     set_seed(0)
-    train(SegNet(model_config), images, labels, torch.arange(len(images)), torch.arange(8), 11, train_config, seed=0,
-          callbacks=[clock])
+    train(SegNet(model_config), images, labels, torch.arange(len(images)), torch.arange(8), model_config.num_classes,
+          train_config, seed=0, callbacks=[clock])
     steps = clock.total_steps - WARMUP_STEPS
     speed = steps * train_config.batch_size / (clock.times[clock.total_steps] - clock.times[WARMUP_STEPS])
     return speed, clock.times[1] - clock.start

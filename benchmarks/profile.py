@@ -101,10 +101,11 @@ def main() -> None:
         images, labels = load_split(prepared, "train")
     set_seed(0)
     # A first epoch outside the profiler warms up oneDNN's kernel choices.
-    train(SegNet(model_config), images, labels, torch.arange(len(images)), torch.arange(2), 11, config, seed=0)
+    classes = model_config.num_classes
+    train(SegNet(model_config), images, labels, torch.arange(len(images)), torch.arange(2), classes, config, seed=0)
     set_seed(0)
     with profile(activities=[ProfilerActivity.CPU]) as profiler:
-        train(SegNet(model_config), images, labels, torch.arange(len(images)), torch.arange(2), 11, config, seed=0)
+        train(SegNet(model_config), images, labels, torch.arange(len(images)), torch.arange(2), classes, config, seed=0)
     steps = len(images) // config.batch_size
     events = profiler.key_averages()
     print(events.table(sort_by="self_cpu_time_total", row_limit=15))

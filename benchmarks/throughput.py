@@ -46,7 +46,7 @@ def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 10, trials:
 
 def training_flops_per_image(model_config: SegNetConfig, batch: int = 32) -> float:
     model = SegNet(model_config)
-    images, labels = torch.rand(batch, 3, 64, 64), torch.randint(0, 11, (batch, 64, 64))
+    images, labels = torch.rand(batch, 3, 64, 64), torch.randint(0, model_config.num_classes, (batch, 64, 64))
     with FlopCounterMode(display=False) as counter:
         F.cross_entropy(model(images), labels).backward()
     return counter.get_total_flops() / batch
@@ -57,10 +57,11 @@ def evaluation_images_per_second(prepared: Path, model_config: SegNetConfig, bat
     """The evaluate stage's loop: float32 whatever training used, so reported metrics never depend on it."""
     images, labels = load_split(prepared, "test")
     model = SegNet(model_config).to(device=device, memory_format=torch.channels_last)
-    accumulate_confusion(model, images[:batch_size], labels[:batch_size], 11, batch_size, device)
+    classes = model_config.num_classes
+    accumulate_confusion(model, images[:batch_size], labels[:batch_size], classes, batch_size, device)
     synchronize(device)
     start = time.perf_counter()
-    accumulate_confusion(model, images, labels, 11, batch_size, device)
+    accumulate_confusion(model, images, labels, classes, batch_size, device)
     synchronize(device)
     return len(images) / (time.perf_counter() - start)
 
