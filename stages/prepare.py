@@ -22,7 +22,10 @@ def main() -> None:
     output_dir, metrics_path = Path(sys.argv[1]), Path(sys.argv[2])
     params = load_params()
     settings = dict(params["data"])
-    archive = Path(settings.pop("archive"))
+    archive = settings.pop("archive")
+    if not isinstance(archive, str) or not archive:
+        raise ValueError(f"params.yaml data.archive: must be the path of a zip file, got {archive!r}")
+    archive = Path(archive)
     workers = settings.pop("workers")
     if not isinstance(workers, int) or workers < 0:
         raise ValueError(f"params.yaml data.workers: must be an integer >= 0, got {workers!r}")

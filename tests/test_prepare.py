@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from segnet.data import load_split
 from segnet.errors import DatasetError
@@ -159,3 +160,20 @@ def test_a_killed_prepare_stage_leaves_the_earlier_output_or_a_complete_new_one(
     _run_stage(tmp_path)
     assert tree(tmp_path / "out") == second
     assert not any(tmp_path.glob(".out.staging-*"))  # the killed runs' leftovers are gone
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"archive": 123}, "params.yaml data.archive: must be the path of a zip file, got 123"),
+    ({"workers": -1}, "params.yaml data.workers: must be an integer >= 0, got -1"),
+    ({"max_total_bytes": "big"}, "params.yaml data.max_total_bytes: 'big' is not a int"),
+    ({"max_ratio": 10}, "params.yaml data: unknown key(s) ['max_ratio']; known: ["),
+])
+def test_bad_data_settings_stop_the_stage_with_one_line_naming_the_key(tmp_path, data, message):
+    write_params(tmp_path, archive=tmp_path / "unused.zip")
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    params["data"].update(data)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    result = subprocess.run(PREPARE_STAGE, cwd=tmp_path, env=stage_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"ERROR segnet: {message}")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "metrics.json").exists()
