@@ -32,9 +32,10 @@ def _channels_last(shape, dtype, scale=3.0, shift=1.0, seed=0):
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
 def test_batch_norm_relu_matches_pytorch_forward_backward_and_running_statistics(shape, dtype, tolerance):
     reference = nn.BatchNorm2d(shape[1])
+    weights = torch.Generator().manual_seed(2)  # not the global generator: other tests must not change the draw
     with torch.no_grad():
-        reference.weight.uniform_(0.5, 1.5)
-        reference.bias.uniform_(-0.5, 0.5)
+        reference.weight.uniform_(0.5, 1.5, generator=weights)
+        reference.bias.uniform_(-0.5, 0.5, generator=weights)
     fused = copy.deepcopy(reference)
     x = _channels_last(shape, dtype)
     grad = _channels_last(shape, dtype, scale=1.0, shift=0.0, seed=1)
@@ -51,7 +52,15 @@ def test_batch_norm_relu_matches_pytorch_forward_backward_and_running_statistics
     assert output.dtype == dtype and output.is_contiguous(memory_format=torch.channels_last)
     assert close(output, expected, expected.abs().max().item())
     assert (output > 0).float().mean() > 0.3  # the ReLU is exercised on both sides
-    assert close(fused_input.grad, expected_input.grad, expected_input.grad.abs().max().item())
+    # Where batch norm's output lies within float rounding of zero, the two may put it on different sides of the
+    # ReLU, each passing gradient as its own forward did. Such elements are left out of the comparison of input
+    # gradients. Measured over 1,500 weight draws at the first shape in bfloat16: 10 of 49 million elements,
+    # all within 4.2e-7 of zero. With unseeded weights this made the test fail about once in 300 draws.
+    exact = nn.functional.batch_norm(x.double(), None, None, reference.weight.double(), reference.bias.double(),
+                                     training=True)
+    agree = (output > 0) == (expected > 0)
+    assert exact[~agree].abs().le(1e-5).all()
+    assert close(fused_input.grad[agree], expected_input.grad[agree], expected_input.grad.abs().max().item())
     assert close(fused.weight.grad, reference.weight.grad, reference.weight.grad.abs().max().item())
     assert close(fused.bias.grad, reference.bias.grad, reference.bias.grad.abs().max().item())
     assert torch.allclose(fused.running_mean, reference.running_mean, rtol=1e-4, atol=1e-4)

@@ -64,9 +64,11 @@ def test_evaluate_scores_a_model_trained_on_a_gpu_with_its_own_device_setting(pr
     config = json.loads((model / "config.json").read_text())
     config["train"]["device"] = "cuda"
     (model / "config.json").write_text(json.dumps(config))
+    # Run from a folder of its own (the project's params), so that its MLflow run stays out of the project's store.
+    shutil.copy(project / "params.yaml", tmp_path / "params.yaml")
     outputs = [str(tmp_path / name) for name in ("evaluate.json", "confusion.png", "predictions.png")]
-    env = clean_env(PYTHONPATH=str(project), MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    run([sys.executable, "-m", "stages.evaluate", "data/prepared", str(model), *outputs], project, env=env)
+    run([sys.executable, "-m", "stages.evaluate", str(project / "data" / "prepared"), str(model), *outputs], tmp_path,
+        env=clean_env(PYTHONPATH=str(project)))
     assert (tmp_path / "evaluate.json").read_bytes() == (project / "metrics" / "evaluate.json").read_bytes()
 
 
