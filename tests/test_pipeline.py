@@ -347,11 +347,16 @@ def test_killed_training_resumes_exactly_and_ctrl_c_saves_and_marks_the_run_kill
         assert (project / "dvc.lock").read_text() == lock_before
         assert store(project).get_run(killed_run).info.status == "RUNNING"  # nobody could end it
 
+        # Resumed with checkpoints at another interval, which does not change the result: the run resumes, and
+        # its MLflow run keeps the interval it started with and tags the new one (MLflow refuses to change a param).
+        set_params(project, {"train": {"epochs": 20, "checkpoint_steps": every + 1}})
         resumed = run(["dvc", "repro"], project)
         assert f"resuming at epoch {killed_at // 3 + 1}, step {killed_at} of 60" in resumed.stderr
         assert not list((project / "data" / "checkpoints").glob("*.pt"))  # deleted once finished
         finished = store(project).get_run(killed_run)
         assert finished.info.status == "FINISHED" and finished.data.tags["resumed_from_step"] == str(killed_at)
+        assert finished.data.params["train.checkpoint_steps"] == str(every)
+        assert finished.data.tags["resumed_with.train.checkpoint_steps"] == str(every + 1)
         resumed_weights = (project / "data" / "model" / "model.pt").read_bytes()
         resumed_metrics = (project / "metrics" / "evaluate.json").read_bytes()
 
