@@ -345,4 +345,7 @@ def test_adamw_under_one_cycle_cycles_beta1_against_the_learning_rate():
 def test_momentum_outside_zero_to_one_is_refused_by_name():
     with pytest.raises(ValueError, match="momentum=1.0"):
         TrainConfig(optimizer="sgd", momentum=1.0)
-    TrainConfig(optimizer="sgd", momentum=0.0)  # plain SGD
+    # Momentum 0 is plain SGD: Nesterov's look-ahead (which torch refuses without momentum) is off.
+    model = SegNet(SegNetConfig(encoder_channels=[4, 4], decoder_channels=[4, 4]))
+    optimizer = make_optimizer(model, TrainConfig(optimizer="sgd", momentum=0.0))
+    assert [(group["momentum"], group["nesterov"]) for group in optimizer.param_groups] == [(0.0, False)] * 2
