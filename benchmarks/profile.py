@@ -47,9 +47,9 @@ def convolution_parts(conv: torch.nn.Conv2d, x: torch.Tensor, weight: torch.Tens
             backward([True, False, False]), backward([False, True, False])]
 
 
-def convolution_table(model: SegNet, batch_size: int, image_size: tuple[int, int], dtype: torch.dtype) -> None:
-    """Times every convolution of `model` alone, channels-last in `dtype` at the size it runs at for a batch of
-    `image_size` (height, width) images, split into forward, input gradient and weight gradient."""
+def convolution_shapes(model: SegNet, batch_size: int, image_size: tuple[int, int], dtype: torch.dtype):
+    """Yields (name, conv, input, weight, output gradient) for every convolution of `model`, channels-last in
+    `dtype` at the size it runs at for a batch of `image_size` (height, width) images, with random values."""
     shapes = {}  # conv -> (input shape, output shape) in the model's own forward pass
 
     def record_shapes(conv, args, output):
@@ -61,31 +61,36 @@ def convolution_table(model: SegNet, batch_size: int, image_size: tuple[int, int
         model(torch.rand(batch_size, model.config.in_channels, *image_size))
     for hook in hooks:
         hook.remove()
+    for name, conv in model.named_modules():
+        if conv in shapes:
+            shape, output_shape = shapes[conv]
+            x = torch.randn(shape).to(dtype).contiguous(memory_format=torch.channels_last)
+            weight = conv.weight.detach().to(dtype).contiguous(memory_format=torch.channels_last)
+            grad = torch.randn(output_shape).to(dtype).contiguous(memory_format=torch.channels_last)
+            yield name, conv, x, weight, grad
+
+
+def convolution_table(model: SegNet, batch_size: int, image_size: tuple[int, int], dtype: torch.dtype) -> None:
+    """Times every convolution of `model` alone, channels-last in `dtype` at the size it runs at for a batch of
+    `image_size` (height, width) images, split into forward, input gradient and weight gradient."""
     print(f"\nconvolutions alone, {str(dtype).replace('torch.', '')} channels-last, batch {batch_size}: ms (GFLOP/s)")
     print(f"{'layer':<28} {'size':>5} {'channels':>11} {'forward':>15} {'input grad':>15} {'weight grad':>15}")
-    # The model's input needs no gradient, so its first convolution never computes one for its input.
-    first_conv = next(iter(shapes))
     totals = [0.0, 0.0, 0.0]  # seconds per part
     total_flops = [0.0, 0.0, 0.0]
-    for name, conv in model.named_modules():
-        if conv not in shapes:
-            continue
-        shape, output_shape = shapes[conv]
-        x = torch.randn(shape).to(dtype).contiguous(memory_format=torch.channels_last)
-        weight = conv.weight.detach().to(dtype).contiguous(memory_format=torch.channels_last)
-        grad = torch.randn(output_shape).to(dtype).contiguous(memory_format=torch.channels_last)
+    convolutions = convolution_shapes(model, batch_size, image_size, dtype)
+    for number, (name, conv, x, weight, grad) in enumerate(convolutions):
         flops = 2 * grad.numel() * weight[0].numel()  # multiply-adds of the forward; each gradient has as many
-        parts = convolution_parts(conv, x, weight, grad)
         cells = []
-        for index, part in enumerate(parts):
-            if index == 1 and conv is first_conv:
+        for index, part in enumerate(convolution_parts(conv, x, weight, grad)):
+            # The model's input needs no gradient, so its first convolution never computes one for its input.
+            if index == 1 and number == 0:
                 cells.append("-")
                 continue
             seconds = best_seconds_per_call(part, REPEATS, TRIALS)
             totals[index] += seconds
             total_flops[index] += flops
             cells.append(timed_cell(seconds, flops))
-        print(f"{name:<28} {shape[-1]:>5} {f'{conv.in_channels} -> {conv.out_channels}':>11} "
+        print(f"{name:<28} {x.shape[-1]:>5} {f'{conv.in_channels} -> {conv.out_channels}':>11} "
               + " ".join(f"{cell:>15}" for cell in cells))
     cells = [timed_cell(seconds, flops) for seconds, flops in zip(totals, total_flops)]
     print(f"{'all':<46} " + " ".join(f"{cell:>15}" for cell in cells))

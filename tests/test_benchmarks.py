@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import profile
+from benchmarks import dropped, profile
 from segnet.model import SegNet, SegNetConfig
 from tests.helpers import REPO, clean_env, course_zip
 
@@ -78,3 +78,24 @@ def test_each_timed_part_of_a_convolution_computes_what_its_column_is_named_afte
     assert grad_weight is None and torch.allclose(grad_input, x.grad, atol=1e-5)
     grad_input, grad_weight, _ = weight_grad()
     assert grad_input is None and torch.allclose(grad_weight, weight.grad, atol=1e-5)
+
+
+@pytest.mark.parametrize("chunks", [1, 2, 4])
+def test_the_chunked_weight_gradient_is_the_whole_batchs(chunks):
+    conv = torch.nn.Conv2d(4, 6, 3, padding=1, bias=False)
+    values = torch.Generator().manual_seed(0)
+    x, grad = torch.randn(4, 4, 8, 8, generator=values), torch.randn(4, 6, 8, 8, generator=values)
+    whole = dropped.chunked_weight_gradient(conv, x, conv.weight.detach(), grad, 1)
+    # Sums of 256 products each, added in another order: equal to float rounding (entries are about 16).
+    assert torch.allclose(dropped.chunked_weight_gradient(conv, x, conv.weight.detach(), grad, chunks), whole,
+                          rtol=1e-5, atol=1e-4)
+
+
+def test_the_stand_in_loss_passes_back_one_fixed_gradient():
+    loss_of = dropped.StandInLoss()
+    logits = torch.randn(2, 11, 4, 4, requires_grad=True)
+    loss_of(logits, None).backward()
+    first = logits.grad.clone()
+    logits.grad = None
+    loss_of(logits * 1, None).backward()
+    assert torch.equal(logits.grad, first) and torch.equal(first, loss_of.fixed)
