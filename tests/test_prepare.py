@@ -15,7 +15,9 @@ import yaml
 from segnet.data import load_split
 from segnet.errors import DatasetError
 from segnet.prepare import prepare_dataset
-from tests.helpers import PREPARE_STAGE, course_mat, course_zip, random_panels, stage_env, tree, write_params, write_zip
+from tests.helpers import (
+    PREPARE_STAGE, course_mat, course_zip, random_panels, run, stage_env, tree, write_params, write_zip,
+)
 
 
 def _mixed_archive(path: Path) -> list[np.ndarray]:
@@ -172,7 +174,7 @@ def test_bad_data_settings_stop_the_stage_with_one_line_naming_the_key(tmp_path,
     params = yaml.safe_load((tmp_path / "params.yaml").read_text())
     params["data"].update(data)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    result = subprocess.run(PREPARE_STAGE, cwd=tmp_path, env=stage_env(), capture_output=True, text=True, timeout=300)
+    result = run(PREPARE_STAGE, tmp_path, check=False, env=stage_env(), timeout=300)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(f"ERROR segnet: {message}")
     assert not (tmp_path / "out").exists() and not (tmp_path / "metrics.json").exists()
