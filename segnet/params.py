@@ -43,9 +43,11 @@ def build(config_class: type, section: str, values: dict):
     for name, value in values.items():
         expected = _TYPES.get(fields[name].type)
         if expected and (not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected)):
-            raise ValueError(f"params.yaml {section}.{name}: {value!r} is not a {fields[name].type.__name__}")
+            raise ValueError(f"params.yaml {section}.{name}: must be {_WORDS[fields[name].type]}, got {value!r}")
     return config_class(**values)
 
 
 # What YAML values each annotated field type accepts (an int is a fine float; a bool is not an int).
 _TYPES = {int: (int,), float: (int, float), str: (str,), bool: (bool,)}
+# The same types in the words of the error message, which read like read_seed's.
+_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}

@@ -107,9 +107,9 @@ def test_nonsense_split_specs_raise(arguments):
 
 
 @pytest.mark.parametrize("values, message", [
-    ({"seed": 1.5}, "generate.seed: 1.5 is not a int"),
+    ({"seed": 1.5}, "generate.seed: must be an integer, got 1.5"),
     ({"seed": -1}, "generate.seed: must be an integer >= 0, got -1"),
-    ({"train_files": 1.5}, "generate.train_files: 1.5 is not a int"),
+    ({"train_files": 1.5}, "generate.train_files: must be an integer, got 1.5"),
     ({"test_files": 0}, r"generate.test_\*: files and panels_per_file must be >= 1"),
     ({"train_max_digits": 10}, r"generate.train_\*: need 0 <= min_digits <= max_digits <= 9"),
     ({"test_digit_fraction": 1.0}, r"generate.test_digit_fraction: must be in \(0, 1\), got 1.0"),

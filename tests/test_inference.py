@@ -9,8 +9,8 @@ from segnet.train import select_device
 @pytest.mark.parametrize("values, message", [
     ({"batch_size": 0}, "evaluate.batch_size: must be an integer >= 1, got 0"),
     ({"samples": -1}, "evaluate.samples: must be an integer >= 1, got -1"),
-    ({"batch_size": 1.5}, "evaluate.batch_size: 1.5 is not a int"),
-    ({"device": 0}, "evaluate.device: 0 is not a str"),
+    ({"batch_size": 1.5}, "evaluate.batch_size: must be an integer, got 1.5"),
+    ({"device": 0}, "evaluate.device: must be a string, got 0"),
     ({"bach_size": 8}, r"evaluate: unknown key\(s\) \['bach_size'\]"),
 ])
 def test_bad_evaluate_settings_are_refused_by_name(values, message):

@@ -14,6 +14,7 @@ from segnet.generate import compose_panel
 from segnet.inference import accumulate_confusion
 from segnet.metrics import mean_iou
 from segnet.model import SegNet, SegNetConfig
+from segnet.params import build
 from segnet.train import (
     TrainConfig,
     TrainingInterrupted,
@@ -151,6 +152,20 @@ def test_nonsense_train_settings_raise(bad):
     with pytest.raises(ValueError, match="invalid train settings"):
         TrainConfig(**bad)
 
+
+# Values of the wrong YAML type (`dvc exp run -S train.channels_last=yes` gives the string "yes"), one per
+# field type; a YAML true is not an integer, and an integer is a fine number.
+@pytest.mark.parametrize("values, message", [
+    ({"epochs": 2.5}, "train.epochs: must be an integer, got 2.5"),
+    ({"epochs": True}, "train.epochs: must be an integer, got True"),
+    ({"lr": "0.1"}, "train.lr: must be a number, got '0.1'"),
+    ({"optimizer": 1}, "train.optimizer: must be a string, got 1"),
+    ({"channels_last": "yes"}, "train.channels_last: must be true or false, got 'yes'"),
+])
+def test_train_settings_of_the_wrong_type_are_refused_by_name(values, message):
+    with pytest.raises(ValueError, match=f"^params.yaml {message}$"):
+        build(TrainConfig, "train", values)
+    assert build(TrainConfig, "train", {"lr": 1}).lr == 1
 
 class Recorder(Callback):
     def __init__(self):
