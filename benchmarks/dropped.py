@@ -27,7 +27,8 @@ from segnet.augment import augment
 from segnet.data import load_split, to_input
 from segnet.model import SegNet, use_cpu_kernels
 from segnet.prepare import prepare_dataset
-from segnet.train import make_optimizer, select_amp_dtype, set_seed
+from segnet.devices import select_amp_dtype
+from segnet.train import make_optimizer, set_seed
 
 STEPS_PER_ROUND = 25
 CHUNKS = (1, 2, 4)

@@ -31,8 +31,9 @@ from segnet.inference import accumulate_confusion
 from segnet.metrics import summarize
 from segnet.model import SegNet, SegNetConfig
 from segnet.params import build, load_params
-from segnet.prepare import available_cores, prepare_dataset
-from segnet.train import TrainConfig, select_amp_dtype, select_device, set_seed, train
+from segnet.devices import available_cores, select_amp_dtype, select_device
+from segnet.prepare import prepare_dataset
+from segnet.train import TrainConfig, set_seed, train
 
 
 def main() -> None:

@@ -21,7 +21,8 @@ from segnet.callbacks import Callback
 from segnet.data import load_split
 from segnet.model import SegNet, SegNetConfig
 from segnet.params import load_params
-from segnet.train import TrainConfig, select_device, set_seed, train
+from segnet.devices import select_device
+from segnet.train import TrainConfig, set_seed, train
 
 WARMUP_STEPS = 3
 

@@ -21,7 +21,8 @@ from benchmarks.throughput import matmul_peak, training_flops_per_image
 from segnet.data import load_split
 from segnet.model import SegNet
 from segnet.prepare import prepare_dataset
-from segnet.train import select_amp_dtype, set_seed, train
+from segnet.devices import select_amp_dtype
+from segnet.train import set_seed, train
 
 CONVOLUTION_OPS = ("aten::mkldnn_convolution", "aten::convolution_backward")
 # Repeats per timing of one convolution part, and timings per part (the best is kept).

@@ -31,7 +31,7 @@ from segnet.data import load_split
 from segnet.inference import accumulate_confusion
 from segnet.model import SegNet, SegNetConfig
 from segnet.prepare import prepare_dataset
-from segnet.train import select_amp_dtype
+from segnet.devices import select_amp_dtype
 
 
 def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 10, trials: int = 5) -> float:

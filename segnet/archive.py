@@ -7,7 +7,6 @@ ArchiveLimits (a zip bomb): the sizes the central directory declares are checked
 read, and a member is read in chunks that stop as soon as it yields more than it declared.
 """
 
-import hashlib
 import lzma
 import re
 import stat
@@ -70,15 +69,6 @@ class ArchiveIndex:
     train: list[str]
     test: list[str]
     ignored: list[str]
-
-
-def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
-    """Returns the hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while chunk := file.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def open_archive(path: Path) -> zipfile.ZipFile:

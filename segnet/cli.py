@@ -1,10 +1,12 @@
 """What every stage script shares: logging to stderr and a clean exit on bad input."""
 
 import logging
+import signal
 import sys
 from collections.abc import Callable
 
 from segnet.errors import DatasetError
+from segnet.interrupt import raise_interrupt
 
 log = logging.getLogger("segnet")
 
@@ -16,6 +18,9 @@ def run_stage(main: Callable[[], None]) -> None:
     bug and keeps its traceback.
     """
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # Python's default SIGTERM ends the process on the spot, leaving the stage's MLflow run RUNNING forever;
+    # as an interrupt it ends the run as KILLED. Training replaces this with its own polite stop while it runs.
+    previous = signal.signal(signal.SIGTERM, raise_interrupt)
     try:
         main()
     except (DatasetError, ValueError) as error:
@@ -26,3 +31,5 @@ def run_stage(main: Callable[[], None]) -> None:
         # A plain Ctrl-C has no message; a stopped training says where its checkpoint is.
         log.error("interrupted: %s", str(interrupt) or "stopped by the user")
         sys.exit(130)
+    finally:
+        signal.signal(signal.SIGTERM, previous)

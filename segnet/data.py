@@ -40,7 +40,10 @@ def load_split(folder: Path, split: str, mmap: bool = False) -> tuple[torch.Tens
         path = Path(folder) / f"{split}_{kind}.npy"
         if not path.is_file():
             raise DatasetError(f"{path}: missing; run the prepare stage first (dvc repro prepare)")
-        arrays.append(np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False))
+        try:
+            arrays.append(np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False))
+        except (ValueError, OSError, EOFError) as error:  # truncated, overwritten or not a .npy file at all
+            raise DatasetError(f"{path}: unreadable ({error}); rerun the prepare stage (dvc repro prepare)") from error
     images, labels = arrays
     if images.ndim != 4 or labels.ndim != 3 or images.shape[:3] != labels.shape:
         raise DatasetError(f"{folder}: {split} images {images.shape} and labels {labels.shape} disagree")

@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from segnet.prepare import available_cores
+from segnet.devices import available_cores
 
 BACKENDS = ("auto", "gloo", "nccl")
 
@@ -44,9 +44,14 @@ class World:
 SINGLE_PROCESS = World()
 
 
+def under_torchrun() -> bool:
+    """Whether torchrun started this process, with any number of processes (one included)."""
+    return "WORLD_SIZE" in os.environ
+
+
 def launched_world() -> World:
     """The World that torchrun describes in this process's environment (RANK, WORLD_SIZE, LOCAL_RANK)."""
-    if "WORLD_SIZE" not in os.environ:
+    if not under_torchrun():
         return SINGLE_PROCESS
     return World(
         rank=int(os.environ["RANK"]), size=int(os.environ["WORLD_SIZE"]), local_rank=int(os.environ["LOCAL_RANK"])

@@ -2,12 +2,14 @@
 
 A file is written under a unique temporary name in its own folder (two writers never share one), flushed
 to disk, then renamed over the real name: a crash leaves the old file or the new one, never a mix. A
-folder of outputs is built in a staging folder beside it and swapped in whole once complete.
+folder of outputs is built in a staging folder beside it and swapped in whole once complete. And the hash
+that names what a file holds, recorded with the runs that read or write it.
 """
 
 import contextlib
 import ctypes
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -229,3 +231,12 @@ def _exchange(first: Path, second: Path) -> bool:
     if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # a kernel or filesystem without it
         return False
     raise OSError(code, os.strerror(code), str(second))
+
+
+def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
+    """Returns the hex SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -59,7 +59,9 @@ class GenerateConfig:
         if self.seed < 0:
             raise ValueError(f"params.yaml generate.seed: must be an integer >= 0, got {self.seed}")
         if not 0.0 < self.test_digit_fraction < 1.0:
-            raise ValueError(f"params.yaml generate.test_digit_fraction: must be in (0, 1), got {self.test_digit_fraction}")
+            raise ValueError(
+                f"params.yaml generate.test_digit_fraction: must be in (0, 1), got {self.test_digit_fraction}"
+            )
         for name in ("train", "test"):
             self.split(name)  # raises, naming the split's keys, where its numbers are invalid
 
@@ -81,13 +83,14 @@ def load_mnist_digits() -> tuple[np.ndarray, np.ndarray]:
 
 
 def split_digits(digits: np.ndarray, test_fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Splits digit indices into disjoint train and test sets, stratified by class."""
+    """Splits digit indices into disjoint train and test sets, stratified by class; each set keeps at least one
+    image of every digit, however close to 0 or 1 the fraction is."""
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}")
     train, test = [], []
     for digit in range(10):
         members = rng.permutation(np.flatnonzero(digits == digit))
-        cut = max(1, int(round(len(members) * test_fraction)))
+        cut = min(len(members) - 1, max(1, int(round(len(members) * test_fraction))))
         test.append(members[:cut])
         train.append(members[cut:])
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))

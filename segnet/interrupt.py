@@ -14,6 +14,12 @@ log = logging.getLogger(__name__)
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+def raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    """A signal handler that stops the program as Ctrl-C does, wherever it is: with a KeyboardInterrupt
+    named after the signal, so that `finally` blocks and context managers (an MLflow run) end cleanly."""
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 class StopSignals:
     """A context manager that records SIGINT/SIGTERM instead of acting on them immediately."""
 

@@ -11,12 +11,11 @@ import io
 import numpy as np
 import scipy.io
 
-from segnet import mat5
+from segnet import NUM_CLASSES, mat5
 from segnet.errors import DatasetError
 
 IMAGE_KEY = "imgMat"
 MASK_KEY = "semanticMaskMat"
-NUM_CLASSES = 11
 # MATLAB classes that load as plain numeric arrays; cells, structs, objects and sparse matrices do not.
 _NUMERIC_CLASSES = {"double", "single", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64"}
 

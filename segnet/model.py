@@ -27,29 +27,40 @@ class SegNetConfig:
     input_transform: str = "ink_sqrt"
 
     def __post_init__(self):
-        object.__setattr__(self, "encoder_channels", tuple(int(c) for c in self.encoder_channels))
-        object.__setattr__(self, "decoder_channels", tuple(int(c) for c in self.decoder_channels))
+        # The widths come from params.yaml as YAML lists (and back from config.json as JSON ones): each must be
+        # a list of whole numbers, not a bare number, nor 32.7 quietly cut to 32.
+        for name in ("encoder_channels", "decoder_channels"):
+            widths = getattr(self, name)
+            if not isinstance(widths, (list, tuple)) or not all(
+                isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in widths
+            ):
+                raise ValueError(f"params.yaml model.{name}: must be a list of integers >= 1, got {widths!r}")
+            object.__setattr__(self, name, tuple(widths))
         if len(self.encoder_channels) == 0 or len(self.encoder_channels) != len(self.decoder_channels):
             raise ValueError(
-                "encoder_channels and decoder_channels need the same non-zero length (one decoder level per "
-                f"encoder level), got {self.encoder_channels} and {self.decoder_channels}"
+                "params.yaml model.encoder_channels and decoder_channels need the same non-zero length (one decoder "
+                f"level per encoder level), got {self.encoder_channels} and {self.decoder_channels}"
             )
-        if any(c < 1 for c in self.encoder_channels + self.decoder_channels):
-            raise ValueError("every channel width must be >= 1")
         # Decoder level i unpools with the indices of encoder level L-1-i, so its input width must match that
         # level's width: decoder_channels[i] feeds decoder level i+1, which uses encoder level L-2-i.
         expected = tuple(reversed(self.encoder_channels))[1:]
         if self.decoder_channels[:-1] != expected:
             raise ValueError(
-                f"decoder_channels[:-1] must mirror the encoder ({expected}) so that unpooling indices fit, "
-                f"got {self.decoder_channels}"
+                f"params.yaml model.decoder_channels[:-1] must mirror the encoder ({expected}) so that unpooling "
+                f"indices fit, got {self.decoder_channels}"
             )
         if self.kernel_size < 1 or self.kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be odd and >= 1 (to keep the size), got {self.kernel_size}")
+            raise ValueError(
+                f"params.yaml model.kernel_size: must be odd and >= 1 (to keep the size), got {self.kernel_size}"
+            )
         if self.input_transform not in INPUT_TRANSFORMS:
-            raise ValueError(f"input_transform must be one of {INPUT_TRANSFORMS}, got {self.input_transform!r}")
+            raise ValueError(
+                f"params.yaml model.input_transform: must be one of {INPUT_TRANSFORMS}, got {self.input_transform!r}"
+            )
         if self.num_classes < 2 or self.in_channels < 1:
-            raise ValueError(f"need num_classes >= 2 and in_channels >= 1, got {self.num_classes}, {self.in_channels}")
+            raise ValueError(
+                f"params.yaml model: need num_classes >= 2 and in_channels >= 1, got {self.num_classes}, {self.in_channels}"
+            )
 
     @property
     def downsampling(self) -> int:

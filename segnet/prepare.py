@@ -15,7 +15,6 @@ written last: a failed or interrupted run leaves the previous folder (or none) i
 import collections
 import itertools
 import logging
-import os
 import threading
 import zipfile
 from collections.abc import Iterator
@@ -24,20 +23,16 @@ from pathlib import Path
 
 import numpy as np
 
-from segnet.archive import ArchiveLimits, index_archive, open_archive, read_member, sha256_file
+from segnet.archive import ArchiveLimits, index_archive, open_archive, read_member
 from segnet.errors import DatasetError
-from segnet.files import NpyWriter, staged_directory, write_json
-from segnet.matfile import NUM_CLASSES, read_panels
+from segnet.files import NpyWriter, sha256_file, staged_directory, write_json
+from segnet import NUM_CLASSES
+from segnet.matfile import read_panels
 
 log = logging.getLogger(__name__)
 
 # Rows converted at a time when a split turns out to need float32 after uint8 rows were written.
 _CONVERT_ROWS = 4096
-
-
-def available_cores() -> int:
-    """The cores this process may run on (its CPU affinity, which containers and taskset restrict)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def prepare_dataset(

@@ -34,6 +34,7 @@ import psycopg
 import sqlalchemy
 
 from segnet.errors import ServerError, TrackingError
+from segnet.interrupt import raise_interrupt
 from segnet.tracking import check_server
 
 # Named, not __name__: run as `python -m segnet.server` this module is __main__.
@@ -298,10 +299,6 @@ def tracking_server(
         yield TrackingServer(uri=uri, backend_uri=database_uri, artifacts=artifacts, process=process)
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m segnet.server", description=__doc__.splitlines()[0])
     parser.add_argument("--folder", type=Path, default=Path(".mlflow-server"),
@@ -315,7 +312,7 @@ def main(argv: list[str] | None = None) -> None:
     # `kill` stops it as cleanly as Ctrl-C does: the server first, then the database. SIGINT too, explicitly:
     # a shell script's background job (`make server &`) starts with SIGINT ignored.
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, _interrupt)
+        signal.signal(signum, raise_interrupt)
     try:
         with tracking_server(args.folder, args.port, args.postgres_port, args.database_uri or None) as server:
             log.info("MLflow tracking server ready: export MLFLOW_TRACKING_URI=%s (Ctrl-C stops it)", server.uri)

@@ -19,6 +19,7 @@ from segnet.augment import augment
 from segnet.callbacks import Callback
 from segnet.checkpoint import Checkpointer
 from segnet.data import to_input
+from segnet.devices import select_amp_dtype, select_device
 from segnet.distributed import (
     BACKENDS, SINGLE_PROCESS, World, any_across, barrier, sum_across, synchronize_batch_norm,
 )
@@ -135,48 +136,6 @@ def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def select_device(name: str, local_rank: int | None = None, setting: str = "train.device") -> torch.device:
-    """`auto` picks CUDA when available, else the CPU. `local_rank` gives each process on a machine its own GPU.
-    `setting` is the params.yaml key that `name` came from, for the error messages."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if local_rank is not None and name.startswith("cuda:"):
-        raise ValueError(f"{setting}: '{name}' would put every process on one GPU; use cuda or auto, which "
-                         "give each process the GPU of its LOCAL_RANK")
-    if name == "cuda" and local_rank is not None:
-        name = f"cuda:{local_rank}"
-    try:
-        device = torch.device(name)
-    except RuntimeError as error:
-        raise ValueError(f"{setting}: '{name}' is not a device (use auto, cpu, cuda or cuda:N)") from error
-    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
-        raise ValueError(f"{setting}: '{name}' requested but that CUDA device is not available")
-    return device
-
-
-def select_amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for `precision` on `device`; None means plain float32.
-
-    `auto` uses bfloat16 where the hardware computes it natively (CUDA with bf16, CPUs with AVX-512
-    BF16 or AMX), float32 elsewhere. Master weights always stay float32.
-    """
-    if precision == "float32":
-        return None
-    if precision == "bfloat16":
-        return torch.bfloat16
-    if device.type == "cuda":
-        # float16 would need loss scaling; GPUs without bfloat16 train in float32 instead.
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if torch.backends.mkldnn.is_available() and _cpu_has_native_bf16() else None
-
-
-def _cpu_has_native_bf16() -> bool:
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def class_weights(label_counts: torch.Tensor) -> torch.Tensor:

@@ -11,17 +11,16 @@ from pathlib import Path
 import mlflow
 import torch
 
-from segnet.archive import sha256_file
 from segnet.cli import run_stage
 from segnet.data import load_split
-from segnet.files import write_bytes, write_json
+from segnet.devices import select_device
+from segnet.files import sha256_file, write_bytes, write_json
 from segnet.inference import EvaluateConfig, accumulate_confusion, predict_batches
 from segnet.metrics import summarize
 from segnet.model import SegNet, SegNetConfig
 from segnet.params import build, load_params
 from segnet.plots import confusion_png, predictions_png
 from segnet.tracking import TRAIN_STAGE, find_run, log_metrics, stage_run
-from segnet.train import select_device
 
 log = logging.getLogger("segnet.evaluate")
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import mlflow
 
-from segnet.archive import sha256_file
 from segnet.cli import run_stage
+from segnet.files import sha256_file
 from segnet.generate import GenerateConfig, build_archive
 from segnet.params import build, load_params
 from segnet.tracking import log_metrics, stage_run

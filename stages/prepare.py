@@ -14,7 +14,8 @@ from segnet.archive import ArchiveLimits
 from segnet.cli import run_stage
 from segnet.files import write_json
 from segnet.params import build, load_params
-from segnet.prepare import available_cores, prepare_dataset
+from segnet.devices import available_cores
+from segnet.prepare import prepare_dataset
 from segnet.tracking import log_metrics, stage_run
 
 
@@ -27,7 +28,7 @@ def main() -> None:
         raise ValueError(f"params.yaml data.archive: must be the path of a zip file, got {archive!r}")
     archive = Path(archive)
     workers = settings.pop("workers")
-    if not isinstance(workers, int) or workers < 0:
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
         raise ValueError(f"params.yaml data.workers: must be an integer >= 0, got {workers!r}")
     workers = workers or available_cores()
     limits = build(ArchiveLimits, "data", settings)

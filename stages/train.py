@@ -28,20 +28,20 @@ import numpy as np
 import torch
 
 import segnet
-from segnet.archive import sha256_file
+from segnet import NUM_CLASSES
 from segnet.callbacks import ProgressBar
 from segnet.checkpoint import Checkpointer, fingerprint, load_checkpoint
 from segnet.cli import run_stage
 from segnet import distributed
 from segnet.data import load_split, split_indices, to_input
-from segnet.files import save_torch, staged_directory, write_bytes, write_json
+from segnet.devices import select_device
+from segnet.files import save_torch, sha256_file, staged_directory, write_bytes, write_json
 from segnet.interrupt import StopSignals
-from segnet.matfile import NUM_CLASSES
 from segnet.model import SegNet, SegNetConfig
 from segnet.params import build, load_params, read_seed
 from segnet.plots import miou_time_png
 from segnet.tracking import TRAIN_STAGE, MLflowCallback, log_metrics, stage_run
-from segnet.train import TrainConfig, select_device, set_seed, train
+from segnet.train import TrainConfig, set_seed, train
 
 
 def main() -> None:
@@ -54,15 +54,25 @@ def main() -> None:
         raise ValueError(
             f"params.yaml model.num_classes: the labels have {NUM_CLASSES} classes, got {model_config.num_classes}"
         )
+    # The input is checked before anything starts: in one process before its MLflow run, and before
+    # `train.processes` processes start, where a failure would reach the user as torchrun's traceback.
+    images, labels = load_split(prepared_dir, "train", mmap=True)
+    dataset_record = (prepared_dir / "dataset.json").read_text()
+    if images.shape[1] % model_config.downsampling or images.shape[2] % model_config.downsampling:
+        raise ValueError(
+            f"{prepared_dir}: panels are {tuple(images.shape[1:3])}, but a {len(model_config.encoder_channels)}"
+            f"-level SegNet (params.yaml model.encoder_channels) needs sides divisible by {model_config.downsampling}"
+        )
+    if model_config.in_channels != images.shape[3]:
+        raise ValueError(f"params.yaml model.in_channels: the panels have {images.shape[3]} colour channels, "
+                         f"got {model_config.in_channels}")
     world = distributed.launched_world()
-    if train_config.processes > 1 and not world.is_distributed:
+    if train_config.processes > 1 and not distributed.under_torchrun():
         # Checked here too (train() checks any job's size), so that a bad size fails before N processes start.
         if train_config.batch_size % train_config.processes:
             raise ValueError(f"train.batch_size {train_config.batch_size} does not divide among "
                              f"{train_config.processes} processes")
         sys.exit(distributed.run_in_processes(train_config.processes, "stages.train", sys.argv[1:]))
-    images, labels = load_split(prepared_dir, "train", mmap=True)
-    dataset_record = (prepared_dir / "dataset.json").read_text()
     dataset = json.loads(dataset_record)
     logged = {"seed": seed, "model": params["model"], "train": params["train"]}
     tags = {"dataset_sha256": dataset["archive_sha256"], "processes": str(world.size)}
@@ -83,11 +93,6 @@ def main() -> None:
     tracked = (stage_run(TRAIN_STAGE, params["tracking"]["experiment"], logged, tags, resume_run_id)
                if world.is_main else contextlib.nullcontext())
     with tracked as run:
-        if images.shape[1] % model_config.downsampling or images.shape[2] % model_config.downsampling:
-            raise ValueError(
-                f"{prepared_dir}: panels are {tuple(images.shape[1:3])}, but a {len(model_config.encoder_channels)}"
-                f"-level SegNet needs sides divisible by {model_config.downsampling}"
-            )
         train_index, val_index = split_indices(len(images), train_config.val_fraction, seed)
         set_seed(seed)
         model = SegNet(model_config)

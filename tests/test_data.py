@@ -35,3 +35,13 @@ def test_arrays_that_disagree_with_dataset_json_are_refused(prepared):
     (prepared / "dataset.json").write_text("{")
     with pytest.raises(DatasetError, match="dataset.json: unreadable"):
         load_split(prepared, "train")
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+@pytest.mark.parametrize("damage", ["truncated", "not_npy"])
+def test_a_damaged_array_file_is_refused_by_name(prepared, mmap, damage):
+    path = prepared / "train_labels.npy"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"not an array" * 20)
+    with pytest.raises(DatasetError, match=f"^{path}: unreadable .*rerun the prepare stage"):
+        load_split(prepared, "train", mmap=mmap)

@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 
+from segnet import distributed
 from tests.helpers import PREPARE_STAGE, REPO, course_zip, stage_env
 
 TRAIN_STAGE = [sys.executable, "-m", "stages.train", "prepared"]
@@ -92,3 +93,39 @@ def test_a_global_batch_that_does_not_split_evenly_is_refused(project):
     assert result.returncode != 0
     assert "train.batch_size 9 does not divide among 2 processes" in result.stderr
     assert not (project / "odd" / "model").exists()
+
+
+@pytest.mark.parametrize("prepared, model, message", [
+    ("nowhere", {}, "nowhere: no dataset.json, so not a complete prepared dataset"),
+    # Seven levels halve 64x64 panels seven times: 128 does not divide 64.
+    ("prepared", dict(encoder_channels=[8] * 7, decoder_channels=[8] * 7), "needs sides divisible by 128"),
+])
+def test_bad_input_stops_several_processes_before_they_start_with_one_line(project, prepared, model, message):
+    # Checked in the launching process: from the processes, the error would end in torchrun's own traceback.
+    original = (project / "params.yaml").read_text()
+    params = yaml.safe_load(original)
+    params["train"].update(batch_size=8, processes=2)
+    params["model"].update(model)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        result = subprocess.run([*TRAIN_STAGE[:3], prepared, "bad/model", "bad/train.json", "bad/history.csv",
+                                 "bad/checkpoints"], cwd=project, capture_output=True, text=True, timeout=300,
+                                env=stage_env() | {"MLFLOW_TRACKING_URI": f"sqlite:///{project / 'bad.db'}"})
+    finally:
+        (project / "params.yaml").write_text(original)
+    assert result.returncode == 1
+    assert message in result.stderr and "Traceback" not in result.stderr and "torchrun" not in result.stderr
+    assert len([line for line in result.stderr.splitlines() if line.startswith("ERROR")]) == 1
+    assert not (project / "bad").exists()
+
+
+def test_a_torchrun_job_of_one_process_is_joined_not_launched_again(monkeypatch):
+    # `torchrun --nproc-per-node 1` with train.processes: 2 must train in torchrun's one process (torchrun's
+    # count wins), not start a second launcher from inside it.
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    assert not distributed.under_torchrun() and distributed.launched_world() == distributed.SINGLE_PROCESS
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert distributed.under_torchrun() and not distributed.launched_world().is_distributed

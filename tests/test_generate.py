@@ -59,6 +59,16 @@ def test_train_and_test_digits_are_disjoint_and_stratified():
     assert np.bincount(digits[test]).tolist() == [100] * 10
 
 
+@pytest.mark.parametrize("fraction", [0.0001, 0.9999])
+def test_a_digit_split_near_zero_or_one_keeps_every_digit_on_both_sides(fraction):
+    # 500 images per digit: 0.9999 rounds to all 500 for test, 0.0001 to none; either would leave a split
+    # without some digit, and the generator could not draw panels from it.
+    _, digits = load_mnist_digits()
+    train, test = split_digits(digits, fraction, np.random.default_rng(0))
+    assert not set(train) & set(test) and len(train) + len(test) == 5000
+    assert set(digits[train]) == set(digits[test]) == set(range(10))
+
+
 def test_archive_matches_the_course_format(tmp_path):
     summary = build_archive(tmp_path / "a.zip", seed=1, **SMALL)
     assert summary["train_images"] == 15 and summary["test_images"] == 12

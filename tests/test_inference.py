@@ -3,7 +3,7 @@ import torch
 
 from segnet.inference import EvaluateConfig
 from segnet.params import build
-from segnet.train import select_device
+from segnet.devices import select_device
 
 
 @pytest.mark.parametrize("values, message", [

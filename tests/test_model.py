@@ -63,8 +63,17 @@ def test_each_decoder_level_unpools_with_the_indices_of_its_mirrored_encoder_lev
     ],
 )
 def test_nonsense_configurations_raise(arguments):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="^params.yaml model"):
         SegNetConfig(**arguments)
+
+
+# Widths as params.yaml could give them: a bare number, null, a fraction (which int() would cut to 32), a YAML true.
+@pytest.mark.parametrize("widths", [32, None, [32.7, 64, 128, 512], [True, 64, 128, 512], [0, 64, 128, 512]])
+def test_channel_widths_must_be_a_list_of_whole_numbers(widths):
+    with pytest.raises(ValueError, match=r"^params.yaml model.encoder_channels: must be a list of integers >= 1"):
+        SegNetConfig(encoder_channels=widths)
+    # The lists that YAML and config.json give are taken, as tuples.
+    assert SegNetConfig(encoder_channels=[32, 64, 128, 512]) == SegNetConfig()
 
 
 def test_input_size_must_fit_the_pooling_levels():

@@ -168,6 +168,7 @@ def test_a_killed_prepare_stage_leaves_the_earlier_output_or_a_complete_new_one(
 @pytest.mark.parametrize("data, message", [
     ({"archive": 123}, "params.yaml data.archive: must be the path of a zip file, got 123"),
     ({"workers": -1}, "params.yaml data.workers: must be an integer >= 0, got -1"),
+    ({"workers": True}, "params.yaml data.workers: must be an integer >= 0, got True"),
 ])
 def test_bad_data_settings_stop_the_stage_with_one_line_naming_the_key(tmp_path, data, message):
     write_params(tmp_path, archive=tmp_path / "unused.zip")

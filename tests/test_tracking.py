@@ -72,3 +72,37 @@ def test_a_run_resumed_with_another_checkpoint_interval_keeps_its_params_and_tag
     assert found.data.params == {"train.checkpoint_steps": "100", "train.lr": "0.1", "seed": "3"}
     assert found.data.tags["resumed_with.train.checkpoint_steps"] == "50"
     assert "resumed_with.train.lr" not in found.data.tags
+
+
+@pytest.mark.parametrize("experiment", [2026, "", None])
+def test_a_bad_experiment_name_is_refused_before_the_store_is_touched(tmp_path, monkeypatch, experiment):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"^params.yaml tracking.experiment: must be a non-empty name"):
+        with stage_run("prepare", experiment, {}):
+            pass
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+# A stage's process stopped by `kill` (SIGTERM) outside training, which has its own polite stop.
+STOPPED_BY_KILL = """
+import os, signal
+from segnet.cli import run_stage
+from segnet.tracking import stage_run
+
+def main():
+    with stage_run("evaluate", "killed", {}):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+run_stage(main)
+"""
+
+
+def test_a_stage_stopped_by_sigterm_ends_its_run_as_killed_and_exits_130(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    result = subprocess.run([sys.executable, "-c", STOPPED_BY_KILL], cwd=tmp_path, capture_output=True, text=True,
+                            env=env | {"PYTHONPATH": str(Path(__file__).parents[1])}, timeout=120)
+    assert result.returncode == 130, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "ERROR segnet: interrupted: SIGTERM"
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("killed").experiment_id])
+    assert [run.info.status for run in runs] == ["KILLED"]

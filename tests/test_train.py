@@ -10,6 +10,7 @@ from segnet.augment import deform_panels, occupied_cells, overlay_panels
 from segnet.callbacks import Callback
 from segnet.checkpoint import Checkpointer, fingerprint, load_checkpoint
 from segnet.data import split_indices, to_input
+from segnet.devices import select_amp_dtype
 from segnet.generate import compose_panel
 from segnet.inference import accumulate_confusion
 from segnet.metrics import mean_iou
@@ -21,7 +22,6 @@ from segnet.train import (
     class_weights,
     make_optimizer,
     make_schedule,
-    select_amp_dtype,
     set_seed,
     train,
     update_average,
