@@ -58,9 +58,8 @@ class SegNetConfig:
                 f"params.yaml model.input_transform: must be one of {INPUT_TRANSFORMS}, got {self.input_transform!r}"
             )
         if self.num_classes < 2 or self.in_channels < 1:
-            raise ValueError(
-                f"params.yaml model: need num_classes >= 2 and in_channels >= 1, got {self.num_classes}, {self.in_channels}"
-            )
+            raise ValueError(f"params.yaml model: need num_classes >= 2 and in_channels >= 1, got "
+                             f"{self.num_classes}, {self.in_channels}")
 
     @property
     def downsampling(self) -> int:

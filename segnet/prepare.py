@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
+from segnet import NUM_CLASSES
 from segnet.archive import ArchiveLimits, index_archive, open_archive, read_member
 from segnet.errors import DatasetError
 from segnet.files import NpyWriter, sha256_file, staged_directory, write_json
-from segnet import NUM_CLASSES
 from segnet.matfile import read_panels
 
 log = logging.getLogger(__name__)

@@ -12,9 +12,9 @@ import mlflow
 from segnet import CLASS_NAMES
 from segnet.archive import ArchiveLimits
 from segnet.cli import run_stage
+from segnet.devices import available_cores
 from segnet.files import write_json
 from segnet.params import build, load_params
-from segnet.devices import available_cores
 from segnet.prepare import prepare_dataset
 from segnet.tracking import log_metrics, stage_run
 
