@@ -8,10 +8,13 @@ summation order. (Not with `train.class_weighting: median_frequency`: each proce
 its own slice's total weight; nor with `train.soft_iou_weight`: each process's IoU spans its own slice.)
 """
 
+import ctypes
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 
 import torch
@@ -44,14 +47,15 @@ class World:
 SINGLE_PROCESS = World()
 
 
-def under_torchrun() -> bool:
-    """Whether torchrun started this process, with any number of processes (one included)."""
+def launched() -> bool:
+    """Whether torchrun or run_in_processes started this process, as one of a job of any size (one included)."""
     return "WORLD_SIZE" in os.environ
 
 
 def launched_world() -> World:
-    """The World that torchrun describes in this process's environment (RANK, WORLD_SIZE, LOCAL_RANK)."""
-    if not under_torchrun():
+    """The World that torchrun or run_in_processes describes in this process's environment (RANK, WORLD_SIZE,
+    LOCAL_RANK)."""
+    if not launched():
         return SINGLE_PROCESS
     return World(
         rank=int(os.environ["RANK"]), size=int(os.environ["WORLD_SIZE"]), local_rank=int(os.environ["LOCAL_RANK"])
@@ -59,7 +63,7 @@ def launched_world() -> World:
 
 
 def start(world: World, backend: str, device: torch.device) -> None:
-    """Joins the process group that torchrun set up; `auto` picks nccl for CUDA and gloo for the CPU."""
+    """Joins the job's process group (its address from the environment); `auto` picks nccl for CUDA, else gloo."""
     if backend not in BACKENDS:
         raise ValueError(f"train.distributed_backend: '{backend}' is not one of {', '.join(BACKENDS)}")
     if backend == "auto":
@@ -77,29 +81,81 @@ def stop() -> None:
 
 
 def run_in_processes(processes: int, module: str, arguments: list[str]) -> int:
-    """Runs `python -m module *arguments` in `processes` processes on this machine under torchrun.
+    """Runs `python -m module *arguments` in `processes` processes on this machine, with the environment torchrun
+    gives its processes (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT), and waits for them all.
 
-    Each process gets its share of the cores as threads. SIGINT and SIGTERM are passed on to torchrun, which
-    passes them to the processes (they stop at the next step, rank 0 saving a checkpoint), and this returns
-    only once they have all ended.
+    Not torchrun itself: stopped by a signal, torchrun ends with a traceback of its own and exit status 1, and a
+    terminal's Ctrl-C reached it twice, directly and passed on from here (measured, torch 2.13).
+
+    Each process gets its share of the cores as threads and its own session, so that signals reach it from here
+    alone, once: SIGINT and SIGTERM are passed on (the processes stop at the next step, rank 0 saving a
+    checkpoint; a second signal stops them at once). When a process fails, the others are stopped, since they
+    would wait for it in their next collective until gloo's timeout; and they all die with this process.
 
     Returns:
-        torchrun's exit status.
+        0 when every process succeeded; 130 when a signal stopped them (as Ctrl-C stops one process); else the
+        exit status of the first process that failed.
     """
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
-               "-m", module, *arguments]
     threads = max(1, available_cores() // processes)
-    launcher = subprocess.Popen(command, env={"OMP_NUM_THREADS": str(threads), **os.environ})
+    with socket.socket() as probe:  # a free port for rank 0's rendezvous store
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    job = {"OMP_NUM_THREADS": str(threads), **os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+           "WORLD_SIZE": str(processes), "LOCAL_WORLD_SIZE": str(processes)}
+    workers = [
+        subprocess.Popen([sys.executable, "-m", module, *arguments], start_new_session=True,
+                         env={**job, "RANK": str(rank), "LOCAL_RANK": str(rank)}, preexec_fn=_die_with_parent)
+        for rank in range(processes)
+    ]
+    signalled = []
 
     def forward(signum, frame) -> None:
-        launcher.send_signal(signum)
+        signalled.append(signum)
+        for worker in workers:
+            if worker.poll() is None:
+                worker.send_signal(signum)
 
     previous = {signum: signal.signal(signum, forward) for signum in (signal.SIGINT, signal.SIGTERM)}
+    failed, killed_at = None, None
     try:
-        return launcher.wait()
+        while None in [worker.poll() for worker in workers]:  # a list: every worker polled, none skipped
+            if failed is None and not signalled:
+                failed = next((worker.returncode for worker in workers if worker.returncode not in (None, 0)), None)
+                if failed is not None:  # SIGTERM lets a process outside the loop end its MLflow run
+                    _signal_running(workers, signal.SIGTERM)
+                    killed_at = time.monotonic() + _FAILED_JOB_GRACE_S
+            if killed_at is not None and time.monotonic() > killed_at:
+                _signal_running(workers, signal.SIGKILL)  # blocked in a collective, they never see SIGTERM
+            time.sleep(0.1)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        _signal_running(workers, signal.SIGKILL)  # only if this ended by an exception of its own
+    if signalled:
+        return 130
+    if failed is None:
+        failed = next((worker.returncode for worker in workers if worker.returncode != 0), 0)
+    return failed if failed >= 0 else 128 - failed  # killed by signal N: 128 + N, as a shell reports it
+
+
+# Seconds a failed job's other processes get to end on SIGTERM before SIGKILL.
+_FAILED_JOB_GRACE_S = 10.0
+
+
+def _signal_running(workers: list[subprocess.Popen], signum: int) -> None:
+    for worker in workers:
+        if worker.poll() is None:
+            worker.send_signal(signum)
+
+
+def _die_with_parent() -> None:
+    """In a new process before it runs Python: SIGKILL it when its parent dies (Linux), so that a launcher killed
+    outright (SIGKILL, out of memory) leaves no process training on in a session no terminal reaches."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def from_main(value):

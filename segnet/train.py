@@ -124,8 +124,11 @@ class TrainResult:
 class TrainingInterrupted(KeyboardInterrupt):
     """Training stopped on request (Ctrl-C, SIGTERM) after saving a checkpoint at `step`."""
 
-    def __init__(self, step: int, checkpoint: Path | None):
-        where = f"; checkpoint saved to {checkpoint}" if checkpoint else "; no checkpoint (checkpointing is off)"
+    def __init__(self, step: int, checkpoint: Path | None, world: World = SINGLE_PROCESS):
+        if world.is_main:
+            where = f"; checkpoint saved to {checkpoint}" if checkpoint else "; no checkpoint (checkpointing is off)"
+        else:  # only rank 0 writes checkpoints
+            where = f" in process {world.rank} of {world.size}, whose checkpoint is process 0's"
         super().__init__(f"training stopped at step {step}{where}")
         self.step = step
         self.checkpoint = checkpoint
@@ -298,9 +301,10 @@ def train(
         if any_across(stop_requested(), device):
             if save and checkpointer:
                 save_checkpoint()
-            # torchrun ends the whole job as soon as one process exits: all wait for rank 0's checkpoint.
+            # A launcher may end the whole job as soon as one process exits (torchrun does): all wait for rank 0's
+            # checkpoint.
             barrier()
-            raise TrainingInterrupted(loop["step"], checkpointer.path if checkpointer else None)
+            raise TrainingInterrupted(loop["step"], checkpointer.path if checkpointer else None, world)
 
     for callback in callbacks:
         callback.on_train_start(total_steps, steps_per_epoch, loop["step"])

@@ -5,8 +5,8 @@ The test split is not read here: only `evaluate` touches it. The prepared panels
 the panels of each batch are read, so a dataset larger than memory trains too.
 
 Several processes: `train.processes: N` makes this stage launch itself in N processes on this machine
-(torchrun's launcher, DistributedDataParallel); started by `torchrun` (any number of nodes), it joins the
-job torchrun describes instead. Either way the rank-0 process alone logs to MLflow and writes checkpoints
+(segnet.distributed.run_in_processes, DistributedDataParallel); started by `torchrun` (any number of nodes),
+it joins the job torchrun describes instead. Either way the rank-0 process alone logs to MLflow and writes checkpoints
 and outputs.
 
 Interrupted training resumes: the loop state is saved to CHECKPOINT_DIR every train.checkpoint_steps steps
@@ -55,7 +55,7 @@ def main() -> None:
             f"params.yaml model.num_classes: the labels have {NUM_CLASSES} classes, got {model_config.num_classes}"
         )
     # The input is checked before anything starts: in one process before its MLflow run, and before
-    # `train.processes` processes start, where a failure would reach the user as torchrun's traceback.
+    # `train.processes` processes start, where each process would report the same failure.
     images, labels = load_split(prepared_dir, "train", mmap=True)
     dataset_record = (prepared_dir / "dataset.json").read_text()
     if images.shape[1] % model_config.downsampling or images.shape[2] % model_config.downsampling:
@@ -67,7 +67,7 @@ def main() -> None:
         raise ValueError(f"params.yaml model.in_channels: the panels have {images.shape[3]} colour channels, "
                          f"got {model_config.in_channels}")
     world = distributed.launched_world()
-    if train_config.processes > 1 and not distributed.under_torchrun():
+    if train_config.processes > 1 and not distributed.launched():
         # Checked here too (train() checks any job's size), so that a bad size fails before N processes start.
         if train_config.batch_size % train_config.processes:
             raise ValueError(f"train.batch_size {train_config.batch_size} does not divide among "

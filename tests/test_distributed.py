@@ -1,8 +1,13 @@
-"""Training in two processes (torchrun, DistributedDataParallel, gloo) against one process, on real tiny data."""
+"""Training in two processes (DistributedDataParallel, gloo) against one process, on real tiny data; stopping
+and failing such a job."""
 
 import json
+import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -12,7 +17,7 @@ import torch
 import yaml
 
 from segnet import distributed
-from tests.helpers import PREPARE_STAGE, REPO, course_zip, stage_env
+from tests.helpers import PREPARE_STAGE, REPO, course_zip, kill_process_group, stage_env
 
 TRAIN_STAGE = [sys.executable, "-m", "stages.train", "prepared"]
 # SGD: Adam divides each step by the gradient's own running scale, which turns rounding differences in
@@ -101,7 +106,7 @@ def test_a_global_batch_that_does_not_split_evenly_is_refused(project):
     ("prepared", dict(encoder_channels=[8] * 7, decoder_channels=[8] * 7), "needs sides divisible by 128"),
 ])
 def test_bad_input_stops_several_processes_before_they_start_with_one_line(project, prepared, model, message):
-    # Checked in the launching process: from the processes, the error would end in torchrun's own traceback.
+    # Checked in the launching process: otherwise every process would report it.
     original = (project / "params.yaml").read_text()
     params = yaml.safe_load(original)
     params["train"].update(batch_size=8, processes=2)
@@ -124,8 +129,64 @@ def test_a_torchrun_job_of_one_process_is_joined_not_launched_again(monkeypatch)
     # count wins), not start a second launcher from inside it.
     for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         monkeypatch.delenv(name, raising=False)
-    assert not distributed.under_torchrun() and distributed.launched_world() == distributed.SINGLE_PROCESS
+    assert not distributed.launched() and distributed.launched_world() == distributed.SINGLE_PROCESS
     monkeypatch.setenv("WORLD_SIZE", "1")
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("LOCAL_RANK", "0")
-    assert distributed.under_torchrun() and not distributed.launched_world().is_distributed
+    assert distributed.launched() and not distributed.launched_world().is_distributed
+
+
+def test_ctrl_c_stops_both_processes_at_one_step_with_rank_0_s_checkpoint_and_the_job_resumes(project):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train"].update(SETTINGS, processes=2, epochs=8, checkpoint_steps=1)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    command = TRAIN_STAGE + ["stopped/model", "stopped/train.json", "stopped/history.csv", "stopped/checkpoints"]
+    env = stage_env() | {"MLFLOW_TRACKING_URI": f"sqlite:///{project / 'stopped.db'}"}
+    # In its own process group, which a terminal's Ctrl-C reaches as a whole.
+    stage = subprocess.Popen(command, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not list((project / "stopped" / "checkpoints").glob("*.pt")):
+            assert stage.poll() is None and time.monotonic() < deadline, stage.communicate()
+            time.sleep(0.01)
+        os.killpg(stage.pid, signal.SIGINT)
+        _, stderr = stage.communicate(timeout=120)
+    finally:
+        kill_process_group(stage)
+    assert stage.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    (saved,) = re.findall(r"ERROR segnet: interrupted: training stopped at step (\d+); checkpoint saved to", stderr)
+    assert f"ERROR segnet: interrupted: training stopped at step {saved} in process 1 of 2" in stderr
+    (checkpoint,) = (project / "stopped" / "checkpoints").glob("*.pt")
+    assert torch.load(checkpoint, weights_only=True)["state"]["loop"]["step"] == int(saved)
+    store = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'stopped.db'}")
+    (run,) = store.search_runs([store.get_experiment_by_name("segnet-multi-digit-mnist").experiment_id])
+    assert run.info.status == "KILLED" and not (project / "stopped" / "model").exists()
+
+    _run(command, project, MLFLOW_TRACKING_URI=f"sqlite:///{project / 'stopped.db'}")
+    resumed = store.get_run(run.info.run_id)
+    assert resumed.info.status == "FINISHED" and resumed.data.tags["resumed_from_step"] == saved
+    assert (project / "stopped" / "model" / "model.pt").exists()
+
+
+# A job whose process 1 fails at once while process 0 would run for two minutes; process 0 first records whether
+# it will die with its launcher (prctl PR_GET_PDEATHSIG).
+FAILING_JOB = """
+import ctypes, os, sys, time
+if os.environ["RANK"] == "1":
+    sys.exit(3)
+death_signal = ctypes.c_int()
+ctypes.CDLL(None).prctl(2, ctypes.byref(death_signal))
+open("death_signal", "w").write(str(death_signal.value))
+time.sleep(120)
+"""
+
+
+def test_when_one_process_fails_the_launcher_stops_the_others_and_returns_its_status(tmp_path, monkeypatch):
+    (tmp_path / "failing_job.py").write_text(FAILING_JOB)
+    monkeypatch.chdir(tmp_path)
+    started = time.monotonic()
+    assert distributed.run_in_processes(2, "failing_job", []) == 3
+    assert time.monotonic() - started < 60  # not the two minutes process 0 would sleep
+    assert (tmp_path / "death_signal").read_text() == str(int(signal.SIGKILL))
