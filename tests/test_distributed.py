@@ -104,6 +104,7 @@ def test_a_global_batch_that_does_not_split_evenly_is_refused(project):
     ("nowhere", {}, "nowhere: no dataset.json, so not a complete prepared dataset"),
     # Seven levels halve 64x64 panels seven times: 128 does not divide 64.
     ("prepared", dict(encoder_channels=[8] * 7, decoder_channels=[8] * 7), "needs sides divisible by 128"),
+    ("prepared", dict(in_channels=1), "params.yaml model.in_channels: the panels have 3 colour channels, got 1"),
 ])
 def test_bad_input_stops_several_processes_before_they_start_with_one_line(project, prepared, model, message):
     # Checked in the launching process: otherwise every process would report it.
