@@ -174,15 +174,19 @@ def test_a_torchrun_job_of_one_process_is_joined_not_launched_again(monkeypatch)
     assert distributed.launched() and not distributed.launched_world().is_distributed
 
 
-# A job whose process 1 fails at once while process 0 would run for two minutes; process 0 first records whether
-# it will die with its launcher (prctl PR_GET_PDEATHSIG).
+# A job whose process 0 would run for two minutes and whose process 1 fails; process 0 first records whether it
+# will die with its launcher (prctl PR_GET_PDEATHSIG), and process 1 fails once that is written.
 FAILING_JOB = """
 import ctypes, os, sys, time
 if os.environ["RANK"] == "1":
+    while not os.path.exists("death_signal"):
+        time.sleep(0.01)
     sys.exit(3)
 death_signal = ctypes.c_int()
 ctypes.CDLL(None).prctl(2, ctypes.byref(death_signal))
-open("death_signal", "w").write(str(death_signal.value))
+with open("death_signal.tmp", "w") as file:
+    file.write(str(death_signal.value))
+os.rename("death_signal.tmp", "death_signal")
 time.sleep(120)
 """
 
