@@ -111,9 +111,7 @@ def run_in_processes(processes: int, module: str, arguments: list[str]) -> int:
 
     def forward(signum, frame) -> None:
         signalled.append(signum)
-        for worker in workers:
-            if worker.poll() is None:
-                worker.send_signal(signum)
+        _signal_running(workers, signum)
 
     previous = {signum: signal.signal(signum, forward) for signum in (signal.SIGINT, signal.SIGTERM)}
     failed, killed_at = None, None

@@ -6,8 +6,8 @@ the panels of each batch are read, so a dataset larger than memory trains too.
 
 Several processes: `train.processes: N` makes this stage launch itself in N processes on this machine
 (segnet.distributed.run_in_processes, DistributedDataParallel); started by `torchrun` (any number of nodes),
-it joins the job torchrun describes instead. Either way the rank-0 process alone logs to MLflow and writes checkpoints
-and outputs.
+it joins the job torchrun describes instead. Either way the rank-0 process alone logs to MLflow and writes
+checkpoints and outputs.
 
 Interrupted training resumes: the loop state is saved to CHECKPOINT_DIR every train.checkpoint_steps steps
 and at every epoch's end, and the next run with the same settings, data and code continues from it (into the

@@ -49,13 +49,17 @@ def _run(command: list[str], cwd: Path, **env: str) -> None:
     assert result.returncode == 0, f"{command} failed:\n{result.stdout}\n{result.stderr}"
 
 
+def _outputs(name: str) -> list[str]:
+    """The train stage's output arguments, all under the folder `name`."""
+    return [f"{name}/model", f"{name}/train.json", f"{name}/history.csv", f"{name}/checkpoints"]
+
+
 def _train(root: Path, name: str, store: str, processes: int) -> dict:
     """Runs the train stage with train.processes set; returns its weights, history and tracking store."""
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["train"]["processes"] = processes
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    outputs = [f"{name}/model", f"{name}/train.json", f"{name}/history.csv", f"{name}/checkpoints"]
-    _run(TRAIN_STAGE + outputs, root, MLFLOW_TRACKING_URI=f"sqlite:///{root / store}")
+    _run(TRAIN_STAGE + _outputs(name), root, MLFLOW_TRACKING_URI=f"sqlite:///{root / store}")
     return {
         "weights": torch.load(root / name / "model" / "model.pt", weights_only=True),
         "history": (root / name / "history.csv").read_text().splitlines(),
@@ -66,9 +70,8 @@ def _train(root: Path, name: str, store: str, processes: int) -> dict:
 def _stop_at_first_checkpoint(root: Path, name: str, store: str) -> str:
     """Runs the train stage in its own process group and Ctrl-Cs the group, as a terminal does, as soon as the
     first checkpoint exists; returns the stage's stderr after checking it stopped as Ctrl-C stops it."""
-    outputs = [f"{name}/model", f"{name}/train.json", f"{name}/history.csv", f"{name}/checkpoints"]
-    stage = subprocess.Popen(TRAIN_STAGE + outputs, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env=stage_env() | {"MLFLOW_TRACKING_URI": f"sqlite:///{root / store}"},
+    stage = subprocess.Popen(TRAIN_STAGE + _outputs(name), cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env=stage_env() | {"MLFLOW_TRACKING_URI": f"sqlite:///{root / store}"},
                              start_new_session=True)
     try:
         deadline = time.monotonic() + 300
@@ -129,7 +132,7 @@ def test_a_global_batch_that_does_not_split_evenly_is_refused(project):
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["train"].update(batch_size=9, processes=2)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    result = subprocess.run(TRAIN_STAGE + ["odd/model", "odd/train.json", "odd/history.csv", "odd/checkpoints"],
+    result = subprocess.run(TRAIN_STAGE + _outputs("odd"),
                             cwd=project, env=stage_env() | {"MLFLOW_TRACKING_URI": f"sqlite:///{project / 'odd.db'}"},
                             capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
@@ -151,8 +154,8 @@ def test_bad_input_stops_several_processes_before_they_start_with_one_line(proje
     params["model"].update(model)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     try:
-        result = subprocess.run([*TRAIN_STAGE[:3], prepared, "bad/model", "bad/train.json", "bad/history.csv",
-                                 "bad/checkpoints"], cwd=project, capture_output=True, text=True, timeout=300,
+        result = subprocess.run([*TRAIN_STAGE[:3], prepared, *_outputs("bad")], cwd=project, capture_output=True,
+                                text=True, timeout=300,
                                 env=stage_env() | {"MLFLOW_TRACKING_URI": f"sqlite:///{project / 'bad.db'}"})
     finally:
         (project / "params.yaml").write_text(original)
