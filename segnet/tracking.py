@@ -2,7 +2,8 @@
 
 The default store is `sqlite:///<root>/mlflow.db` with artifacts in `<root>/mlartifacts/`, where <root>
 is the repository root even when DVC runs a stage in a temporary copy (`dvc exp run --temp` or
-`--queue` execute under `<root>/.dvc/tmp/exps/`). MLFLOW_TRACKING_URI overrides the store.
+`--queue` execute under `<root>/.dvc/tmp/exps/`). MLFLOW_TRACKING_URI overrides the store; a relative
+path in it is taken from <root> too, and a SQLite store named there keeps its artifacts beside it.
 """
 
 import contextlib
@@ -39,6 +40,35 @@ def project_root(start: Path | None = None) -> Path:
 
 def default_tracking_uri(root: Path) -> str:
     return f"sqlite:///{root / 'mlflow.db'}"
+
+
+def resolve_tracking_uri(uri: str, root: Path) -> str:
+    """`uri` with a relative local path (a SQLite file, a file store's folder) taken from the repository root.
+
+    DVC runs `--temp` and `--queue` experiments in a copy of the repository that it deletes afterwards: a
+    store named relative to the working directory (`sqlite:///mlflow.db`, MLflow's own quick-start value)
+    would be created in that copy and deleted with it, runs and all, without an error.
+    """
+    if uri.startswith("sqlite:///"):
+        path = uri.removeprefix("sqlite:///")
+        if path and not path.startswith(("/", ":memory:")):
+            return f"sqlite:///{root / path}"
+        return uri
+    if "://" not in uri and not uri.startswith(("file:", "databricks")):  # a plain path: a file store
+        path = Path(uri).expanduser()
+        return str(path if path.is_absolute() else root / path)
+    return uri
+
+
+def artifact_location(uri: str) -> str | None:
+    """Where a new experiment in the store `uri` keeps its artifacts: `mlartifacts/` beside a SQLite file.
+
+    MLflow's default for a SQLite store is `./mlruns` under the working directory, which in DVC's temporary
+    copies is deleted with them. A file store keeps artifacts inside itself, and a server decides for itself.
+    """
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
+    return None
 
 
 def check_server(uri: str, timeout: float = 5.0) -> None:
@@ -84,11 +114,24 @@ def _store_lock(uri: str) -> Iterator[None]:
             fcntl.flock(lock_file, fcntl.LOCK_UN)
 
 
-def _experiment_id(client: MlflowClient, name: str, artifact_location: str | None) -> str:
+def _experiment_id(client: MlflowClient, name: str, artifacts: str | None, own_store: Path | None) -> str:
+    """The experiment `name`, created with `artifacts` as its artifact location if it is new.
+
+    In the project's own store (`own_store`, its mlflow.db) an existing experiment must keep its artifacts
+    in this project: MLflow stores the location as an absolute path, so after the project folder is moved
+    or copied, new runs would write to the old folder (recreating it outside the project if it is gone).
+    """
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    return client.create_experiment(name, artifact_location=artifact_location)
+    if experiment is None:
+        return client.create_experiment(name, artifact_location=artifacts)
+    if own_store is not None and experiment.artifact_location != artifacts:
+        raise TrackingError(
+            f"{own_store}: experiment '{name}' keeps its artifacts in {experiment.artifact_location}, not in "
+            f"this project's {artifacts}: the project was moved or copied after its runs were recorded, and new "
+            "runs would write into the old folder. Choose a new experiment (-S tracking.experiment=NAME), or "
+            "move mlflow.db and mlartifacts/ out of the project to start a fresh store."
+        )
+    return experiment.experiment_id
 
 
 def _git_commit(cwd: Path) -> str | None:
@@ -117,12 +160,11 @@ def stage_run(
     user_uri = os.environ.get("MLFLOW_TRACKING_URI")
     if user_uri:
         check_server(user_uri)
-    uri = user_uri or default_tracking_uri(root)
+    uri = resolve_tracking_uri(user_uri, root) if user_uri else default_tracking_uri(root)
     mlflow.set_tracking_uri(uri)
-    # Only the project's own store gets the project's artifact folder; a server decides for itself.
-    artifact_location = None if user_uri else (root / "mlartifacts").as_uri()
+    own_store = None if user_uri else root / "mlflow.db"
     with _store_lock(uri):
-        experiment_id = _experiment_id(MlflowClient(), experiment, artifact_location)
+        experiment_id = _experiment_id(MlflowClient(), experiment, artifact_location(uri), own_store)
     dvc_experiment = os.environ.get("DVC_EXP_NAME")
     run_tags = {"stage": stage, "project_root": str(root)}
     if dvc_experiment:

@@ -7,7 +7,7 @@ import mlflow
 import pytest
 
 from segnet.errors import TrackingError
-from segnet.tracking import check_server, project_root, stage_run
+from segnet.tracking import check_server, project_root, resolve_tracking_uri, stage_run
 from tests.helpers import dead_server_uri
 
 REPO = Path(__file__).resolve().parents[1]
@@ -106,3 +106,62 @@ def test_a_stage_stopped_by_sigterm_ends_its_run_as_killed_and_exits_130(tmp_pat
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("killed").experiment_id])
     assert [run.info.status for run in runs] == ["KILLED"]
+
+
+@pytest.mark.parametrize(("uri", "resolved"), [
+    ("sqlite:///mlflow.db", "sqlite:///{root}/mlflow.db"),
+    ("sqlite:///stores/other.db", "sqlite:///{root}/stores/other.db"),
+    ("sqlite:////elsewhere/other.db", "sqlite:////elsewhere/other.db"),
+    ("mlruns", "{root}/mlruns"),
+    ("/elsewhere/mlruns", "/elsewhere/mlruns"),
+    ("file:///elsewhere/mlruns", "file:///elsewhere/mlruns"),
+    ("http://127.0.0.1:5050", "http://127.0.0.1:5050"),
+    ("databricks", "databricks"),
+])
+def test_a_relative_store_path_is_taken_from_the_repository_root(tmp_path, uri, resolved):
+    assert resolve_tracking_uri(uri, tmp_path) == resolved.format(root=tmp_path)
+
+
+def _clean_tracking_env(monkeypatch):
+    """No MLFLOW_ or DVC_ variables, now and after the test (mlflow.set_tracking_uri sets MLFLOW_TRACKING_URI)."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")
+    for name in [name for name in os.environ if name.startswith(("MLFLOW_", "DVC_"))]:
+        monkeypatch.delenv(name)
+
+
+def test_a_relative_store_named_inside_a_dvc_experiment_copy_lands_in_the_repository(tmp_path, monkeypatch):
+    # `dvc exp run --temp` runs the stage in a copy it deletes afterwards: a store and artifacts resolved from
+    # there were deleted with it, without an error.
+    _clean_tracking_env(monkeypatch)
+    copy = tmp_path / ".dvc" / "tmp" / "exps" / "standalone" / "tmp123"
+    copy.mkdir(parents=True)
+    monkeypatch.chdir(copy)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///other.db")
+    (copy / "note.txt").write_text("an artifact")
+    with stage_run("prepare", "relative", {"seed": 1}) as run:
+        mlflow.log_artifact(str(copy / "note.txt"))
+    assert not (copy / "other.db").exists() and not (copy / "mlruns").exists()
+    found = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'other.db'}").get_run(run.info.run_id)
+    assert found.data.params == {"seed": "1"}
+    assert (tmp_path / "mlartifacts" / run.info.run_id / "artifacts" / "note.txt").is_file()
+
+
+def test_a_moved_project_refuses_to_write_artifacts_into_its_old_folder(tmp_path, monkeypatch):
+    _clean_tracking_env(monkeypatch)
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir()
+    monkeypatch.chdir(old)
+    with stage_run("prepare", "moved", {}):
+        pass
+    old.rename(new)
+    monkeypatch.chdir(new)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")  # a new process, as each stage is
+    with pytest.raises(TrackingError, match=(
+            rf"^{new / 'mlflow.db'}: experiment 'moved' keeps its artifacts in {old.as_uri()}/mlartifacts, not in "
+            rf"this project's {new.as_uri()}/mlartifacts: the project was moved or copied")):
+        with stage_run("prepare", "moved", {}):
+            pass
+    assert not old.exists()
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    with stage_run("prepare", "moved again", {}) as run:  # the way out the message names: a new experiment
+        assert run.info.artifact_uri.startswith((new / "mlartifacts").as_uri())
