@@ -18,8 +18,9 @@ from pathlib import Path, PurePosixPath
 
 from segnet.errors import DatasetError
 
-TRAIN_PATTERN = re.compile(r"^batch(\d+)\.mat$")
-TEST_PATTERN = re.compile(r"^testset(\d+)\.mat$")
+# Any case: archives made on Windows or macOS can carry Batch00001.mat or testset001.MAT.
+TRAIN_PATTERN = re.compile(r"^batch(\d+)\.mat$", re.IGNORECASE)
+TEST_PATTERN = re.compile(r"^testset(\d+)\.mat$", re.IGNORECASE)
 _CHUNK_BYTES = 1 << 20
 # zipfile inflates bzip2 and LZMA input in whole chunks with no bound on the output (bzip2 reaches
 # 885,000:1), so only these methods can be read with the limits kept.
@@ -87,7 +88,8 @@ def index_archive(archive: zipfile.ZipFile, source: str, *, limits: ArchiveLimit
     """Checks every member's name and declared size and finds the training and test .mat files.
 
     Files may sit at the top, under `multi-digit-mnist/` or under `data/multi-digit-mnist/`;
-    only the base name matters. `__MACOSX/` entries and folders are ignored.
+    only the base name matters, in any case, and `\\` separates folders as `/` does (zips made by
+    Windows tools). `__MACOSX/` entries and folders are ignored.
 
     Raises:
         DatasetError: An unsafe member, a member or archive that declares more than `limits` allow,
@@ -105,27 +107,35 @@ def index_archive(archive: zipfile.ZipFile, source: str, *, limits: ArchiveLimit
                 f"{source}:{name}: the members up to this one declare {total:,} bytes uncompressed, more than "
                 f"data.max_total_bytes={limits.max_total_bytes:,}; refusing to read the archive (a zip bomb?)"
             )
-        path = PurePosixPath(name)
+        path = PurePosixPath(name.replace("\\", "/"))
         if info.is_dir() or path.parts[0] == "__MACOSX" or path.name.startswith("._"):
             continue
+        key = path.name.lower()
         for pattern, found in ((TRAIN_PATTERN, train), (TEST_PATTERN, test)):
-            match = pattern.match(path.name)
-            if match:
-                if path.name in found:
-                    raise DatasetError(f"{source}: '{path.name}' appears twice ({found[path.name]} and {name})")
-                found[path.name] = name
+            if pattern.match(key):
+                if key in found:
+                    raise DatasetError(f"{source}: '{path.name}' appears twice ({found[key]} and {name})")
+                found[key] = name
                 break
         else:
             ignored.append(name)
     if not train:
-        raise DatasetError(f"{source}: no training files (batch*.mat) in the archive")
+        raise DatasetError(f"{source}: no training files (batch*.mat) in the archive{_listing(ignored)}")
     if not test:
-        raise DatasetError(f"{source}: no test files (testset*.mat) in the archive")
+        raise DatasetError(f"{source}: no test files (testset*.mat) in the archive{_listing(ignored)}")
 
     def numeric_order(found: dict[str, str], pattern: re.Pattern) -> list[str]:
         return [found[key] for key in sorted(found, key=lambda key: (int(pattern.match(key).group(1)), key))]
 
     return ArchiveIndex(numeric_order(train, TRAIN_PATTERN), numeric_order(test, TEST_PATTERN), ignored)
+
+
+def _listing(ignored: list[str], shown: int = 5) -> str:
+    """What the archive holds instead, for an error that finds no files: the names show a misnaming at once."""
+    if not ignored:
+        return ""
+    more = f" and {len(ignored) - shown} more" if len(ignored) > shown else ""
+    return "; it holds " + ", ".join(repr(name) for name in ignored[:shown]) + more
 
 
 def _check_member_is_safe(info: zipfile.ZipInfo, source: str) -> None:

@@ -27,6 +27,27 @@ def test_finds_files_in_any_of_the_release_layouts_in_numeric_order(tmp_path, fo
     assert index.test == [folder + "testset001.mat", folder + "testset003.mat"]
 
 
+def test_windows_separators_and_any_case_are_read(tmp_path):
+    # As written by Windows tools (PowerShell 5.1's Compress-Archive: backslashes) and case-insensitive systems.
+    names = ["multi-digit-mnist\\Batch00002.mat", "multi-digit-mnist\\batch00001.MAT", "TestSet001.mat"]
+    write_zip(tmp_path / "a.zip", {name: MAT for name in names} | {"__MACOSX\\._batch00003.mat": b"junk"})
+    with open_archive(tmp_path / "a.zip") as archive:
+        index = index_archive(archive, "a.zip", limits=LIMITS)
+    assert index.train == ["multi-digit-mnist\\batch00001.MAT", "multi-digit-mnist\\Batch00002.mat"]
+    assert index.test == ["TestSet001.mat"] and index.ignored == []
+
+
+def test_an_archive_without_training_files_lists_what_it_holds_instead(tmp_path):
+    members = {f"train_{index}.mat": MAT for index in range(7)} | {"testset001.mat": MAT}
+    write_zip(tmp_path / "a.zip", members)
+    with open_archive(tmp_path / "a.zip") as archive, pytest.raises(DatasetError) as caught:
+        index_archive(archive, "a.zip", limits=LIMITS)
+    assert str(caught.value) == (
+        "a.zip: no training files (batch*.mat) in the archive; it holds 'train_0.mat', 'train_1.mat', "
+        "'train_2.mat', 'train_3.mat', 'train_4.mat' and 2 more"
+    )
+
+
 def _symlink_zip(path):
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("batch00001.mat", MAT)
@@ -51,6 +72,7 @@ def _symlink_zip(path):
         ({"..\\batch00001.mat": MAT, "testset001.mat": MAT}, "outside the extraction folder"),
         ({"a\\..\\..\\testset001.mat": MAT, "batch00001.mat": MAT}, "outside the extraction folder"),
         ({"a/batch00001.mat": MAT, "b/batch00001.mat": MAT, "testset001.mat": MAT}, "appears twice"),
+        ({"a/batch00001.mat": MAT, "b/BATCH00001.mat": MAT, "testset001.mat": MAT}, "appears twice"),
     ],
 )
 def test_bad_archives_raise_naming_the_archive(tmp_path, members, problem):
