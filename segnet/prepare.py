@@ -76,9 +76,10 @@ def prepare_dataset(
                 writer.close()
                 splits[split] = writer
         if splits["train"].shape != splits["test"].shape:
+            # Every file of a split has its split's size (_SplitWriter checks), so the first ones stand for all.
             raise DatasetError(
-                f"{archive_path}: training panels are {splits['train'].shape} but test panels are "
-                f"{splits['test'].shape}"
+                f"{archive_path}:{index.test[0]}: test panels are {splits['test'].shape}, but training panels "
+                f"({index.train[0]} and the rest) are {splits['train'].shape}; both must have one size"
             )
         summary["height"], summary["width"] = (int(side) for side in splits["train"].shape)
         for split, writer in splits.items():

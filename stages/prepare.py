@@ -36,14 +36,16 @@ def main() -> None:
     logged = {"data": {"archive": str(archive), "workers": workers, **dataclasses.asdict(limits)}}
     with stage_run("prepare", params["tracking"]["experiment"], logged):
         summary = prepare_dataset(archive, output_dir, limits=limits, workers=workers)
-        mlflow.set_tag("archive_sha256", summary["archive_sha256"])
-        # The class histograms go to MLflow and dataset.json; DVC's metrics keep the counts, which
-        # `dvc exp show` can display in one row.
+        # DVC's metrics keep the counts: in `dvc exp show` a text value takes a column as wide as itself (the
+        # archive's path, its 64-digit hash) and crowds the scores out of the table. The texts go to MLflow as
+        # tags, the class histograms as metrics, and both stay in dataset.json.
         histograms = {
             split: dict(zip(CLASS_NAMES, summary.pop(f"{split}_class_pixels"))) for split in ("train", "test")
         }
-        write_json(metrics_path, summary)
-        log_metrics(summary)
+        counts = {key: value for key, value in summary.items() if isinstance(value, int)}
+        mlflow.set_tags({key: value for key, value in summary.items() if key not in counts})
+        write_json(metrics_path, counts)
+        log_metrics(counts)
         log_metrics({f"{split}_class_pixels": counts for split, counts in histograms.items()})
         mlflow.log_artifact(str(metrics_path))
         mlflow.log_artifact(str(output_dir / "dataset.json"))

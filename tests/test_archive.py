@@ -224,6 +224,19 @@ def test_a_bad_mat_inside_a_good_archive_names_both(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_splits_of_two_panel_sizes_are_refused_naming_a_file_of_each(tmp_path):
+    images, masks = random_panels(2, np.random.default_rng(2))
+    small = course_mat(images[:, ::2, ::2], masks[:, ::2, ::2])
+    write_zip(tmp_path / "a.zip", {"batch00001.mat": MAT, "batch00002.mat": MAT, "d/testset001.mat": small})
+    with pytest.raises(DatasetError) as caught:
+        prepare_dataset(tmp_path / "a.zip", tmp_path / "out")
+    assert str(caught.value) == (
+        f"{tmp_path / 'a.zip'}:d/testset001.mat: test panels are (32, 32), but training panels (batch00001.mat "
+        "and the rest) are (64, 64); both must have one size"
+    )
+    assert not (tmp_path / "out").exists()
+
+
 def test_prepare_is_lossless_and_counts_everything(tmp_path):
     contents = course_zip(tmp_path / "c.zip", np.random.default_rng(2), train_files=3, test_files=2, per_file=4)
     before = (tmp_path / "c.zip").read_bytes()
