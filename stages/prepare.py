@@ -46,7 +46,7 @@ def main() -> None:
         mlflow.set_tags({key: value for key, value in summary.items() if key not in counts})
         write_json(metrics_path, counts)
         log_metrics(counts)
-        log_metrics({f"{split}_class_pixels": counts for split, counts in histograms.items()})
+        log_metrics({f"{split}_class_pixels": pixels for split, pixels in histograms.items()})
         mlflow.log_artifact(str(metrics_path))
         mlflow.log_artifact(str(output_dir / "dataset.json"))
 

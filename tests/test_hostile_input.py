@@ -95,7 +95,7 @@ def runs(tmp_path_factory):
         folder = tmp_path_factory.mktemp(case)
         # Without the template's MLflow store: a copied store keeps its artifacts in the template, and a stage
         # refuses to use it (segnet/tracking.py). Each case's failed run opens a fresh one.
-        shutil.copytree(template, folder, dirs_exist_ok=True, ignore=lambda at, names: STORE if at == str(template) else ())
+        shutil.copytree(template, folder, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*STORE))
         write_params(folder, archive=build(folder), **data)
         cases[case] = (folder, tree(folder))
     template_before = tree(template)
