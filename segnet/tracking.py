@@ -54,10 +54,19 @@ def resolve_tracking_uri(uri: str, root: Path) -> str:
         if path and not path.startswith(("/", ":memory:")):
             return f"sqlite:///{root / path}"
         return uri
+    if uri.startswith("file:") and not uri.startswith("file://"):  # file:mlruns, file:./mlruns
+        path = Path(uri.removeprefix("file:"))
+        return uri if path.is_absolute() else (root / path).as_uri()
     if "://" not in uri and not uri.startswith(("file:", "databricks")):  # a plain path: a file store
         path = Path(uri).expanduser()
         return str(path if path.is_absolute() else root / path)
     return uri
+
+
+def _sqlite_file(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` store on disk (None for other stores and in-memory ones)."""
+    path = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+    return path if path is not None and path.is_absolute() else None
 
 
 def artifact_location(uri: str) -> str | None:
@@ -66,9 +75,8 @@ def artifact_location(uri: str) -> str | None:
     MLflow's default for a SQLite store is `./mlruns` under the working directory, which in DVC's temporary
     copies is deleted with them. A file store keeps artifacts inside itself, and a server decides for itself.
     """
-    if uri.startswith("sqlite:///"):
-        return (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
-    return None
+    database = _sqlite_file(uri)
+    return (database.parent / "mlartifacts").as_uri() if database else None
 
 
 def check_server(uri: str, timeout: float = 5.0) -> None:
@@ -102,10 +110,11 @@ def _store_lock(uri: str) -> Iterator[None]:
     queued experiments, `dvc queue start -j 2`) race: one fails with "duplicate column" or "table already
     exists". The same holds for creating the experiment. Serialising first use removes both races.
     """
-    if not uri.startswith("sqlite:///"):
+    database = _sqlite_file(uri)
+    if database is None:
         yield
         return
-    lock_path = Path(uri.removeprefix("sqlite:///") + ".lock")
+    lock_path = Path(f"{database}.lock")
     with open(lock_path, "a") as lock_file:
         fcntl.flock(lock_file, fcntl.LOCK_EX)
         try:
@@ -114,24 +123,33 @@ def _store_lock(uri: str) -> Iterator[None]:
             fcntl.flock(lock_file, fcntl.LOCK_UN)
 
 
-def _experiment_id(client: MlflowClient, name: str, artifacts: str | None, own_store: Path | None) -> str:
-    """The experiment `name`, created with `artifacts` as its artifact location if it is new.
+def _experiment_id(client: MlflowClient, name: str, uri: str) -> str:
+    """The experiment `name` in the store `uri`, created with `artifact_location(uri)` if it is new.
 
-    In the project's own store (`own_store`, its mlflow.db) an existing experiment must keep its artifacts
-    in this project: MLflow stores the location as an absolute path, so after the project folder is moved
-    or copied, new runs would write to the old folder (recreating it outside the project if it is gone).
+    MLflow stores an experiment's artifact folder as an absolute path. Two stored folders that new runs must
+    not write to are refused: `mlartifacts/` beside the SQLite file where it used to be, which after the
+    store (or the project holding it) was moved or copied is the old folder, or is recreated outside if it
+    is gone; and a folder in one of DVC's temporary copies (MLflow's default `./mlruns` there, before
+    artifact_location existed), which DVC deleted when that experiment ended.
     """
+    expected = artifact_location(uri)
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
-        return client.create_experiment(name, artifact_location=artifacts)
-    if own_store is not None and experiment.artifact_location != artifacts:
-        raise TrackingError(
-            f"{own_store}: experiment '{name}' keeps its artifacts in {experiment.artifact_location}, not in "
-            f"this project's {artifacts}: the project was moved or copied after its runs were recorded, and new "
-            "runs would write into the old folder. Choose a new experiment (-S tracking.experiment=NAME), or "
-            "move mlflow.db and mlartifacts/ out of the project to start a fresh store."
-        )
-    return experiment.experiment_id
+        return client.create_experiment(name, artifact_location=expected)
+    stored = experiment.artifact_location
+    if expected is None or stored == expected:
+        return experiment.experiment_id
+    if stored.rstrip("/").endswith("/mlartifacts"):
+        reason = "the store was moved or copied after its runs were recorded, and new runs would write there"
+    elif "/.dvc/tmp/exps/" in stored:
+        reason = "a folder in a DVC experiment's temporary copy, which DVC deleted when that experiment ended"
+    else:
+        return experiment.experiment_id  # a folder the user chose or an older layout: theirs to keep
+    raise TrackingError(
+        f"{_sqlite_file(uri)}: experiment '{name}' keeps its artifacts in {stored}, not in {expected}: {reason}. "
+        "Move the store and the mlartifacts/ beside it out of the way to start a fresh one, or set "
+        "tracking.experiment to a new name (every stage reads it, so all of them run again)."
+    )
 
 
 def _git_commit(cwd: Path) -> str | None:
@@ -162,9 +180,8 @@ def stage_run(
         check_server(user_uri)
     uri = resolve_tracking_uri(user_uri, root) if user_uri else default_tracking_uri(root)
     mlflow.set_tracking_uri(uri)
-    own_store = None if user_uri else root / "mlflow.db"
     with _store_lock(uri):
-        experiment_id = _experiment_id(MlflowClient(), experiment, artifact_location(uri), own_store)
+        experiment_id = _experiment_id(MlflowClient(), experiment, uri)
     dvc_experiment = os.environ.get("DVC_EXP_NAME")
     run_tags = {"stage": stage, "project_root": str(root)}
     if dvc_experiment:

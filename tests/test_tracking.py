@@ -7,7 +7,7 @@ import mlflow
 import pytest
 
 from segnet.errors import TrackingError
-from segnet.tracking import check_server, project_root, resolve_tracking_uri, stage_run
+from segnet.tracking import artifact_location, check_server, project_root, resolve_tracking_uri, stage_run
 from tests.helpers import dead_server_uri
 
 REPO = Path(__file__).resolve().parents[1]
@@ -115,11 +115,25 @@ def test_a_stage_stopped_by_sigterm_ends_its_run_as_killed_and_exits_130(tmp_pat
     ("mlruns", "{root}/mlruns"),
     ("/elsewhere/mlruns", "/elsewhere/mlruns"),
     ("file:///elsewhere/mlruns", "file:///elsewhere/mlruns"),
+    ("file:mlruns", "file://{root}/mlruns"),
+    ("file:./mlruns", "file://{root}/mlruns"),
+    ("sqlite:///:memory:", "sqlite:///:memory:"),
     ("http://127.0.0.1:5050", "http://127.0.0.1:5050"),
     ("databricks", "databricks"),
 ])
 def test_a_relative_store_path_is_taken_from_the_repository_root(tmp_path, uri, resolved):
     assert resolve_tracking_uri(uri, tmp_path) == resolved.format(root=tmp_path)
+
+
+@pytest.mark.parametrize(("uri", "location"), [
+    ("sqlite:////a/b/other.db", "file:///a/b/mlartifacts"),
+    ("sqlite:///:memory:", None),
+    ("sqlite:///", None),
+    ("http://127.0.0.1:5050", None),
+    ("/a/mlruns", None),
+])
+def test_a_sqlite_store_keeps_its_artifacts_beside_it(uri, location):
+    assert artifact_location(uri) == location
 
 
 def _clean_tracking_env(monkeypatch):
@@ -146,7 +160,8 @@ def test_a_relative_store_named_inside_a_dvc_experiment_copy_lands_in_the_reposi
     assert (tmp_path / "mlartifacts" / run.info.run_id / "artifacts" / "note.txt").is_file()
 
 
-def test_a_moved_project_refuses_to_write_artifacts_into_its_old_folder(tmp_path, monkeypatch):
+@pytest.mark.parametrize("named", [None, "sqlite:///mlflow.db"])
+def test_a_moved_project_refuses_to_write_artifacts_into_its_old_folder(tmp_path, monkeypatch, named):
     _clean_tracking_env(monkeypatch)
     old, new = tmp_path / "old", tmp_path / "new"
     old.mkdir()
@@ -156,12 +171,32 @@ def test_a_moved_project_refuses_to_write_artifacts_into_its_old_folder(tmp_path
     old.rename(new)
     monkeypatch.chdir(new)
     monkeypatch.delenv("MLFLOW_TRACKING_URI")  # a new process, as each stage is
+    if named:  # the same store named by the user
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", named)
     with pytest.raises(TrackingError, match=(
             rf"^{new / 'mlflow.db'}: experiment 'moved' keeps its artifacts in {old.as_uri()}/mlartifacts, not in "
-            rf"this project's {new.as_uri()}/mlartifacts: the project was moved or copied")):
+            rf"{new.as_uri()}/mlartifacts: the store was moved or copied")):
         with stage_run("prepare", "moved", {}):
             pass
     assert not old.exists()
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     with stage_run("prepare", "moved again", {}) as run:  # the way out the message names: a new experiment
         assert run.info.artifact_uri.startswith((new / "mlartifacts").as_uri())
+
+
+def test_an_experiment_whose_artifacts_were_in_a_deleted_dvc_copy_is_refused(tmp_path, monkeypatch):
+    # Made by earlier code with a user's store under `dvc exp run --temp`: MLflow's default ./mlruns in the copy.
+    _clean_tracking_env(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    store = f"sqlite:///{tmp_path / 'team.db'}"
+    client = mlflow.MlflowClient(store)
+    gone = (tmp_path / ".dvc" / "tmp" / "exps" / "standalone" / "tmpold" / "mlruns" / "1").as_uri()
+    client.create_experiment("in a copy", artifact_location=gone)
+    chosen = (tmp_path / "my-artifacts").as_uri()
+    client.create_experiment("chosen", artifact_location=chosen)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    with pytest.raises(TrackingError, match=f"keeps its artifacts in {gone}, not in .* temporary copy"):
+        with stage_run("prepare", "in a copy", {}):
+            pass
+    with stage_run("prepare", "chosen", {}) as run:  # a folder the user chose stays theirs
+        assert run.info.artifact_uri.startswith(chosen)
