@@ -19,6 +19,10 @@ def select_device(name: str, local_rank: int | None = None, setting: str = "trai
         device = torch.device(name)
     except RuntimeError as error:
         raise ValueError(f"{setting}: '{name}' is not a device (use auto, cpu, cuda or cuda:N)") from error
+    # torch names more devices (mps, xpu, meta...) than this project supports: they would fail later, in the
+    # model's transfer or in autocast, with a traceback.
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"{setting}: '{name}' is not a device this project runs on (use auto, cpu, cuda or cuda:N)")
     if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
         raise ValueError(f"{setting}: '{name}' requested but that CUDA device is not available")
     return device

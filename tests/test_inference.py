@@ -25,3 +25,6 @@ def test_a_device_error_names_the_setting_it_came_from():
         with pytest.raises(ValueError, match="evaluate.device: 'cuda' requested but that CUDA device is not available"):
             select_device("cuda", setting="evaluate.device")
     assert select_device("cpu", setting="evaluate.device") == torch.device("cpu")
+    for name in ("mps", "xpu", "meta"):  # devices torch names but this project does not run on
+        with pytest.raises(ValueError, match=f"^evaluate.device: '{name}' is not a device this project runs on"):
+            select_device(name, setting="evaluate.device")

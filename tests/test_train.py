@@ -10,7 +10,7 @@ from segnet.augment import deform_panels, occupied_cells, overlay_panels
 from segnet.callbacks import Callback
 from segnet.checkpoint import Checkpointer, fingerprint, load_checkpoint
 from segnet.data import split_indices, to_input
-from segnet.devices import select_amp_dtype
+from segnet.devices import available_cores, select_amp_dtype
 from segnet.generate import compose_panel
 from segnet.inference import accumulate_confusion
 from segnet.metrics import mean_iou
@@ -151,6 +151,13 @@ def test_precision_choice():
 def test_nonsense_train_settings_raise(bad):
     with pytest.raises(ValueError, match="invalid train settings"):
         TrainConfig(**bad)
+
+
+def test_more_threads_than_cores_are_refused_by_name():
+    cores = available_cores()
+    with pytest.raises(ValueError, match=f"^params.yaml train.threads: {cores + 1} is more than the {cores} cores"):
+        TrainConfig(threads=cores + 1)
+    assert TrainConfig(threads=cores).threads == cores
 
 
 # Values of the wrong YAML type (`dvc exp run -S train.channels_last=yes` gives the string "yes"), one per
