@@ -70,34 +70,35 @@ class TrainConfig:
     distributed_backend: str = "auto"
 
     def __post_init__(self):
-        checks = {
-            "epochs": self.epochs >= 1,
-            "batch_size": self.batch_size >= 2,  # batch norm needs more than one value per channel
-            "lr": self.lr > 0,
-            "momentum": 0 <= self.momentum < 1,
-            "weight_decay": self.weight_decay >= 0,
-            "warmup_fraction": 0 < self.warmup_fraction < 1,
-            "val_fraction": 0 < self.val_fraction < 1,
-            "overlay_probability": 0 <= self.overlay_probability <= 1,
-            "overlay_partners": self.overlay_partners >= 0,
-            "deform_pixels": self.deform_pixels >= 0,
-            "deform_grid": self.deform_grid >= 2,
-            "deform_affine": 0 <= self.deform_affine < 1,
-            "ema_decay": 0 <= self.ema_decay < 1,
-            "val_batch_size": self.val_batch_size >= 1,
-            "soft_iou_weight": self.soft_iou_weight >= 0,
-            "threads": self.threads >= 0,
-            "checkpoint_steps": self.checkpoint_steps >= 0,
-            "processes": self.processes >= 1,
-            "distributed_backend": self.distributed_backend in BACKENDS,
-            "optimizer": self.optimizer in OPTIMIZERS,
-            "schedule": self.schedule in SCHEDULES,
-            "precision": self.precision in PRECISIONS,
-            "class_weighting": self.class_weighting in CLASS_WEIGHTINGS,
+        # Each setting's rule: whether it holds, and the words the error gives for it.
+        rules = {
+            "epochs": (self.epochs >= 1, "an integer >= 1"),
+            "batch_size": (self.batch_size >= 2, "an integer >= 2 (batch norm needs two values per channel)"),
+            "lr": (self.lr > 0, "a number > 0"),
+            "momentum": (0 <= self.momentum < 1, "a number in [0, 1)"),
+            "weight_decay": (self.weight_decay >= 0, "a number >= 0"),
+            "warmup_fraction": (0 < self.warmup_fraction < 1, "a number in (0, 1)"),
+            "val_fraction": (0 < self.val_fraction < 1, "a number in (0, 1)"),
+            "overlay_probability": (0 <= self.overlay_probability <= 1, "a number in [0, 1]"),
+            "overlay_partners": (self.overlay_partners >= 0, "an integer >= 0"),
+            "deform_pixels": (self.deform_pixels >= 0, "a number >= 0"),
+            "deform_grid": (self.deform_grid >= 2, "an integer >= 2"),
+            "deform_affine": (0 <= self.deform_affine < 1, "a number in [0, 1)"),
+            "ema_decay": (0 <= self.ema_decay < 1, "a number in [0, 1)"),
+            "val_batch_size": (self.val_batch_size >= 1, "an integer >= 1"),
+            "soft_iou_weight": (self.soft_iou_weight >= 0, "a number >= 0"),
+            "threads": (self.threads >= 0, "an integer >= 0 (0: one per core)"),
+            "checkpoint_steps": (self.checkpoint_steps >= 0, "an integer >= 0"),
+            "processes": (self.processes >= 1, "an integer >= 1"),
+            "distributed_backend": (self.distributed_backend in BACKENDS, "one of " + ", ".join(BACKENDS)),
+            "optimizer": (self.optimizer in OPTIMIZERS, "one of " + ", ".join(OPTIMIZERS)),
+            "schedule": (self.schedule in SCHEDULES, "one of " + ", ".join(SCHEDULES)),
+            "precision": (self.precision in PRECISIONS, "one of " + ", ".join(PRECISIONS)),
+            "class_weighting": (self.class_weighting in CLASS_WEIGHTINGS, "one of " + ", ".join(CLASS_WEIGHTINGS)),
         }
-        bad = [name for name, ok in checks.items() if not ok]
-        if bad:
-            raise ValueError("invalid train settings: " + ", ".join(f"{n}={getattr(self, n)!r}" for n in bad))
+        for name, (holds, rule) in rules.items():
+            if not holds:
+                raise ValueError(f"params.yaml train.{name}: must be {rule}, got {getattr(self, name)!r}")
         # More threads than cores wait on each other at every step: a tiny model on a 2-core machine trained
         # 4.4x slower at 4 threads and 19x slower at 16, and 100,000 failed to start with an unrelated traceback.
         if self.threads > available_cores():

@@ -146,10 +146,17 @@ def test_precision_choice():
     assert select_amp_dtype("bfloat16", cpu) == torch.bfloat16
 
 
-@pytest.mark.parametrize("bad", [dict(epochs=0), dict(lr=-1.0), dict(schedule="step"), dict(val_fraction=1.0),
-                                 dict(soft_iou_weight=-0.5)])
-def test_nonsense_train_settings_raise(bad):
-    with pytest.raises(ValueError, match="invalid train settings"):
+@pytest.mark.parametrize("bad, message", [
+    (dict(epochs=0), "epochs: must be an integer >= 1, got 0"),
+    (dict(lr=-1.0), "lr: must be a number > 0, got -1.0"),
+    (dict(schedule="step"), "schedule: must be one of onecycle, cosine, constant, got 'step'"),
+    (dict(val_fraction=1.0), r"val_fraction: must be a number in \(0, 1\), got 1.0"),
+    (dict(soft_iou_weight=-0.5), "soft_iou_weight: must be a number >= 0, got -0.5"),
+    (dict(precision="float16"), "precision: must be one of auto, float32, bfloat16, got 'float16'"),
+    (dict(threads=-1), r"threads: must be an integer >= 0 \(0: one per core\), got -1"),
+])
+def test_nonsense_train_settings_are_refused_by_name_with_the_rule(bad, message):
+    with pytest.raises(ValueError, match=f"^params.yaml train.{message}$"):
         TrainConfig(**bad)
 
 
@@ -365,7 +372,7 @@ def test_adamw_under_one_cycle_cycles_beta1_against_the_learning_rate():
 
 
 def test_momentum_outside_zero_to_one_is_refused_by_name():
-    with pytest.raises(ValueError, match="momentum=1.0"):
+    with pytest.raises(ValueError, match=r"^params.yaml train.momentum: must be a number in \[0, 1\), got 1.0$"):
         TrainConfig(optimizer="sgd", momentum=1.0)
     # Momentum 0 is plain SGD: Nesterov's look-ahead (which torch refuses without momentum) is off.
     model = SegNet(SegNetConfig(encoder_channels=[4, 4], decoder_channels=[4, 4]))
