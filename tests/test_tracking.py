@@ -56,11 +56,17 @@ def test_processes_opening_runs_on_a_fresh_sqlite_store_at_once_all_succeed(tmp_
     assert all(found.info.status == "FINISHED" for found in runs)
 
 
+def _clean_tracking_env(monkeypatch):
+    """No MLFLOW_ or DVC_ variables, now and after the test (mlflow.set_tracking_uri sets MLFLOW_TRACKING_URI)."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")
+    for name in [name for name in os.environ if name.startswith(("MLFLOW_", "DVC_"))]:
+        monkeypatch.delenv(name)
+
+
 def test_a_run_resumed_with_another_checkpoint_interval_keeps_its_params_and_tags_the_change(tmp_path, monkeypatch):
     # A checkpoint resumes whatever train.checkpoint_steps is now (it does not change the result), but MLflow
     # refuses to change a logged param: the resumed stage must not fail on it.
-    for name in [name for name in os.environ if name.startswith(("MLFLOW_", "DVC_"))]:
-        monkeypatch.delenv(name)
+    _clean_tracking_env(monkeypatch)
     monkeypatch.chdir(tmp_path)
     with stage_run("train", "resume", {"train": {"checkpoint_steps": 100, "lr": 0.1}}) as run:
         run_id = run.info.run_id
@@ -134,13 +140,6 @@ def test_a_relative_store_path_is_taken_from_the_repository_root(tmp_path, uri, 
 ])
 def test_a_sqlite_store_keeps_its_artifacts_beside_it(uri, location):
     assert artifact_location(uri) == location
-
-
-def _clean_tracking_env(monkeypatch):
-    """No MLFLOW_ or DVC_ variables, now and after the test (mlflow.set_tracking_uri sets MLFLOW_TRACKING_URI)."""
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")
-    for name in [name for name in os.environ if name.startswith(("MLFLOW_", "DVC_"))]:
-        monkeypatch.delenv(name)
 
 
 def test_a_relative_store_named_inside_a_dvc_experiment_copy_lands_in_the_repository(tmp_path, monkeypatch):
