@@ -72,11 +72,28 @@ def _byte_order(data: bytes, source: str) -> str:
             "save(..., '-v7') or write it with scipy.io.savemat"
         )
     # scipy takes a file whose first four bytes hold a zero for MATLAB 4, a format without this header.
+    if _is_matlab_4(data):
+        raise DatasetError(
+            f"{source}: not a readable MATLAB 5 .mat file (it is a MATLAB 4 file; re-save it in MATLAB with "
+            "save(..., '-v7') or write it with scipy.io.savemat)"
+        )
     if len(data) < HEADER_BYTES or 0 in data[:4] or data[126:128] not in (b"IM", b"MI"):
         raise DatasetError(f"{source}: not a readable MATLAB 5 .mat file (no MATLAB 5 header)")
     if _major_version(data) != 1:
         raise DatasetError(f"{source}: not a readable MATLAB 5 .mat file (header version {_major_version(data)})")
     return "<" if data[126:128] == b"IM" else ">"
+
+
+def _is_matlab_4(data: bytes) -> bool:
+    """Whether the file starts like a MATLAB 4 matrix: a type code MOPT with M 0-4, O 0, P 0-5 and T 0-2."""
+    if len(data) < 20 or 0 not in data[:4]:
+        return False
+    for order in "<>":
+        code = struct.unpack(order + "i", data[:4])[0]
+        machine, zero, precision, kind = code // 1000, code // 100 % 10, code // 10 % 10, code % 10
+        if 0 <= code < 5000 and machine <= 4 and zero == 0 and precision <= 5 and kind <= 2:
+            return True
+    return False
 
 
 def _major_version(data: bytes) -> int | None:

@@ -36,6 +36,10 @@ PRECISIONS = ("auto", "float32", "bfloat16")
 CLASS_WEIGHTINGS = ("none", "median_frequency")
 
 
+def _one_of(choices: tuple[str, ...]) -> str:
+    return "one of " + ", ".join(choices)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Every setting of a training run; the defaults here are overridden by params.yaml."""
@@ -90,19 +94,20 @@ class TrainConfig:
             "threads": (self.threads >= 0, "an integer >= 0 (0: one per core)"),
             "checkpoint_steps": (self.checkpoint_steps >= 0, "an integer >= 0"),
             "processes": (self.processes >= 1, "an integer >= 1"),
-            "distributed_backend": (self.distributed_backend in BACKENDS, "one of " + ", ".join(BACKENDS)),
-            "optimizer": (self.optimizer in OPTIMIZERS, "one of " + ", ".join(OPTIMIZERS)),
-            "schedule": (self.schedule in SCHEDULES, "one of " + ", ".join(SCHEDULES)),
-            "precision": (self.precision in PRECISIONS, "one of " + ", ".join(PRECISIONS)),
-            "class_weighting": (self.class_weighting in CLASS_WEIGHTINGS, "one of " + ", ".join(CLASS_WEIGHTINGS)),
+            "distributed_backend": (self.distributed_backend in BACKENDS, _one_of(BACKENDS)),
+            "optimizer": (self.optimizer in OPTIMIZERS, _one_of(OPTIMIZERS)),
+            "schedule": (self.schedule in SCHEDULES, _one_of(SCHEDULES)),
+            "precision": (self.precision in PRECISIONS, _one_of(PRECISIONS)),
+            "class_weighting": (self.class_weighting in CLASS_WEIGHTINGS, _one_of(CLASS_WEIGHTINGS)),
         }
         for name, (holds, rule) in rules.items():
             if not holds:
                 raise ValueError(f"params.yaml train.{name}: must be {rule}, got {getattr(self, name)!r}")
         # More threads than cores wait on each other at every step: a tiny model on a 2-core machine trained
         # 4.4x slower at 4 threads and 19x slower at 16, and 100,000 failed to start with an unrelated traceback.
-        if self.threads > available_cores():
-            raise ValueError(f"params.yaml train.threads: {self.threads} is more than the {available_cores()} cores "
+        cores = available_cores()
+        if self.threads > cores:
+            raise ValueError(f"params.yaml train.threads: {self.threads} is more than the {cores} cores "
                              "this process may use; 0 uses one thread per core")
 
 

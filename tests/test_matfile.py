@@ -116,10 +116,16 @@ def test_trailing_bytes_after_the_variables_are_refused():
         read_panels(course_mat(IMAGES, MASKS) + b"\0" * 12, "x.mat", max_bytes=MAX_BYTES)
 
 
-def test_matlab_4_file_is_refused():
+def test_matlab_4_file_is_refused_by_name_with_the_way_out():
     data = mat_bytes({"imgMat": GOOD_IMG[..., 0, 0], "semanticMaskMat": GOOD_MASK[..., 0]}, format="4")
-    with pytest.raises(DatasetError, match="not a readable MATLAB 5 .mat file"):
+    with pytest.raises(DatasetError, match=r"^old.mat: .*it is a MATLAB 4 file; re-save it .*'-v7'"):
         read_panels(data, "old.mat", max_bytes=MAX_BYTES)
+
+
+def test_other_bytes_with_a_zero_up_front_are_not_called_matlab_4():
+    # 0x00ff00ff as a type code is out of MATLAB 4's range in either byte order.
+    with pytest.raises(DatasetError, match=r"^x.mat: not a readable MATLAB 5 .mat file \(no MATLAB 5 header\)$"):
+        read_panels(b"\xff\x00\xff\x00" + b"\x01" * 200, "x.mat", max_bytes=MAX_BYTES)
 
 
 def _peak_bytes_while(function) -> int:
