@@ -4,6 +4,7 @@ import logging
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from segnet.errors import DatasetError
 from segnet.interrupt import raise_interrupt
@@ -33,3 +34,16 @@ def run_stage(main: Callable[[], None]) -> None:
         sys.exit(130)
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def stage_paths(doc: str) -> list[Path]:
+    """The paths a stage script was given, checked against the usage line of its docstring.
+
+    dvc.yaml always gives them; this is for a stage run by hand (as torchrun runs `stages.train`), which
+    would otherwise fail on an unpacking error or an IndexError that names nothing.
+    """
+    usage = next(line.removeprefix("Usage: ") for line in doc.splitlines() if line.startswith("Usage: "))
+    names, given = usage.split()[3:], sys.argv[1:]  # the words after "python -m stages.NAME"
+    if len(given) != len(names):
+        raise ValueError(f"usage: {usage} (got {len(given)} argument(s); dvc.yaml shows them for each stage)")
+    return [Path(argument) for argument in given]

@@ -35,17 +35,20 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_suffix(".cpp")
 
 
-def _cpu_signature() -> str:
-    """Identifies the CPU's instruction sets: the build targets them (-march=native), so a cached build
-    copied to another CPU must not be reused."""
+def _build_signature() -> str:
+    """Identifies what a build is for. The CPU's instruction sets: the build targets them (-march=native), so
+    a cached build copied to another CPU must not be reused. And the Python environment and torch version:
+    torch's build file names this environment's include paths, so two environments (two clones' venvs) sharing
+    one build folder each found the other's build stale and rebuilt it, about 35 s, every time they took turns."""
     try:
         flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
     except (OSError, StopIteration):
         flags = platform.processor()
-    return hashlib.sha256(flags.encode()).hexdigest()[:12]
+    identity = "\n".join([flags, sys.prefix, torch.__version__])
+    return hashlib.sha256(identity.encode()).hexdigest()[:12]
 
 
-_NAME = f"segnet_cpu_kernels_{_cpu_signature()}"
+_NAME = f"segnet_cpu_kernels_{_build_signature()}"
 
 
 def build_directory() -> Path:

@@ -44,6 +44,13 @@ def select_amp_dtype(precision: str, device: torch.device) -> torch.dtype | None
     return torch.bfloat16 if torch.backends.mkldnn.is_available() and _cpu_has_native_bf16() else None
 
 
+def use_exact_float32() -> None:
+    """Makes float32 on CUDA IEEE float32 for this process: PyTorch lets cuDNN run float32 convolutions in TF32
+    (a 10-bit mantissa) on Ampere and newer GPUs by default, so a "float32" result would depend on the GPU."""
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+
+
 def _cpu_has_native_bf16() -> bool:
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())

@@ -3,14 +3,24 @@
 import dataclasses
 from pathlib import Path
 
-import yaml
+from ruamel.yaml import YAML, YAMLError
 
 
 def load_params(path: Path = Path("params.yaml")) -> dict:
     """Loads the params file DVC passes to every stage (read from the working directory, which is the
-    experiment's own copy under `dvc exp run --temp` and `--queue`)."""
-    with open(path) as file:
-        return yaml.safe_load(file)
+    experiment's own copy under `dvc exp run --temp` and `--queue`).
+
+    Read as YAML 1.2, as DVC reads and writes it: `dvc exp run -S train.lr=1e-5` writes `1e-05`, which is a
+    number in YAML 1.2 and a string in PyYAML's YAML 1.1 (which needs a dot), and `yes`/`no` stay strings.
+    The pure-Python loader, since ruamel's C loader speaks YAML 1.1.
+    """
+    try:
+        params = YAML(typ="safe", pure=True).load(Path(path).read_text())
+    except YAMLError as error:
+        raise ValueError(f"{path}: not valid YAML ({error})") from error
+    if not isinstance(params, dict):
+        raise ValueError(f"{path}: must hold a mapping of sections, got {type(params).__name__}")
+    return params
 
 
 def flatten(params: dict, prefix: str = "") -> dict[str, object]:

@@ -19,7 +19,7 @@ from segnet.augment import augment
 from segnet.callbacks import Callback
 from segnet.checkpoint import Checkpointer
 from segnet.data import to_input
-from segnet.devices import available_cores, select_amp_dtype, select_device
+from segnet.devices import available_cores, select_amp_dtype, select_device, use_exact_float32
 from segnet.distributed import (
     BACKENDS, SINGLE_PROCESS, World, any_across, barrier, sum_across, synchronize_batch_norm,
 )
@@ -250,6 +250,7 @@ def train(
         raise ValueError(f"train.batch_size {config.batch_size} does not divide among {world.size} processes")
     device = select_device(config.device, world.local_rank if world.is_distributed else None)
     amp_dtype = select_amp_dtype(config.precision, device)
+    use_exact_float32()  # what autocast leaves in float32 (or all of it, at precision float32) stays exact on GPUs
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model.to(device=device, memory_format=memory_format)
     kernels = use_cpu_kernels(model, enabled=config.cpu_kernels and device.type == "cpu")

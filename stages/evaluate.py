@@ -6,14 +6,13 @@ Usage: python -m stages.evaluate PREPARED_DIR MODEL_DIR METRICS_JSON CONFUSION_P
 import json
 import logging
 import sys
-from pathlib import Path
 
 import mlflow
 import torch
 
-from segnet.cli import run_stage
+from segnet.cli import run_stage, stage_paths
 from segnet.data import load_split
-from segnet.devices import select_device
+from segnet.devices import select_device, use_exact_float32
 from segnet.files import sha256_file, write_bytes, write_json
 from segnet.inference import EvaluateConfig, accumulate_confusion, predict_batches
 from segnet.metrics import summarize
@@ -26,7 +25,7 @@ log = logging.getLogger("segnet.evaluate")
 
 
 def main() -> None:
-    prepared_dir, model_dir, metrics_path, confusion_path, predictions_path = (Path(a) for a in sys.argv[1:6])
+    prepared_dir, model_dir, metrics_path, confusion_path, predictions_path = stage_paths(__doc__)
     params = load_params()
     settings = params["evaluate"]
     config = build(EvaluateConfig, "evaluate", settings)
@@ -53,6 +52,7 @@ def main() -> None:
         model.to(device=device, memory_format=torch.channels_last)
         images, labels = load_split(prepared_dir, "test")
         # Evaluation runs in float32 whatever training used: the reported numbers must not depend on it.
+        use_exact_float32()
         confusion = accumulate_confusion(
             model, images, labels, model.config.num_classes, config.batch_size, device
         )

@@ -4,11 +4,10 @@ Usage: python -m stages.generate OUTPUT_ZIP
 """
 
 import sys
-from pathlib import Path
 
 import mlflow
 
-from segnet.cli import run_stage
+from segnet.cli import run_stage, stage_paths
 from segnet.files import sha256_file
 from segnet.generate import GenerateConfig, build_archive
 from segnet.params import build, load_params
@@ -16,7 +15,7 @@ from segnet.tracking import log_metrics, stage_run
 
 
 def main() -> None:
-    output = Path(sys.argv[1])
+    (output,) = stage_paths(__doc__)
     params = load_params()
     settings = params["generate"]
     config = build(GenerateConfig, "generate", settings)

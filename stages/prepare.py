@@ -11,7 +11,7 @@ import mlflow
 
 from segnet import CLASS_NAMES
 from segnet.archive import ArchiveLimits
-from segnet.cli import run_stage
+from segnet.cli import run_stage, stage_paths
 from segnet.devices import available_cores
 from segnet.files import write_json
 from segnet.params import build, load_params
@@ -20,7 +20,7 @@ from segnet.tracking import log_metrics, stage_run
 
 
 def main() -> None:
-    output_dir, metrics_path = Path(sys.argv[1]), Path(sys.argv[2])
+    output_dir, metrics_path = stage_paths(__doc__)
     params = load_params()
     settings = dict(params["data"])
     archive = settings.pop("archive")

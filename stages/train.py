@@ -31,7 +31,7 @@ import segnet
 from segnet import NUM_CLASSES
 from segnet.callbacks import ProgressBar
 from segnet.checkpoint import Checkpointer, fingerprint, load_checkpoint
-from segnet.cli import run_stage
+from segnet.cli import run_stage, stage_paths
 from segnet import distributed
 from segnet.data import load_split, split_indices, to_input
 from segnet.devices import select_device
@@ -45,7 +45,7 @@ from segnet.train import TrainConfig, set_seed, train
 
 
 def main() -> None:
-    prepared_dir, model_dir, metrics_path, history_path, checkpoint_dir = (Path(arg) for arg in sys.argv[1:6])
+    prepared_dir, model_dir, metrics_path, history_path, checkpoint_dir = stage_paths(__doc__)
     params = load_params()
     seed = read_seed(params)
     model_config = build(SegNetConfig, "model", params["model"])

@@ -219,3 +219,13 @@ def test_training_after_a_killed_build_loads_the_kernels_instead_of_waiting_fore
     load = "from segnet.cpu_kernels import extension\nassert extension() is not None\n"
     finished = subprocess.run([sys.executable, "-c", load], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert finished.returncode == 0, finished.stderr
+
+
+def test_each_python_environment_and_torch_version_builds_in_its_own_folder(monkeypatch):
+    # torch's build file names the environment's include paths: two venvs sharing a folder rebuilt in turns.
+    here = cpu_kernels._build_signature()
+    assert cpu_kernels._build_signature() == here
+    monkeypatch.setattr(sys, "prefix", "/another/venv")
+    elsewhere = cpu_kernels._build_signature()
+    monkeypatch.setattr(torch, "__version__", "0.0.0")
+    assert len({here, elsewhere, cpu_kernels._build_signature()}) == 3

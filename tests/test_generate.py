@@ -98,6 +98,21 @@ def test_same_params_give_a_byte_identical_zip_and_another_seed_does_not(tmp_pat
     assert digest(tmp_path / "a.zip") != digest(tmp_path / "c.zip")
 
 
+def test_the_test_panels_do_not_depend_on_the_training_split_s_settings(tmp_path):
+    # A data-size study (`-S generate.train_files=...`) must be scored on the same test panels.
+    def members(path: Path) -> dict[str, bytes]:
+        with zipfile.ZipFile(path) as archive:
+            return {name: archive.read(name) for name in archive.namelist()}
+
+    build_archive(tmp_path / "a.zip", seed=5, **SMALL)
+    fewer = dict(SMALL, train=SplitSpec(files=2, panels_per_file=4, min_digits=1, max_digits=3))
+    build_archive(tmp_path / "b.zip", seed=5, **fewer)
+    a, b = members(tmp_path / "a.zip"), members(tmp_path / "b.zip")
+    tests = sorted(name for name in a if "testset" in name)
+    assert len(tests) == 2 and all(a[name] == b[name] for name in tests)
+    assert a["multi-digit-mnist/batch00001.mat"] != b["multi-digit-mnist/batch00001.mat"]
+
+
 def test_digit_counts_stay_within_the_split_range_in_distinct_cells():
     # Fully inked digits; each grid cell has a band of pixels no other cell covers, so a cell holds a
     # digit exactly when its band is labelled.

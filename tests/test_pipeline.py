@@ -54,6 +54,17 @@ def test_repro_writes_metrics_model_and_plots(project):
     assert state["classifier.weight"].shape == (11, 8, 1, 1)
     for picture in ("confusion_matrix.png", "predictions.png"):
         assert (project / "metrics" / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Each of `dvc plots show`'s curves is drawn once: DVC draws a stage's plot file on its own too, so that
+    # one must carry its own axes, or it comes out as a default (the file's last column against its rows).
+    plots = json.loads(run(["dvc", "plots", "show", "--json"], project).stdout)["data"]
+    curves = {
+        (plot["content"]["title"]["text"], plot["content"]["encoding"]["x"]["field"],
+         plot["content"]["layer"][0]["encoding"]["y"]["field"])
+        for drawn in plots.values() for plot in drawn if plot["type"] == "vega"
+    }
+    assert curves == {("Training loss per epoch", "epoch", "train_loss"),
+                      ("Validation mIoU per epoch", "epoch", "val_miou"),
+                      ("Validation mIoU against wall-clock training time", "elapsed_s", "val_miou")}
     assert "pipelines are up to date" in run(["dvc", "repro"], project).stdout
 
 
@@ -140,8 +151,9 @@ def test_a_forced_rerun_on_cpu_gives_byte_identical_metrics_and_weights_and_anot
 
 def test_experiments_with_changed_params_are_tracked_in_dvc_and_mlflow(project):
     run(["dvc", "exp", "run", "-n", "lr-high", "-S", "train.lr=0.01"], project)
-    # --temp runs in a copy under .dvc/tmp/exps; its runs must still land in the root store.
-    run(["dvc", "exp", "run", "--temp", "-n", "lr-low", "-S", "train.lr=0.0005"], project)
+    # --temp runs in a copy under .dvc/tmp/exps; its runs must still land in the root store. DVC writes this
+    # value as `5e-05`, which only a YAML 1.2 reader takes for a number.
+    run(["dvc", "exp", "run", "--temp", "-n", "lr-low", "-S", "train.lr=0.00005"], project)
 
     shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
     experiments = {
@@ -155,7 +167,7 @@ def test_experiments_with_changed_params_are_tracked_in_dvc_and_mlflow(project):
     runs = runs_by_stage(project)
     evaluated = {found.data.tags.get("dvc_experiment"): found for found in runs["evaluate"]}
     assert evaluated["lr-high"].data.params["train.lr"] == "0.01"
-    assert evaluated["lr-low"].data.params["train.lr"] == "0.0005"
+    assert evaluated["lr-low"].data.params["train.lr"] == "5e-05"
     assert evaluated["lr-low"].data.tags["train_run_id"] in {found.info.run_id for found in runs["train"]}
     assert not list((project / ".dvc" / "tmp").rglob("mlflow.db"))
 

@@ -146,6 +146,21 @@ def test_precision_choice():
     assert select_amp_dtype("bfloat16", cpu) == torch.bfloat16
 
 
+def test_training_turns_off_tf32_so_float32_on_a_gpu_is_ieee_float32():
+    # PyTorch's default lets cuDNN compute float32 convolutions in TF32 on Ampere and newer GPUs. The flags are
+    # global, so they are put back afterwards; on this CPU-only build they are plain settings to read.
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+        images, labels = _digit_panels(8, 2)
+        model = SegNet(SegNetConfig(encoder_channels=(4, 4, 4, 4), decoder_channels=(4, 4, 4, 4)))
+        config = TrainConfig(epochs=1, batch_size=8, precision="float32")
+        train(model, images, labels, torch.arange(8), torch.arange(8), 11, config, seed=0)
+        assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (False, False)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
 @pytest.mark.parametrize("bad, message", [
     (dict(epochs=0), "epochs: must be an integer >= 1, got 0"),
     (dict(lr=-1.0), "lr: must be a number > 0, got -1.0"),
