@@ -19,8 +19,8 @@ from segnet.generate import (
 )
 from segnet.matfile import read_panels
 from segnet.params import build, read_seed
+from tests.helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 MAX_BYTES = ArchiveLimits().max_member_bytes
 SMALL = dict(
     train=SplitSpec(files=3, panels_per_file=5, min_digits=0, max_digits=4),
@@ -125,9 +125,13 @@ def test_digit_counts_stay_within_the_split_range_in_distinct_cells():
     assert set(np.unique(masks)) == set(range(11))
 
 
-@pytest.mark.parametrize("arguments", [dict(files=0), dict(min_digits=5, max_digits=4), dict(max_digits=10)])
-def test_nonsense_split_specs_raise(arguments):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("arguments, message", [
+    (dict(files=0), r"files and panels_per_file must be >= 1, got 0, 1"),
+    (dict(min_digits=5, max_digits=4), r"need 0 <= min_digits <= max_digits <= 9, got 5, 4"),
+    (dict(max_digits=10), r"need 0 <= min_digits <= max_digits <= 9, got 0, 10"),
+])
+def test_nonsense_split_specs_raise(arguments, message):
+    with pytest.raises(ValueError, match=f"^{message}$"):
         SplitSpec(**{**dict(files=1, panels_per_file=1, min_digits=0, max_digits=4), **arguments})
 
 

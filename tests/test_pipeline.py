@@ -125,6 +125,7 @@ def test_every_stage_is_one_linked_mlflow_run_in_the_root_store(project, monkeyp
     assert (project / "mlartifacts").is_dir() and not (project / "mlruns").exists()
 
     # The model is an MLflow model with a signature, loadable and predicting the right shape.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")  # set_tracking_uri sets it too: undone after the test
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
     logged = mlflow.search_logged_models(experiment_ids=[train_run.info.experiment_id], output_format="list")
     assert len(logged) == 1 and logged[0].source_run_id == train_run.info.run_id
@@ -197,7 +198,7 @@ def stop_queue_workers(root: Path, grace_s: float = 30) -> None:
                 os.kill(pid, signal.SIGKILL)
 
 
-def test_four_queued_experiments_on_two_workers_all_land_in_a_fresh_root_store(project, tmp_path):
+def test_two_queued_experiments_on_two_workers_both_land_in_a_fresh_root_store(project, tmp_path):
     # A fresh store is where two workers race to create MLflow's tables. A copy of the project (with its
     # DVC cache, without its store) gives one, and leaves the shared project's store alone.
     copy = tmp_path / "project"
@@ -206,7 +207,7 @@ def test_four_queued_experiments_on_two_workers_all_land_in_a_fresh_root_store(p
         {"tmp"} if Path(folder) == project / ".dvc" else set()))
     run(["git", "checkout", "--", "params.yaml"], copy)
     # Learning rates no earlier run used: DVC would restore a seen one from its run cache, not train.
-    names = {f"queued-{index}": f"0.001{index}" for index in range(1, 5)}
+    names = {f"queued-{index}": f"0.001{index}" for index in range(1, 3)}
     try:
         for name, lr in names.items():
             run(["dvc", "exp", "run", "--queue", "-n", name, "-S", f"train.lr={lr}"], copy)
@@ -220,11 +221,11 @@ def test_four_queued_experiments_on_two_workers_all_land_in_a_fresh_root_store(p
             status = run(["dvc", "queue", "status"], copy).stdout
             if all(name in status for name in names) and not any(word in status for word in ("Queued", "Running")):
                 break
-            time.sleep(2)
+            time.sleep(5)  # each `dvc queue status` takes a second of CPU from the workers
     finally:
         run(["dvc", "queue", "stop"], copy, check=False)
         stop_queue_workers(copy)
-    assert status.count("Success") >= 4, status
+    assert status.count("Success") >= 2, status
     runs = runs_by_stage(copy)
     for stage in ("train", "evaluate"):
         finished = {found.data.tags.get("dvc_experiment"): found for found in runs[stage]
@@ -291,7 +292,8 @@ def test_a_users_own_zip_outside_the_project_is_used_and_left_untouched(project,
     own.parent.mkdir()
     course_zip(own, np.random.default_rng(7), train_files=2, test_files=1, per_file=8, folder="data/multi-digit-mnist/")
     own_bytes = own.read_bytes()
-    run(["dvc", "exp", "run", "-n", "own-zip", "-S", f"data.archive={own}"], project)
+    # Up to prepare, which is what reads the zip: what follows is the same for every archive.
+    run(["dvc", "exp", "run", "-n", "own-zip", "-S", f"data.archive={own}", "prepare"], project)
     prepared = json.loads((project / "data" / "prepared" / "dataset.json").read_text())
     assert prepared["archive"] == str(own) and prepared["train_images"] == 16 and prepared["test_images"] == 8
     assert own.read_bytes() == own_bytes
@@ -343,12 +345,13 @@ def _checkpoint(root: Path) -> dict:
 
 def test_killed_training_resumes_exactly_and_ctrl_c_saves_and_marks_the_run_killed(project):
     params_before = (project / "params.yaml").read_text()
-    # 20 epochs of 3 steps (the tiny committed params; earlier tests may have left others in the workspace).
-    # The first checkpoint comes at a random step, and the kill follows it at once.
+    # 6 epochs of 3 steps (the tiny committed params; earlier tests may have left others in the workspace).
+    # The first checkpoint comes at a random step (by step 3, an epoch's end), and the kill follows it at once.
     run(["git", "checkout", "--", "params.yaml"], project)
     run(["dvc", "repro"], project)  # back to the committed params' results, from DVC's run cache
     every = int(np.random.default_rng().integers(2, 12))
-    set_params(project, {"train": {"epochs": 20, "checkpoint_steps": every}})
+    print(f"checkpoint_steps: {every}")  # shown if the test fails, to repeat it
+    set_params(project, {"train": {"epochs": 6, "checkpoint_steps": every}})
     lock_before = (project / "dvc.lock").read_text()
     try:
         # SIGKILL: nothing can be saved at the kill, so training resumes from the last checkpoint.
@@ -356,16 +359,16 @@ def test_killed_training_resumes_exactly_and_ctrl_c_saves_and_marks_the_run_kill
         killed_at = _checkpoint(project)["state"]["loop"]["step"]
         killed_run = _checkpoint(project)["extra"]["mlflow_run_id"]
         # Checkpoints come every `every` steps and at each epoch's end (every 3 steps).
-        assert 0 < killed_at < 60 and (killed_at % every == 0 or killed_at % 3 == 0), (every, killed_at)
+        assert 0 < killed_at < 18 and (killed_at % every == 0 or killed_at % 3 == 0), (every, killed_at)
         assert not (project / "data" / "model" / "model.pt").exists()
         assert (project / "dvc.lock").read_text() == lock_before
         assert store(project).get_run(killed_run).info.status == "RUNNING"  # nobody could end it
 
         # Resumed with checkpoints at another interval, which does not change the result: the run resumes, and
         # its MLflow run keeps the interval it started with and tags the new one (MLflow refuses to change a param).
-        set_params(project, {"train": {"epochs": 20, "checkpoint_steps": every + 1}})
+        set_params(project, {"train": {"epochs": 6, "checkpoint_steps": every + 1}})
         resumed = run(["dvc", "repro"], project)
-        assert f"resuming at epoch {killed_at // 3 + 1}, step {killed_at} of 60" in resumed.stderr
+        assert f"resuming at epoch {killed_at // 3 + 1}, step {killed_at} of 18" in resumed.stderr
         assert not list((project / "data" / "checkpoints").glob("*.pt"))  # deleted once finished
         finished = store(project).get_run(killed_run)
         assert finished.info.status == "FINISHED" and finished.data.tags["resumed_from_step"] == str(killed_at)
@@ -388,7 +391,7 @@ def test_killed_training_resumes_exactly_and_ctrl_c_saves_and_marks_the_run_kill
         assert store(project).get_run(interrupted["extra"]["mlflow_run_id"]).info.status == "KILLED"
         assert not (project / "data" / "model" / "model.pt").exists()
         again = run(["dvc", "repro", "--force", "--single-item", "train"], project)
-        assert f"step {interrupted['state']['loop']['step']} of 60" in again.stderr
+        assert f"step {interrupted['state']['loop']['step']} of 18" in again.stderr
         assert (project / "data" / "model" / "model.pt").read_bytes() == resumed_weights
         assert store(project).get_run(interrupted["extra"]["mlflow_run_id"]).info.status == "FINISHED"
     finally:

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO
+
 # MLflow logging, and turning errors into messages and exit codes: they change no output a stage writes.
 NOT_DEPS = {"segnet/tracking.py", "segnet/cli.py", "segnet/errors.py"}
 STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]

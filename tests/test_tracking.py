@@ -8,9 +8,7 @@ import pytest
 
 from segnet.errors import TrackingError
 from segnet.tracking import artifact_location, check_server, project_root, resolve_tracking_uri, stage_run
-from tests.helpers import dead_server_uri
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO, dead_server_uri
 
 
 def test_stores_that_are_not_servers_need_no_check(tmp_path):
