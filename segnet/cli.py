@@ -36,14 +36,13 @@ def run_stage(main: Callable[[], None]) -> None:
         signal.signal(signal.SIGTERM, previous)
 
 
-def stage_paths(doc: str) -> list[Path]:
-    """The paths a stage script was given, checked against the usage line of its docstring.
+def stage_paths(usage: str) -> list[Path]:
+    """The paths a stage script was given, as many as its usage line ("python -m stages.NAME A B") names.
 
     dvc.yaml always gives them; this is for a stage run by hand (as torchrun runs `stages.train`), which
     would otherwise fail on an unpacking error or an IndexError that names nothing.
     """
-    usage = next(line.removeprefix("Usage: ") for line in doc.splitlines() if line.startswith("Usage: "))
-    names, given = usage.split()[3:], sys.argv[1:]  # the words after "python -m stages.NAME"
+    names, given = usage.split()[3:], sys.argv[1:]
     if len(given) != len(names):
         raise ValueError(f"usage: {usage} (got {len(given)} argument(s); dvc.yaml shows them for each stage)")
     return [Path(argument) for argument in given]

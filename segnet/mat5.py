@@ -85,13 +85,16 @@ def _byte_order(data: bytes, source: str) -> str:
 
 
 def _is_matlab_4(data: bytes) -> bool:
-    """Whether the file starts like a MATLAB 4 matrix: a type code MOPT with M 0-4, O 0, P 0-5 and T 0-2."""
+    """Whether the file starts like a MATLAB 4 matrix: five int32 (type code MOPT with M 0-4, O 0, P 0-5 and
+    T 0-2; rows; columns; imaginary flag 0 or 1; name length), then the name, which ends with a NUL byte."""
     if len(data) < 20 or 0 not in data[:4]:
         return False
     for order in "<>":
-        code = struct.unpack(order + "i", data[:4])[0]
+        code, rows, columns, imaginary, name_length = struct.unpack(order + "5i", data[:20])
         machine, zero, precision, kind = code // 1000, code // 100 % 10, code // 10 % 10, code % 10
-        if 0 <= code < 5000 and machine <= 4 and zero == 0 and precision <= 5 and kind <= 2:
+        if (0 <= code < 5000 and machine <= 4 and zero == 0 and precision <= 5 and kind <= 2 and rows >= 0
+                and columns >= 0 and imaginary in (0, 1) and 1 <= name_length <= len(data) - 20
+                and data[20 + name_length - 1] == 0):
             return True
     return False
 

@@ -1,22 +1,30 @@
 """Reading params.yaml once and flattening it for logging."""
 
 import dataclasses
+import math
 from pathlib import Path
 
-from ruamel.yaml import YAML, YAMLError
+import yaml
+
+try:
+    from ruamel.yaml import YAML, YAMLError
+except ImportError:  # benchmarks/gpu.py's machine: PyTorch, SciPy and PyYAML, but no DVC and so no ruamel
+    YAML, YAMLError = None, yaml.YAMLError
 
 
 def load_params(path: Path = Path("params.yaml")) -> dict:
     """Loads the params file DVC passes to every stage (read from the working directory, which is the
     experiment's own copy under `dvc exp run --temp` and `--queue`).
 
-    Read as YAML 1.2, as DVC reads and writes it: `dvc exp run -S train.lr=1e-5` writes `1e-05`, which is a
-    number in YAML 1.2 and a string in PyYAML's YAML 1.1 (which needs a dot), and `yes`/`no` stay strings.
-    The pure-Python loader, since ruamel's C loader speaks YAML 1.1.
+    Read as YAML 1.2, as DVC reads and writes it (with ruamel.yaml): `dvc exp run -S train.lr=0.00005` writes
+    `5e-05`, which is a number in YAML 1.2 and a string in PyYAML's YAML 1.1 (which needs a dot), and
+    `yes`/`no` stay strings. The pure-Python loader, since ruamel's C loader speaks YAML 1.1. Where ruamel is
+    not installed, PyYAML reads it, which gives the same values for the committed params.yaml.
     """
     try:
-        params = YAML(typ="safe", pure=True).load(Path(path).read_text())
-    except YAMLError as error:
+        text = Path(path).read_text()
+        params = YAML(typ="safe", pure=True).load(text) if YAML else yaml.safe_load(text)
+    except (YAMLError, yaml.YAMLError) as error:
         raise ValueError(f"{path}: not valid YAML ({error})") from error
     if not isinstance(params, dict):
         raise ValueError(f"{path}: must hold a mapping of sections, got {type(params).__name__}")
@@ -54,6 +62,9 @@ def build(config_class: type, section: str, values: dict):
         expected = _TYPES.get(fields[name].type)
         if expected and (not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected)):
             raise ValueError(f"params.yaml {section}.{name}: must be {_WORDS[fields[name].type]}, got {value!r}")
+        # `.inf`, `.nan` or `1e400` pass "a number" and every range check written as `lr > 0`.
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"params.yaml {section}.{name}: must be a finite number, got {value!r}")
     return config_class(**values)
 
 

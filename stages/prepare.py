@@ -1,10 +1,6 @@
-"""DVC stage `prepare`: validates the archive named by data.archive and writes the split arrays.
-
-Usage: python -m stages.prepare OUTPUT_DIR METRICS_JSON
-"""
+"""DVC stage `prepare`: validates the archive named by data.archive and writes the split arrays."""
 
 import dataclasses
-import sys
 from pathlib import Path
 
 import mlflow
@@ -18,9 +14,11 @@ from segnet.params import build, load_params
 from segnet.prepare import prepare_dataset
 from segnet.tracking import log_metrics, stage_run
 
+USAGE = "python -m stages.prepare OUTPUT_DIR METRICS_JSON"
+
 
 def main() -> None:
-    output_dir, metrics_path = stage_paths(__doc__)
+    output_dir, metrics_path = stage_paths(USAGE)
     params = load_params()
     settings = dict(params["data"])
     archive = settings.pop("archive")

@@ -1,6 +1,5 @@
 """DVC stage `train`: trains SegNet on the prepared training split, selecting the epoch by validation mIoU.
 
-Usage: python -m stages.train PREPARED_DIR MODEL_DIR METRICS_JSON HISTORY_CSV CHECKPOINT_DIR
 The test split is not read here: only `evaluate` touches it. The prepared panels are memory-mapped: only
 the panels of each batch are read, so a dataset larger than memory trains too.
 
@@ -43,9 +42,11 @@ from segnet.plots import miou_time_png
 from segnet.tracking import TRAIN_STAGE, MLflowCallback, log_metrics, stage_run
 from segnet.train import TrainConfig, set_seed, train
 
+USAGE = "python -m stages.train PREPARED_DIR MODEL_DIR METRICS_JSON HISTORY_CSV CHECKPOINT_DIR"
+
 
 def main() -> None:
-    prepared_dir, model_dir, metrics_path, history_path, checkpoint_dir = stage_paths(__doc__)
+    prepared_dir, model_dir, metrics_path, history_path, checkpoint_dir = stage_paths(USAGE)
     params = load_params()
     seed = read_seed(params)
     model_config = build(SegNetConfig, "model", params["model"])

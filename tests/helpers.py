@@ -20,6 +20,7 @@ import scipy.io
 import yaml
 
 from segnet.generate import compose_panel
+from segnet.params import load_params
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -127,7 +128,7 @@ def stage_env() -> dict[str, str]:
 
 def write_params(folder: Path, archive: Path, **data) -> None:
     """Writes the repository's params.yaml into folder with data.archive (and any other data.* given) set."""
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params = load_params(REPO / "params.yaml")
     params["data"].update(archive=str(archive), **data)
     (Path(folder) / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
@@ -183,7 +184,7 @@ def run(
 
 
 def set_params(root: Path, overrides: dict) -> None:
-    params = yaml.safe_load((root / "params.yaml").read_text())
+    params = load_params(root / "params.yaml")
     for section, values in overrides.items():
         if isinstance(values, dict):
             params[section].update(values)

@@ -17,6 +17,7 @@ import torch
 import yaml
 
 from segnet import distributed
+from segnet.params import load_params
 from tests.helpers import PREPARE_STAGE, REPO, course_zip, kill_process_group, stage_env
 
 TRAIN_STAGE = [sys.executable, "-m", "stages.train", "prepared"]
@@ -35,7 +36,7 @@ def project(tmp_path_factory) -> Path:
     """A folder with tiny params and a prepared real dataset (.mat files written by scipy)."""
     root = tmp_path_factory.mktemp("distributed")
     course_zip(root / "data.zip", np.random.default_rng(0), train_files=4, test_files=1, per_file=8)
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params = load_params(REPO / "params.yaml")
     params["data"]["archive"] = "data.zip"
     params["model"].update(encoder_channels=[8, 8, 8, 8], decoder_channels=[8, 8, 8, 8])
     params["train"].update(SETTINGS)
@@ -56,7 +57,7 @@ def _outputs(name: str) -> list[str]:
 
 def _train(root: Path, name: str, store: str, processes: int) -> dict:
     """Runs the train stage with train.processes set; returns its weights, history and tracking store."""
-    params = yaml.safe_load((root / "params.yaml").read_text())
+    params = load_params(root / "params.yaml")
     params["train"]["processes"] = processes
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _run(TRAIN_STAGE + _outputs(name), root, MLFLOW_TRACKING_URI=f"sqlite:///{root / store}")
@@ -90,7 +91,7 @@ def test_two_gloo_processes_stopped_by_ctrl_c_and_resumed_train_what_one_process
     single = _train(project, "single", "single.db", processes=1)
 
     # Ctrl-C: both processes stop at one step, rank 0 saves the checkpoint, the run is KILLED, the stage exits 130.
-    params = yaml.safe_load((project / "params.yaml").read_text())
+    params = load_params(project / "params.yaml")
     params["train"].update(processes=2, checkpoint_steps=1)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     stderr = _stop_at_first_checkpoint(project, "double", "double.db")
@@ -129,7 +130,7 @@ def test_two_gloo_processes_stopped_by_ctrl_c_and_resumed_train_what_one_process
 
 
 def test_a_global_batch_that_does_not_split_evenly_is_refused(project):
-    params = yaml.safe_load((project / "params.yaml").read_text())
+    params = load_params(project / "params.yaml")
     params["train"].update(batch_size=9, processes=2)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     result = subprocess.run(TRAIN_STAGE + _outputs("odd"),
@@ -149,7 +150,7 @@ def test_a_global_batch_that_does_not_split_evenly_is_refused(project):
 def test_bad_input_stops_several_processes_before_they_start_with_one_line(project, prepared, model, message):
     # Checked in the launching process: otherwise every process would report it.
     original = (project / "params.yaml").read_text()
-    params = yaml.safe_load(original)
+    params = load_params(project / "params.yaml")
     params["train"].update(batch_size=8, processes=2)
     params["model"].update(model)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

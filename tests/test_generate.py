@@ -4,7 +4,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from segnet.archive import ArchiveLimits
 from segnet.generate import (
@@ -18,7 +17,7 @@ from segnet.generate import (
     split_digits,
 )
 from segnet.matfile import read_panels
-from segnet.params import build, read_seed
+from segnet.params import build, load_params, read_seed
 from tests.helpers import REPO
 
 MAX_BYTES = ArchiveLimits().max_member_bytes
@@ -150,7 +149,7 @@ def test_bad_generate_settings_are_refused_by_name(values, message):
 
 
 def test_the_generate_defaults_are_params_yaml_s():
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params = load_params(REPO / "params.yaml")
     assert build(GenerateConfig, "generate", params["generate"]) == GenerateConfig()
 
 

@@ -1,10 +1,15 @@
 """params.yaml is read as DVC reads and writes it (YAML 1.2), and a broken one is named."""
 
+import json
 import re
+import subprocess
+import sys
 
 import pytest
 
-from segnet.params import load_params
+from segnet.params import build, load_params
+from segnet.train import TrainConfig
+from tests.helpers import REPO
 
 
 def test_numbers_as_dvc_writes_them_are_numbers_and_yes_stays_a_string(tmp_path):
@@ -29,3 +34,24 @@ def test_a_broken_params_file_is_named_with_its_problem(tmp_path, text, problem)
     path.write_text(text)
     with pytest.raises(ValueError, match=f"(?s)^{re.escape(str(path))}: {problem}"):
         load_params(path)
+
+
+@pytest.mark.parametrize("text", ["1e400", ".inf", "-.inf", ".nan"])
+def test_a_number_that_is_not_finite_is_refused_by_name(tmp_path, text):
+    path = tmp_path / "params.yaml"
+    path.write_text(f"train:\n  lr: {text}\n")
+    with pytest.raises(ValueError, match=r"^params.yaml train.lr: must be a finite number, got (-?inf|nan)$"):
+        build(TrainConfig, "train", load_params(path)["train"])
+
+
+def test_without_ruamel_the_committed_params_read_the_same(tmp_path):
+    # benchmarks/gpu.py runs where DVC, and so ruamel.yaml, is not installed: PyYAML reads params.yaml there.
+    script = (
+        "import sys, json; sys.modules['ruamel'] = None\n"
+        "from segnet import params\n"
+        "assert params.YAML is None\n"
+        "print(json.dumps(params.load_params(params.Path(sys.argv[1]))))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script, str(REPO / "params.yaml")], cwd=REPO, text=True,
+                            capture_output=True, check=True)
+    assert json.loads(result.stdout) == load_params(REPO / "params.yaml")

@@ -13,11 +13,12 @@ import mlflow
 import numpy as np
 import pytest
 import torch
-import yaml
 
+from segnet.params import load_params
 from tests.helpers import (
     clean_env, course_zip, dead_server_uri, kill_process_group, run, set_params, tiny_project, write_zip,
 )
+
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
@@ -102,7 +103,7 @@ def test_every_stage_is_one_linked_mlflow_run_in_the_root_store(project, monkeyp
     commit = run(["git", "rev-parse", "HEAD"], project).stdout.strip()
     assert all(found[0].data.tags["git_commit"] == commit for found in runs.values())
 
-    committed_lr = yaml.safe_load((project / "params.yaml").read_text())["train"]["lr"]
+    committed_lr = load_params(project / "params.yaml")["train"]["lr"]
     assert train_run.data.params["train.lr"] == str(committed_lr)
     assert set(train_run.data.metrics) >= {"train_loss", "val_miou", "best_val_miou"}
     history = store(project).get_metric_history(train_run.info.run_id, "val_miou")

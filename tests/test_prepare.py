@@ -15,6 +15,7 @@ import yaml
 from segnet.data import load_split
 from segnet.errors import DatasetError
 from segnet.prepare import prepare_dataset
+from segnet.params import load_params
 from tests.helpers import (
     PREPARE_STAGE, course_mat, course_zip, random_panels, run, stage_env, tree, write_params, write_zip,
 )
@@ -172,7 +173,7 @@ def test_a_killed_prepare_stage_leaves_the_earlier_output_or_a_complete_new_one(
 ])
 def test_bad_data_settings_stop_the_stage_with_one_line_naming_the_key(tmp_path, data, message):
     write_params(tmp_path, archive=tmp_path / "unused.zip")
-    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    params = load_params(tmp_path / "params.yaml")
     params["data"].update(data)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     result = run(PREPARE_STAGE, tmp_path, check=False, env=stage_env(), timeout=300)
