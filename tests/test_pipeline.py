@@ -126,7 +126,9 @@ def test_every_stage_is_one_linked_mlflow_run_in_the_root_store(project, monkeyp
     assert (project / "mlartifacts").is_dir() and not (project / "mlruns").exists()
 
     # The model is an MLflow model with a signature, loadable and predicting the right shape.
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")  # set_tracking_uri sets it too: undone after the test
+    # set_tracking_uri also sets MLFLOW_TRACKING_URI, which monkeypatch puts back after the test; MLflow's
+    # in-process URI stays set, which is harmless, since every other caller names its store.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
     logged = mlflow.search_logged_models(experiment_ids=[train_run.info.experiment_id], output_format="list")
     assert len(logged) == 1 and logged[0].source_run_id == train_run.info.run_id
