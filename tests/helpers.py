@@ -1,5 +1,6 @@
 """Shared test material: small real datasets zipped like the course release, and a tiny copy of the project."""
 
+import ast
 import contextlib
 import fcntl
 import io
@@ -105,6 +106,18 @@ def course_zip(path, rng: np.random.Generator, train_files=3, test_files=2, per_
         contents[folder + name] = random_panels(per_file, rng, max_digits=9 if name.startswith("test") else 4)
     write_zip(path, {name: course_mat(*arrays) for name, arrays in contents.items()})
     return contents
+
+
+def imported_names(path: Path) -> set[str]:
+    """The absolute imports of a Python file, as dotted names: `import a.b` gives a.b, `from a import c` gives a
+    and a.c."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+    return names
 
 
 def free_port() -> int:

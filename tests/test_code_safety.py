@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO
+from tests.helpers import REPO, imported_names
 
 SOURCES = sorted(p for folder in ("segnet", "stages", "benchmarks", "tests") for p in (REPO / folder).glob("*.py"))
 
@@ -38,14 +38,8 @@ def test_loaders_refuse_pickles(path):
 def _imported(path: Path) -> set[str]:
     """Top-level modules imported (`import pickle`, `from pickle import loads`), and `module.name` for each name
     imported from a module (`from torch import load` -> torch.load)."""
-    imported = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            imported |= {alias.name.split(".")[0] for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            imported.add(node.module.split(".")[0])
-            imported |= {f"{node.module}.{alias.name}" for alias in node.names}
-    return imported
+    names = imported_names(path)
+    return {name.split(".")[0] for name in names} | names
 
 
 def test_the_scan_sees_the_loaders_it_checks():

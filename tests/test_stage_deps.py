@@ -2,13 +2,12 @@
 through other modules, so that editing one reruns the stage. Left out on purpose: modules that only log runs or
 report failures, whose edits must not cost a retraining."""
 
-import ast
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.helpers import REPO
+from tests.helpers import REPO, imported_names
 
 # MLflow logging, and turning errors into messages and exit codes: they change no output a stage writes.
 NOT_DEPS = {"segnet/tracking.py", "segnet/cli.py", "segnet/errors.py"}
@@ -18,18 +17,12 @@ STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
 def _imported(path: Path) -> set[str]:
     """The project files `path` imports itself (relative to the repository)."""
     found = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        names = []
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
-        for name in names:
-            if name.split(".")[0] in ("segnet", "stages"):
-                found.add("segnet/__init__.py" if name.startswith("segnet") else "stages/__init__.py")
-                file = REPO / (name.replace(".", "/") + ".py")
-                if file.is_file():
-                    found.add(str(file.relative_to(REPO)))
+    for name in imported_names(path):
+        if name.split(".")[0] in ("segnet", "stages"):
+            found.add("segnet/__init__.py" if name.startswith("segnet") else "stages/__init__.py")
+            file = REPO / (name.replace(".", "/") + ".py")
+            if file.is_file():
+                found.add(str(file.relative_to(REPO)))
     return found
 
 
