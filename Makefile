@@ -41,6 +41,7 @@ bench: venv
 	python -m benchmarks.throughput
 	python -m benchmarks.techniques
 	python -m benchmarks.profile
+	python -m benchmarks.stacks
 
 # Full-size data: a 100k-panel archive (500 panels per file), streamed prepare and memory-mapped training.
 bench-large: venv

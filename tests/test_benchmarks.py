@@ -1,6 +1,7 @@
 """The benchmark that runs where MLflow and DVC are not installed (`python -m benchmarks.gpu`, here on the CPU),
-and the profile's per-convolution timings."""
+the profile's per-convolution timings, and how the py-spy profile reads real py-spy samples."""
 
+import inspect
 import json
 import re
 import subprocess
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import dropped, profile
+from benchmarks import dropped, profile, stacks
 from segnet.model import SegNet, SegNetConfig
 from tests.helpers import REPO, clean_env, course_zip
 
@@ -99,3 +100,67 @@ def test_the_stand_in_loss_passes_back_one_fixed_gradient():
     logits.grad = None
     loss_of(logits * 1, None).backward()
     assert torch.equal(logits.grad, first) and torch.equal(first, loss_of.fixed)
+
+
+SPY_TARGET = """
+import time
+import torch
+
+def interpreted(seconds):
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for _ in range(10_000):
+            count += 1
+
+def native(seconds):
+    x = torch.randn(1024, 1024)
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        x @ x
+
+torch.set_num_threads(2)
+interpreted(1.5)
+native(1.5)
+"""
+
+
+def test_py_spy_samples_of_a_python_loop_and_of_a_matrix_product_are_told_apart(tmp_path):
+    target = tmp_path / "target.py"
+    target.write_text(SPY_TARGET)
+    output = tmp_path / "samples.txt"
+    finished = subprocess.run(
+        ["py-spy", "record", "--native", "--idle", "--rate", "100", "--format", "raw", "--output", str(output),
+         "--", sys.executable, str(target)], capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 0, finished.stderr
+    samples = stacks.parse_raw(output.read_text())
+    interpreter, waiting, native = stacks.WORKS
+    for function, works in (("interpreted", [interpreter]), ("native", [native, waiting])):
+        cells, total = stacks.breakdown(samples, f"{function} (target.py")
+        # 1.5 s at 100 samples/s; py-spy pauses the process at each sample, so fewer are taken.
+        assert total > 50, (function, total)
+        # The matrix product is split over two threads: the main thread waits at the end of each for the other,
+        # the longer the busier the machine.
+        assert sum(cells[stacks.OTHER, work] for work in works) > 0.9 * total, (function, cells)
+        assert cells[stacks.OTHER, works[0]] > 0.3 * total, (function, cells)
+    # torch is imported inside no function here; in the training loops its first-use imports are left out.
+    assert stacks.breakdown(samples, "<module> (target.py")[1] < sum(samples.values())
+
+
+def test_every_phase_and_loop_marker_names_a_function_where_it_is_defined():
+    from scipy import io as scipy_io
+    from torch.autograd import graph
+    from benchmarks import measure
+    from segnet import augment, losses, model, train
+    defined = {
+        "loadmat": scipy_io.loadmat, "_engine_run_backward": graph._engine_run_backward,
+        "step": torch.optim.AdamW.step, "cross_entropy": torch.nn.functional.cross_entropy,
+        "forward": model.SegNet.forward, "train": train.train,
+        "reference_images_per_second": measure.reference_images_per_second,
+    }
+    frames = [f"{name} ({inspect.getsourcefile(function)}:1)" for name, function in defined.items()]
+    frames += [f"anything ({inspect.getsourcefile(module)}:1)" for module in (augment, losses)]
+    markers = [marker for _, phase_markers in stacks.PHASES for marker in phase_markers]
+    for marker in markers + list(stacks.LOOPS.values()):
+        # py-spy names a file by its path under site-packages or the working folder: a marker is its start.
+        function, _, path = marker.rpartition("(")
+        assert any(frame.startswith(function) and f"/{path}" in frame for frame in frames), marker
