@@ -31,7 +31,7 @@ from segnet.data import load_split
 from segnet.inference import accumulate_confusion
 from segnet.model import SegNet, SegNetConfig
 from segnet.prepare import prepare_dataset
-from segnet.devices import select_amp_dtype
+from segnet.devices import select_amp_dtype, use_exact_float32
 
 
 def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 10, trials: int = 5) -> float:
@@ -55,6 +55,7 @@ def training_flops_per_image(model_config: SegNetConfig, batch: int = 32) -> flo
 def evaluation_images_per_second(prepared: Path, model_config: SegNetConfig, batch_size: int,
                                  device: torch.device) -> float:
     """The evaluate stage's loop: float32 whatever training used, so reported metrics never depend on it."""
+    use_exact_float32()  # as the stage does: on a GPU, float32 convolutions would otherwise run in TF32
     images, labels = load_split(prepared, "test")
     model = SegNet(model_config).to(device=device, memory_format=torch.channels_last)
     classes = model_config.num_classes

@@ -94,7 +94,7 @@ def run_in_processes(processes: int, module: str, arguments: list[str]) -> int:
 
     Returns:
         0 when every process succeeded; 130 when a signal stopped them (as Ctrl-C stops one process); else the
-        exit status of the first process that failed.
+        exit status of the first process that failed, also when it failed while stopping on a signal.
     """
     threads = max(1, available_cores() // processes)
     with socket.socket() as probe:  # a free port for rank 0's rendezvous store
@@ -108,31 +108,38 @@ def run_in_processes(processes: int, module: str, arguments: list[str]) -> int:
         for rank in range(processes)
     ]
     signalled = []
+    # When the job's processes get SIGKILL: a while after the first of them failed or a second signal came.
+    kill_at = []
 
     def forward(signum, frame) -> None:
         signalled.append(signum)
         _signal_running(workers, signum)
+        if len(signalled) > 1 and not kill_at:  # a process blocked in C++ never sees the signal
+            kill_at.append(time.monotonic() + _FAILED_JOB_GRACE_S)
 
     previous = {signum: signal.signal(signum, forward) for signum in (signal.SIGINT, signal.SIGTERM)}
-    failed, killed_at = None, None
+    failed = None
     try:
         while None in [worker.poll() for worker in workers]:  # a list: every worker polled, none skipped
-            if failed is None and not signalled:
+            if failed is None:
+                # Also after a signal: the others would wait for a failed process in their next collective (a
+                # stop at a checkpoint has one) until gloo's timeout, half an hour.
                 failed = next((worker.returncode for worker in workers if worker.returncode not in (None, 0)), None)
-                if failed is not None:  # SIGTERM lets a process outside the loop end its MLflow run
-                    _signal_running(workers, signal.SIGTERM)
-                    killed_at = time.monotonic() + _FAILED_JOB_GRACE_S
-            if killed_at is not None and time.monotonic() > killed_at:
-                _signal_running(workers, signal.SIGKILL)  # blocked in a collective, they never see SIGTERM
+                if failed is not None:
+                    if not signalled:  # SIGTERM lets a process outside the loop end its MLflow run
+                        _signal_running(workers, signal.SIGTERM)
+                    kill_at.append(time.monotonic() + _FAILED_JOB_GRACE_S)
+            if kill_at and time.monotonic() > min(kill_at):
+                _signal_running(workers, signal.SIGKILL)  # blocked in a collective, they never see a signal
             time.sleep(0.1)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         _signal_running(workers, signal.SIGKILL)  # only if this ended by an exception of its own
-    if signalled:
-        return 130
     if failed is None:
         failed = next((worker.returncode for worker in workers if worker.returncode != 0), 0)
+    if signalled and (failed in (0, 130) or failed < 0):
+        return 130  # stopped as asked; a process that failed otherwise meanwhile reports its own status
     return failed if failed >= 0 else 128 - failed  # killed by signal N: 128 + N, as a shell reports it
 
 

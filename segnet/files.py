@@ -141,8 +141,28 @@ def save_torch(path: Path, value) -> None:
     _replace_atomically(path, lambda temporary: torch.save(value, temporary))
 
 
+def check_replaceable(path: Path, marker: str) -> None:
+    """Refuses an existing `path` that is not an earlier output of the same kind, which staged_directory would
+    replace and delete: a file, or a folder that holds anything but has no file named `marker`.
+
+    A stage run by hand with its arguments in the wrong order, or pointed at a folder of the user's own,
+    would otherwise delete what is there. An empty folder is accepted.
+
+    Raises:
+        ValueError: Naming `path` and what is in the way.
+    """
+    path = Path(path)
+    if not os.path.lexists(path):
+        return
+    if not path.is_dir():
+        raise ValueError(f"{path}: is a file, where an output folder goes; refusing to replace it")
+    if not (path / marker).is_file() and any(path.iterdir()):
+        raise ValueError(f"{path}: is not an earlier output (it has no {marker}) and is not empty; refusing to "
+                         "replace it and delete what it holds: name a new or an empty folder")
+
+
 @contextlib.contextmanager
-def staged_directory(path: Path) -> Iterator[Path]:
+def staged_directory(path: Path, marker: str) -> Iterator[Path]:
     """Yields an empty staging folder beside `path` that takes the place of `path` when the block succeeds.
 
     The block writes the whole new folder into the staging folder, with this module's writers (they
@@ -152,11 +172,14 @@ def staged_directory(path: Path) -> Iterator[Path]:
 
     Args:
         path: The output folder to replace.
+        marker: A file every complete output of this kind holds. An existing `path` without it is refused
+            before anything is written (check_replaceable), and the block must write it.
 
     Yields:
         The staging folder, on the same filesystem as `path`.
     """
     path = Path(path)
+    check_replaceable(path, marker)
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_abandoned_staging(path)
     staging = Path(tempfile.mkdtemp(prefix=f"{_staging_prefix(path)}{os.getpid()}-", dir=path.parent))
@@ -164,6 +187,8 @@ def staged_directory(path: Path) -> Iterator[Path]:
         # mkdtemp makes the folder private (0700); the output gets the mode a plain mkdir would give it.
         os.chmod(staging, 0o777 & ~_UMASK)
         yield staging
+        if not (staging / marker).is_file():
+            raise RuntimeError(f"{path}: the new output has no {marker}, which the next run would refuse to replace")
         _fsync(staging)
         _swap_into_place(staging, path)
         _fsync(path.parent)

@@ -55,6 +55,9 @@ def prepare_dataset(
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     archive_path = Path(archive_path)
+    if archive_path.resolve().is_relative_to(Path(output_dir).resolve()):
+        raise ValueError(f"{archive_path}: the archive is at or below the output folder {output_dir}, which prepare "
+                         "replaces as a whole; name another output folder")
     fingerprint = sha256_file(archive_path) if archive_path.is_file() else None
     with open_archive(archive_path) as archive:
         index = index_archive(archive, str(archive_path), limits=limits)
@@ -62,7 +65,7 @@ def prepare_dataset(
         log.warning("%s:%s: not a batch*.mat or testset*.mat file; ignored", archive_path, name)
 
     summary = {"archive": str(archive_path), "archive_sha256": fingerprint}
-    with staged_directory(output_dir) as staging:
+    with staged_directory(output_dir, "dataset.json") as staging:
         splits = {}
         with _file_reader(archive_path, limits, workers) as read_files:
             for split, members in (("train", index.train), ("test", index.test)):

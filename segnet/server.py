@@ -6,6 +6,7 @@
     postgres/       the cluster's log and unix socket
     pgpass          the database password, readable only by the user who started the server
     artifacts/      run artifacts; the server proxies them, so clients need only its URL
+    server.lock     held while a server runs on the folder: a second one is refused
 
 It starts PostgreSQL on 127.0.0.1, then `mlflow server` on 127.0.0.1 in the foreground, and stops both on
 Ctrl-C or SIGTERM. Runs survive restarts: the next start reuses the cluster. With `--database-uri` the
@@ -14,6 +15,7 @@ server uses that database instead and starts no PostgreSQL of its own.
 
 import argparse
 import contextlib
+import fcntl
 import logging
 import os
 import pwd
@@ -265,6 +267,33 @@ def stop_process_group(process: subprocess.Popen, timeout: float = 30.0) -> None
 
 
 @contextlib.contextmanager
+def claim_folder(folder: Path) -> Iterator[None]:
+    """Holds `folder` for one server: a second one on the same folder would take the running cluster for one
+    left behind by a killed start, and stop it under the first server.
+
+    The claim is an exclusive lock on `folder/server.lock` that the kernel drops when this process ends,
+    however it ends; the file says which process holds it.
+
+    Raises:
+        ServerError: Another process holds the folder.
+    """
+    lock_path = Path(folder) / "server.lock"
+    with open(lock_path, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "unknown"
+            raise ServerError(f"{folder}: already served by process {holder}; stop that server first, or give "
+                              "this one another folder") from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        yield
+
+
+@contextlib.contextmanager
 def tracking_server(
     folder: Path, port: int, postgres_port: int, database_uri: str | None = None, log_file: Path | None = None
 ) -> Iterator[TrackingServer]:
@@ -281,6 +310,7 @@ def tracking_server(
     folder.mkdir(parents=True, exist_ok=True)
     check_port_free(port, "the MLflow server")  # before starting a database it would then have to stop
     with contextlib.ExitStack() as started:
+        started.enter_context(claim_folder(folder))
         if database_uri is None:
             postgres = Postgres(folder, postgres_port, postgres_bin_dir())
             postgres.init()

@@ -2,6 +2,7 @@
 
 import json
 import logging
+from pathlib import Path
 
 import mlflow
 import torch
@@ -20,6 +21,34 @@ from segnet.tracking import TRAIN_STAGE, find_run, log_metrics, stage_run
 USAGE = "python -m stages.evaluate PREPARED_DIR MODEL_DIR METRICS_JSON CONFUSION_PNG PREDICTIONS_PNG"
 
 log = logging.getLogger("segnet.evaluate")
+# What the train stage's config.json holds, and evaluate reads.
+RECORD_KEYS = ("seed", "model", "train", "dataset_sha256")
+
+
+def read_model(model_dir: Path) -> tuple[dict, dict]:
+    """The train stage's record of a model (config.json) and its weights (model.pt), checked.
+
+    Raises:
+        ValueError: Either file is missing or is not what the train stage writes, naming the file.
+    """
+    weights_path, record_path = model_dir / "model.pt", model_dir / "config.json"
+    for path in (weights_path, record_path):
+        if not path.is_file():
+            raise ValueError(f"{path}: missing; run the train stage first (dvc repro train)")
+    try:
+        record = json.loads(record_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{record_path}: not JSON ({error}); rerun the train stage (dvc repro train)") from error
+    missing = [key for key in RECORD_KEYS if not isinstance(record, dict) or key not in record]
+    if missing:
+        raise ValueError(f"{record_path}: not a record the train stage writes (no {', '.join(missing)}); rerun the "
+                         "train stage (dvc repro train)")
+    try:
+        weights = torch.load(weights_path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch names no exception types; its own advice (weights_only=False) is unsafe
+        raise ValueError(f"{weights_path}: not weights the train stage writes ({type(error).__name__}); rerun the "
+                         "train stage (dvc repro train)") from error
+    return record, weights
 
 
 def main() -> None:
@@ -27,14 +56,26 @@ def main() -> None:
     params = load_params()
     settings = params["evaluate"]
     config = build(EvaluateConfig, "evaluate", settings)
-    if not (model_dir / "model.pt").is_file():
-        raise ValueError(f"{model_dir / 'model.pt'}: missing; run the train stage first (dvc repro train)")
     experiment = params["tracking"]["experiment"]
+    # The input is checked before the MLflow run starts: bad input leaves no failed run behind.
+    trained, weights = read_model(model_dir)
+    model = SegNet(SegNetConfig(**trained["model"]))
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as error:
+        # torch's first line only says that loading failed; the next one says what does not fit.
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        raise ValueError(f"{model_dir / 'model.pt'}: does not fit the model in {model_dir / 'config.json'} "
+                         f"({lines[1] if len(lines) > 1 else lines[0]}); rerun the train stage (dvc repro train)"
+                         ) from error
+    images, labels = load_split(prepared_dir, "test")
+    scored = json.loads((prepared_dir / "dataset.json").read_text())["archive_sha256"]
+    if scored != trained["dataset_sha256"]:
+        log.warning("%s: the test split of another archive than the model was trained on", prepared_dir)
     # The training params come from the model's own record, so the evaluate run carries exactly what
     # produced the weights it scores: evaluate runs alone can then be compared param against mIoU.
-    trained = json.loads((model_dir / "config.json").read_text())
     model_sha256 = sha256_file(model_dir / "model.pt")
-    tags = {"model_sha256": model_sha256, "dataset_sha256": trained["dataset_sha256"]}
+    tags = {"model_sha256": model_sha256, "dataset_sha256": scored, "train_dataset_sha256": trained["dataset_sha256"]}
     logged = {"seed": trained["seed"], "model": trained["model"], "train": trained["train"], "evaluate": settings}
 
     with stage_run("evaluate", experiment, logged, tags):
@@ -44,11 +85,8 @@ def main() -> None:
             mlflow.set_tag("train_run_id", train_run_id)
         else:
             log.warning("no train run with this model's hash in the tracking store; the evaluate run is unlinked")
-        model = SegNet(SegNetConfig(**trained["model"]))
-        model.load_state_dict(torch.load(model_dir / "model.pt", map_location="cpu", weights_only=True))
         device = select_device(config.device, setting="evaluate.device")
         model.to(device=device, memory_format=torch.channels_last)
-        images, labels = load_split(prepared_dir, "test")
         # Evaluation runs in float32 whatever training used: the reported numbers must not depend on it.
         use_exact_float32()
         confusion = accumulate_confusion(

@@ -34,7 +34,7 @@ from segnet.cli import run_stage, stage_paths
 from segnet import distributed
 from segnet.data import load_split, split_indices, to_input
 from segnet.devices import select_device
-from segnet.files import save_torch, sha256_file, staged_directory, write_bytes, write_json
+from segnet.files import check_replaceable, save_torch, sha256_file, staged_directory, write_bytes, write_json
 from segnet.interrupt import StopSignals
 from segnet.model import SegNet, SegNetConfig
 from segnet.params import build, load_params, read_seed
@@ -42,6 +42,7 @@ from segnet.plots import miou_time_png
 from segnet.tracking import TRAIN_STAGE, MLflowCallback, log_metrics, stage_run
 from segnet.train import TrainConfig, set_seed, train
 
+MODEL_FILE = "model.pt"
 USAGE = "python -m stages.train PREPARED_DIR MODEL_DIR METRICS_JSON HISTORY_CSV CHECKPOINT_DIR"
 
 
@@ -67,6 +68,7 @@ def main() -> None:
     if model_config.in_channels != images.shape[3]:
         raise ValueError(f"params.yaml model.in_channels: the panels have {images.shape[3]} colour channels, "
                          f"got {model_config.in_channels}")
+    check_replaceable(model_dir, MODEL_FILE)  # now, not after training: the model folder is replaced at the end
     world = distributed.launched_world()
     if train_config.processes > 1 and not distributed.launched():
         # Checked here too (train() checks any job's size), so that a bad size fails before N processes start.
@@ -123,8 +125,8 @@ def main() -> None:
 
         config = {**logged, "dataset_sha256": dataset["archive_sha256"], "best_epoch": result.best_epoch}
         # Weights and their config appear together or not at all: evaluate must never pair one with another's.
-        with staged_directory(model_dir) as staging:
-            save_torch(staging / "model.pt", result.best_state)
+        with staged_directory(model_dir, MODEL_FILE) as staging:
+            save_torch(staging / MODEL_FILE, result.best_state)
             write_json(staging / "config.json", config)
         summary = {
             "best_val_miou": result.best_val_miou,
@@ -136,7 +138,7 @@ def main() -> None:
         }
         write_json(metrics_path, summary)
         write_bytes(history_path, _history_csv(result.history))
-        mlflow.set_tags({"model_sha256": sha256_file(model_dir / "model.pt"), "device": result.device,
+        mlflow.set_tags({"model_sha256": sha256_file(model_dir / MODEL_FILE), "device": result.device,
                          "precision": result.amp_dtype, "resumed_from_step": result.resumed_from_step,
                          "cpu_kernels": str(result.cpu_kernels).lower()})
         log_metrics(summary)

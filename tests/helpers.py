@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -127,9 +128,16 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def dead_server_uri() -> str:
-    """An http:// URI on a loopback port that nothing listens on."""
-    return f"http://127.0.0.1:{free_port()}"
+@contextlib.contextmanager
+def dead_server_uri() -> Iterator[str]:
+    """An http:// URI on a loopback port that nothing listens on, for as long as the context lasts.
+
+    The port stays bound, without listening: connections to it are refused, and no other process (a server
+    another test starts on a free port) can take it meanwhile.
+    """
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{held.getsockname()[1]}"
 
 
 def stage_env() -> dict[str, str]:
@@ -216,8 +224,11 @@ def tiny_project(root: Path) -> Path:
             shutil.copy2(REPO / name, root / name)
     set_params(root, TINY)
     run(["git", "init", "-q"], root)
+    # In the repository, not per command: `dvc exp run` commits too, and a CI machine may have no global identity.
+    run(["git", "config", "user.name", "test"], root)
+    run(["git", "config", "user.email", "test@example.com"], root)
     run(["git", "add", "-A"], root)
-    run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-qm", "tiny"], root)
+    run(["git", "commit", "-qm", "tiny"], root)
     return root
 
 

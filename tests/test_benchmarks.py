@@ -137,7 +137,7 @@ def test_py_spy_samples_of_a_python_loop_and_of_a_matrix_product_are_told_apart(
     for function, works in (("interpreted", [interpreter]), ("native", [native, waiting])):
         cells, total = stacks.breakdown(samples, f"{function} (target.py")
         # 1.5 s at 100 samples/s; py-spy pauses the process at each sample, so fewer are taken.
-        assert total > 50, (function, total)
+        assert total > 20, (function, total)
         # The matrix product is split over two threads: the main thread waits at the end of each for the other,
         # the longer the busier the machine.
         assert sum(cells[stacks.OTHER, work] for work in works) > 0.9 * total, (function, cells)

@@ -20,7 +20,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.wait import WebDriverWait
 
-from tests.helpers import apt_install_or_skip, dead_server_uri
+from tests.helpers import apt_install_or_skip, free_port
 from tests.test_pipeline import clean_env, project, run, runs_by_stage  # noqa: F401 (project: the fixture)
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -95,7 +95,7 @@ def mlflow_ui(root: Path) -> Iterator[str]:
     One worker and no job runner: the page needs neither, and the runner's seven queue consumers would take
     seconds to start and to stop on two cores.
     """
-    url = dead_server_uri()
+    url = f"http://127.0.0.1:{free_port()}"
     command = ["mlflow", "ui", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
                "--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1], "--workers", "1"]
     log = root / "mlflow-ui.log"

@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -130,12 +131,16 @@ def test_two_gloo_processes_stopped_by_ctrl_c_and_resumed_train_what_one_process
 
 
 def test_a_global_batch_that_does_not_split_evenly_is_refused(project):
+    original = (project / "params.yaml").read_text()
     params = load_params(project / "params.yaml")
     params["train"].update(batch_size=9, processes=2)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    result = subprocess.run(TRAIN_STAGE + _outputs("odd"),
-                            cwd=project, env=stage_env() | {"MLFLOW_TRACKING_URI": f"sqlite:///{project / 'odd.db'}"},
-                            capture_output=True, text=True, timeout=300)
+    try:
+        result = subprocess.run(TRAIN_STAGE + _outputs("odd"), cwd=project, capture_output=True, text=True,
+                                env=stage_env() | {"MLFLOW_TRACKING_URI": f"sqlite:///{project / 'odd.db'}"},
+                                timeout=300)
+    finally:
+        (project / "params.yaml").write_text(original)
     assert result.returncode != 0
     assert "train.batch_size 9 does not divide among 2 processes" in result.stderr
     assert not (project / "odd" / "model").exists()
@@ -202,3 +207,36 @@ def test_when_one_process_fails_the_launcher_stops_the_others_and_returns_its_st
     assert distributed.run_in_processes(2, "failing_job", []) == 3
     assert time.monotonic() - started < 60  # not the two minutes process 0 would sleep
     assert (tmp_path / "death_signal").read_text() == str(int(signal.SIGKILL))
+
+
+# A job stopped by Ctrl-C in which process 0 fails while stopping (its checkpoint cannot be written, say) and
+# process 1 never sees a signal, as when it is blocked in a collective that waits for process 0.
+FAILING_WHILE_STOPPING = """
+import os, signal, sys, time
+rank = os.environ["RANK"]
+if rank == "0":
+    signal.signal(signal.SIGINT, lambda signum, frame: sys.exit(1))
+else:
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
+open(f"ready{rank}", "w").close()
+time.sleep(120)
+"""
+
+
+def test_a_process_that_fails_while_the_job_stops_on_ctrl_c_is_reported_and_the_blocked_one_killed(
+        tmp_path, monkeypatch):
+    (tmp_path / "stopping_job.py").write_text(FAILING_WHILE_STOPPING)
+    monkeypatch.chdir(tmp_path)
+
+    def ctrl_c_once_both_run():
+        while not all((tmp_path / f"ready{rank}").exists() for rank in (0, 1)):
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGINT)  # the launcher's handler takes it, in the main thread
+
+    threading.Thread(target=ctrl_c_once_both_run, daemon=True).start()
+    started = time.monotonic()
+    # Process 0's own status, not 130: stopping did not go as asked.
+    assert distributed.run_in_processes(2, "stopping_job", []) == 1
+    # Process 1 got SIGKILL after the grace, not after its two minutes or gloo's half-hour timeout.
+    assert time.monotonic() - started < distributed._FAILED_JOB_GRACE_S + 30

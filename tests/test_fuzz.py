@@ -15,7 +15,6 @@ import struct
 import tempfile
 import tracemalloc
 import zipfile
-from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +31,8 @@ settings.register_profile(
     "fuzz",
     derandomize=True,
     max_examples=2000,
-    deadline=timedelta(seconds=5),
+    # No per-example deadline: a stall of the shared machine would fail an example for its time alone.
+    deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )

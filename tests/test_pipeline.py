@@ -20,11 +20,17 @@ from tests.helpers import (
 )
 
 
+# What the project fixture's `dvc repro` left, read before any test adds experiments: its MLflow runs by
+# stage and its metrics/evaluate.json.
+FIRST_REPRO = {}
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     """A fresh clone-like copy of the repository (tracked files only), with tiny params, after dvc repro."""
     root = tiny_project(tmp_path_factory.mktemp("project"))
     run(["dvc", "repro"], root)
+    FIRST_REPRO.update(runs=runs_by_stage(root), evaluate=json.loads((root / "metrics" / "evaluate.json").read_text()))
     return root
 
 
@@ -87,7 +93,7 @@ def test_evaluate_scores_a_model_trained_on_a_gpu_with_its_own_device_setting(pr
 
 
 def test_every_stage_is_one_linked_mlflow_run_in_the_root_store(project, monkeypatch):
-    runs = runs_by_stage(project)
+    runs = FIRST_REPRO["runs"]
     assert {stage: len(found) for stage, found in runs.items()} == {
         "generate": 1, "prepare": 1, "train": 1, "evaluate": 1,
     }
@@ -118,9 +124,7 @@ def test_every_stage_is_one_linked_mlflow_run_in_the_root_store(project, monkeyp
     assert evaluate_run.data.tags["train_run_id"] == train_run.info.run_id
     assert evaluate_run.data.params["train.lr"] == train_run.data.params["train.lr"]
     assert evaluate_run.data.params["model.encoder_channels"] == "[8, 8, 8, 8]"
-    assert evaluate_run.data.metrics["miou"] == pytest.approx(
-        json.loads((project / "metrics" / "evaluate.json").read_text())["miou"]
-    )
+    assert evaluate_run.data.metrics["miou"] == pytest.approx(FIRST_REPRO["evaluate"]["miou"])
     artifacts = {item.path for item in store(project).list_artifacts(evaluate_run.info.run_id)}
     assert {"evaluate.json", "confusion_matrix.png", "predictions.png"} <= artifacts
     assert (project / "mlartifacts").is_dir() and not (project / "mlruns").exists()
@@ -131,7 +135,8 @@ def test_every_stage_is_one_linked_mlflow_run_in_the_root_store(project, monkeyp
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "")
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
     logged = mlflow.search_logged_models(experiment_ids=[train_run.info.experiment_id], output_format="list")
-    assert len(logged) == 1 and logged[0].source_run_id == train_run.info.run_id
+    logged = [model for model in logged if model.source_run_id == train_run.info.run_id]
+    assert len(logged) == 1
     info = mlflow.models.get_model_info(logged[0].model_uri)
     assert info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 3, 64, 64)
     # With pickle refused, MLflow checks every record of the pt2 archive with torch's weights-only
@@ -303,12 +308,11 @@ def test_a_users_own_zip_outside_the_project_is_used_and_left_untouched(project,
 
 
 def test_a_tracking_server_that_is_down_stops_a_stage_at_its_start(project):
-    dead = dead_server_uri()
     lock_before = (project / "dvc.lock").read_text()
-    env = clean_env(MLFLOW_TRACKING_URI=dead)
-    # The timeout catches MLflow's own minutes-long retrying: the check must fail before any of it.
-    result = subprocess.run(["dvc", "repro", "--force", "--single-item", "train"], cwd=project, env=env,
-                            capture_output=True, text=True, timeout=120)
+    with dead_server_uri() as dead:
+        # The timeout catches MLflow's own minutes-long retrying: the check must fail before any of it.
+        result = subprocess.run(["dvc", "repro", "--force", "--single-item", "train"], cwd=project,
+                                env=clean_env(MLFLOW_TRACKING_URI=dead), capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     assert f"MLFLOW_TRACKING_URI={dead}: the MLflow tracking server does not answer" in result.stderr
     assert "Traceback" not in result.stderr

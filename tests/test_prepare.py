@@ -3,6 +3,7 @@
 import random
 import shutil
 import subprocess
+import sys
 import threading
 import time
 import zipfile
@@ -180,3 +181,57 @@ def test_bad_data_settings_stop_the_stage_with_one_line_naming_the_key(tmp_path,
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(f"ERROR segnet: {message}")
     assert not (tmp_path / "out").exists() and not (tmp_path / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("output, message", [
+    ("own", "own/archive.zip: the archive is at or below the output folder own, which prepare replaces as a whole"),
+    ("own/archive.zip", "own/archive.zip: the archive is at or below the output folder own/archive.zip"),
+    ("own/notes.txt", "own/notes.txt: is a file, where an output folder goes; refusing to replace it"),
+])
+def test_an_output_path_that_holds_the_users_own_files_is_refused_and_kept(tmp_path, output, message):
+    # By hand, `python -m stages.prepare FOLDER ...` with the folder the user keeps the zip in, the zip itself
+    # or another file of theirs: replacing it would delete what is there.
+    own = tmp_path / "own"
+    own.mkdir()
+    course_zip(own / "archive.zip", np.random.default_rng(4), train_files=1, test_files=1, per_file=2)
+    (own / "notes.txt").write_text("mine")
+    write_params(tmp_path, archive="own/archive.zip")
+    before = tree(own)
+    result = run([*PREPARE_STAGE[:3], output, "metrics.json"], tmp_path, check=False, env=stage_env(), timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"ERROR segnet: {message}")
+    assert tree(own) == before and not (tmp_path / "metrics.json").exists()
+
+
+def test_an_output_folder_of_other_files_is_refused_and_an_earlier_output_replaced(tmp_path):
+    course_zip(tmp_path / "archive.zip", np.random.default_rng(4), train_files=1, test_files=1, per_file=2)
+    write_params(tmp_path, archive=tmp_path / "archive.zip")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "results.csv").write_text("mine")
+    result = run(PREPARE_STAGE, tmp_path, check=False, env=stage_env(), timeout=300)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "ERROR segnet: out: is not an earlier output (it has no dataset.json) and is not empty; refusing to "
+        "replace it and delete what it holds: name a new or an empty folder")
+    assert tree(tmp_path / "out") == {"results.csv": b"mine"}
+    (tmp_path / "out" / "results.csv").unlink()
+    _run_stage(tmp_path)  # an empty folder is taken, and the stage's own output replaced the next time
+    _run_stage(tmp_path)
+    assert (tmp_path / "out" / "dataset.json").is_file()
+
+
+def test_the_train_stage_refuses_a_model_folder_of_other_files_before_it_trains(tmp_path):
+    course_zip(tmp_path / "archive.zip", np.random.default_rng(4), train_files=1, test_files=1, per_file=2)
+    write_params(tmp_path, archive=tmp_path / "archive.zip")
+    prepare_dataset(tmp_path / "archive.zip", tmp_path / "prepared")
+    (tmp_path / "own").mkdir()
+    (tmp_path / "own" / "weights.pt").write_bytes(b"mine")
+    stage = [sys.executable, "-m", "stages.train", "prepared", "own", "train.json", "history.csv", "checkpoints"]
+    result = run(stage, tmp_path, check=False, env=stage_env() | {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}"},
+                 timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "ERROR segnet: own: is not an earlier output (it has no model.pt) and is not empty")
+    assert tree(tmp_path / "own") == {"weights.pt": b"mine"}
+    # Refused before anything started: no training, no MLflow run, no metrics.
+    assert "epoch" not in result.stderr and not (tmp_path / "m.db").exists() and not (tmp_path / "train.json").exists()

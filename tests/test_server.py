@@ -5,6 +5,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 
 from segnet import server
 from segnet.errors import ServerError
-from tests.helpers import apt_install_or_skip, clean_env, free_port, run, tiny_project
+from tests.helpers import REPO, apt_install_or_skip, clean_env, free_port, run, tiny_project
 
 STAGES = {"generate", "prepare", "train", "evaluate"}
 
@@ -87,6 +88,14 @@ def test_the_pipeline_tracks_its_runs_in_a_shared_server_with_a_postgresql_datab
                 rows = connection.execute("SELECT run_uuid, status FROM runs").fetchall()
             assert dict(rows) == {found_run.info.run_id: "FINISHED" for found_run in found}
             server_process = shared.process
+            # A second server on the same folder is refused before it touches the running cluster.
+            other_port, other_postgres_port = _distinct_free_ports(2)
+            with pytest.raises(ServerError, match=f"{folder}: already served by process {os.getpid()}"):
+                with server.tracking_server(folder, other_port, other_postgres_port):
+                    pass
+            assert client.get_experiment_by_name("segnet-multi-digit-mnist") is not None
+            with psycopg.connect(shared.backend_uri) as connection:
+                assert connection.execute("SELECT count(*) FROM runs").fetchone()[0] == len(STAGES)
         # Everything it started is gone: the server's whole process group and both listeners.
         assert server_process.poll() is not None
         with pytest.raises(ProcessLookupError):
@@ -94,3 +103,33 @@ def test_the_pipeline_tracks_its_runs_in_a_shared_server_with_a_postgresql_datab
         assert _nothing_listens_on(port) and _nothing_listens_on(postgres_port)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_folder_is_served_by_one_server_at_a_time(tmp_path):
+    with server.claim_folder(tmp_path):
+        with pytest.raises(ServerError, match=f"{tmp_path}: already served by process {os.getpid()}; stop that"):
+            with server.claim_folder(tmp_path):
+                pass
+    # Released when the first server ends, or its process dies: the next one takes the folder.
+    holder = subprocess.Popen([sys.executable, "-c", CLAIM_AND_WAIT, str(tmp_path)], stdout=subprocess.PIPE,
+                              env=clean_env(PYTHONPATH=str(REPO)))
+    try:
+        assert holder.stdout.readline() == b"claimed\n"
+        with pytest.raises(ServerError, match=f"already served by process {holder.pid}"):
+            with server.claim_folder(tmp_path):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with server.claim_folder(tmp_path):
+        assert (tmp_path / "server.lock").read_text() == f"{os.getpid()}\n"
+
+
+CLAIM_AND_WAIT = """
+import sys, time
+from pathlib import Path
+from segnet import server
+with server.claim_folder(Path(sys.argv[1])):
+    print("claimed", flush=True)
+    time.sleep(600)
+"""

@@ -17,9 +17,9 @@ def test_stores_that_are_not_servers_need_no_check(tmp_path):
 
 
 def test_a_server_that_does_not_answer_is_named_with_the_fix():
-    dead = dead_server_uri()
-    with pytest.raises(TrackingError, match=f"MLFLOW_TRACKING_URI={dead}: .*does not answer.*unset it"):
-        check_server(dead, timeout=2)
+    with dead_server_uri() as dead:
+        with pytest.raises(TrackingError, match=f"MLFLOW_TRACKING_URI={dead}: .*does not answer.*unset it"):
+            check_server(dead, timeout=2)
 
 
 def test_runs_inside_dvc_experiment_copies_belong_to_the_repository_root(tmp_path):
