@@ -22,8 +22,9 @@ repro: venv
 test: venv
 	python -m pytest -rs -n auto --dist loadfile tests
 
+UI_PORT ?= 5000
 ui: venv
-	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(UI_PORT)
 
 # The shared tracking server's settings live here, not in params.yaml, which drives the stages.
 SERVER_DIR ?= .mlflow-server

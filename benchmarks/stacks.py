@@ -120,7 +120,7 @@ def table(results: dict[str, tuple[Counter, int]]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
-    _, _, arguments = read_settings(__doc__.splitlines()[0], default_files=20, parser=parser)
+    _, _, arguments = read_settings(__doc__.splitlines()[0], default_files=60, parser=parser)
     if shutil.which("py-spy") is None:
         raise SystemExit("py-spy is not installed: make venv installs it from requirements.txt")
     with tempfile.TemporaryDirectory(prefix="segnet-stacks-") as folder:

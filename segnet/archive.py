@@ -135,7 +135,8 @@ def _listing(ignored: list[str], shown: int = 5) -> str:
     if not ignored:
         return ""
     more = f" and {len(ignored) - shown} more" if len(ignored) > shown else ""
-    return "; it holds " + ", ".join(repr(name) for name in ignored[:shown]) + more
+    count = f"{len(ignored)} of its files are" if len(ignored) > 1 else "1 of its files is"
+    return f"; {count} neither batch*.mat nor testset*.mat: " + ", ".join(repr(name) for name in ignored[:shown]) + more
 
 
 def _check_member_is_safe(info: zipfile.ZipInfo, source: str) -> None:

@@ -43,8 +43,8 @@ def test_an_archive_without_training_files_lists_what_it_holds_instead(tmp_path)
     with open_archive(tmp_path / "a.zip") as archive, pytest.raises(DatasetError) as caught:
         index_archive(archive, "a.zip", limits=LIMITS)
     assert str(caught.value) == (
-        "a.zip: no training files (batch*.mat) in the archive; it holds 'train_0.mat', 'train_1.mat', "
-        "'train_2.mat', 'train_3.mat', 'train_4.mat' and 2 more"
+        "a.zip: no training files (batch*.mat) in the archive; 7 of its files are neither batch*.mat nor "
+        "testset*.mat: 'train_0.mat', 'train_1.mat', 'train_2.mat', 'train_3.mat', 'train_4.mat' and 2 more"
     )
 
 
