@@ -89,14 +89,26 @@ def breakdown(samples: Counter, loop_marker: str) -> tuple[Counter, int]:
     return cells, sum(cells.values())
 
 
+def record(program: list[str], rate: int, output: Path, cwd: Path = REPO, timeout: float | None = None) -> Counter:
+    """Runs `program` under py-spy, sampling its main thread `rate` times a second; returns its samples.
+
+    Raises:
+        RuntimeError: py-spy or the program failed.
+    """
+    command = ["py-spy", "record", "--native", "--idle", "--rate", str(rate), "--format", "raw", "--output",
+               str(output), "--", *program]
+    finished = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    # py-spy 0.4.1 sometimes reports its own child as gone once the child has ended and the samples are
+    # written, and exits 1 (github.com/benfred/py-spy/issues/759): that run is complete.
+    reaped = "Wrote raw flamegraph data" in finished.stdout and "No child process (os error 10)" in finished.stderr
+    if finished.returncode != 0 and not reaped:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{finished.stderr[-2000:]}")
+    return parse_raw(output.read_text())
+
+
 def profile_loop(kind: str, data: Path, rate: int, output: Path) -> Counter:
     """Runs one measurement of benchmarks/measure.py under py-spy; returns its samples."""
-    command = ["py-spy", "record", "--native", "--idle", "--rate", str(rate), "--format", "raw", "--output",
-               str(output), "--", sys.executable, "-m", "benchmarks.measure", kind, str(data)]
-    finished = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
-    if finished.returncode != 0:
-        raise SystemExit(f"py-spy failed on the {kind} loop ({' '.join(command)}):\n{finished.stderr[-2000:]}")
-    return parse_raw(output.read_text())
+    return record([sys.executable, "-m", "benchmarks.measure", kind, str(data)], rate, output)
 
 
 def table(results: dict[str, tuple[Counter, int]]) -> list[str]:

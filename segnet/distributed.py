@@ -123,8 +123,9 @@ def run_in_processes(processes: int, module: str, arguments: list[str]) -> int:
         while None in [worker.poll() for worker in workers]:  # a list: every worker polled, none skipped
             if failed is None:
                 # Also after a signal: the others would wait for a failed process in their next collective (a
-                # stop at a checkpoint has one) until gloo's timeout, half an hour.
-                failed = next((worker.returncode for worker in workers if worker.returncode not in (None, 0)), None)
+                # stop at a checkpoint has one) until gloo's timeout, half an hour. A process that stopped as
+                # asked has not failed: rank 0 may still be ending its MLflow run after the others have gone.
+                failed = _first_failure([worker.returncode for worker in workers], bool(signalled))
                 if failed is not None:
                     if not signalled:  # SIGTERM lets a process outside the loop end its MLflow run
                         _signal_running(workers, signal.SIGTERM)
@@ -137,14 +138,28 @@ def run_in_processes(processes: int, module: str, arguments: list[str]) -> int:
             signal.signal(signum, handler)
         _signal_running(workers, signal.SIGKILL)  # only if this ended by an exception of its own
     if failed is None:
-        failed = next((worker.returncode for worker in workers if worker.returncode != 0), 0)
-    if signalled and (failed in (0, 130) or failed < 0):
+        failed = _first_failure([worker.returncode for worker in workers], bool(signalled)) or 0
+    if signalled and (failed == 0 or _stopped_by_signal(failed)):
         return 130  # stopped as asked; a process that failed otherwise meanwhile reports its own status
     return failed if failed >= 0 else 128 - failed  # killed by signal N: 128 + N, as a shell reports it
 
 
+def _first_failure(statuses: list[int | None], signalled: bool) -> int | None:
+    """The first exit status that is a failure: not 0 nor running, and after a signal, not the stop it asked for."""
+    ended = [status for status in statuses if status not in (None, 0)]
+    if not signalled:
+        return next(iter(ended), None)
+    return next((status for status in ended if not _stopped_by_signal(status)), None)
+
+
 # Seconds a failed job's other processes get to end on SIGTERM before SIGKILL.
 _FAILED_JOB_GRACE_S = 10.0
+
+
+def _stopped_by_signal(status: int) -> bool:
+    """Whether an exit status is that of a process stopped by SIGINT or SIGTERM: 130 from a stage (run_stage),
+    or the signal itself (before Python's handlers were set up), or SIGKILL from here after a second signal."""
+    return status == 130 or status in (-signal.SIGINT, -signal.SIGTERM, -signal.SIGKILL)
 
 
 def _signal_running(workers: list[subprocess.Popen], signum: int) -> None:

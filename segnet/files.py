@@ -141,9 +141,9 @@ def save_torch(path: Path, value) -> None:
     _replace_atomically(path, lambda temporary: torch.save(value, temporary))
 
 
-def check_replaceable(path: Path, marker: str) -> None:
-    """Refuses an existing `path` that is not an earlier output of the same kind, which staged_directory would
-    replace and delete: a file, or a folder that holds anything but has no file named `marker`.
+def check_replaceable(path: Path, names: frozenset[str]) -> None:
+    """Refuses an existing `path` that staged_directory would replace, deleting what is there, unless all it
+    holds are files of the given `names`, the ones the stage writes: a file, or a folder holding anything else.
 
     A stage run by hand with its arguments in the wrong order, or pointed at a folder of the user's own,
     would otherwise delete what is there. An empty folder is accepted.
@@ -156,13 +156,15 @@ def check_replaceable(path: Path, marker: str) -> None:
         return
     if not path.is_dir():
         raise ValueError(f"{path}: is a file, where an output folder goes; refusing to replace it")
-    if not (path / marker).is_file() and any(path.iterdir()):
-        raise ValueError(f"{path}: is not an earlier output (it has no {marker}) and is not empty; refusing to "
-                         "replace it and delete what it holds: name a new or an empty folder")
+    others = sorted(set(os.listdir(path)) - names)
+    if others:
+        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        raise ValueError(f"{path}: holds {shown}, which this stage does not write; refusing to replace the folder "
+                         "and delete them: name a new or an empty folder")
 
 
 @contextlib.contextmanager
-def staged_directory(path: Path, marker: str) -> Iterator[Path]:
+def staged_directory(path: Path, names: frozenset[str]) -> Iterator[Path]:
     """Yields an empty staging folder beside `path` that takes the place of `path` when the block succeeds.
 
     The block writes the whole new folder into the staging folder, with this module's writers (they
@@ -172,14 +174,14 @@ def staged_directory(path: Path, marker: str) -> Iterator[Path]:
 
     Args:
         path: The output folder to replace.
-        marker: A file every complete output of this kind holds. An existing `path` without it is refused
-            before anything is written (check_replaceable), and the block must write it.
+        names: The files the block may write. An existing `path` holding anything else is refused before
+            anything is written (check_replaceable).
 
     Yields:
         The staging folder, on the same filesystem as `path`.
     """
     path = Path(path)
-    check_replaceable(path, marker)
+    check_replaceable(path, names)
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_abandoned_staging(path)
     staging = Path(tempfile.mkdtemp(prefix=f"{_staging_prefix(path)}{os.getpid()}-", dir=path.parent))
@@ -187,8 +189,9 @@ def staged_directory(path: Path, marker: str) -> Iterator[Path]:
         # mkdtemp makes the folder private (0700); the output gets the mode a plain mkdir would give it.
         os.chmod(staging, 0o777 & ~_UMASK)
         yield staging
-        if not (staging / marker).is_file():
-            raise RuntimeError(f"{path}: the new output has no {marker}, which the next run would refuse to replace")
+        unexpected = sorted(set(os.listdir(staging)) - names)
+        if unexpected:  # the next run would refuse to replace the folder
+            raise RuntimeError(f"{path}: the new output holds {', '.join(unexpected)}, not among {sorted(names)}")
         _fsync(staging)
         _swap_into_place(staging, path)
         _fsync(path.parent)

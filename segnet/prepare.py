@@ -26,10 +26,13 @@ import numpy as np
 from segnet import NUM_CLASSES
 from segnet.archive import ArchiveLimits, index_archive, open_archive, read_member
 from segnet.errors import DatasetError
-from segnet.files import NpyWriter, sha256_file, staged_directory, write_json
+from segnet.files import NpyWriter, check_replaceable, sha256_file, staged_directory, write_json
 from segnet.matfile import read_panels
 
 log = logging.getLogger(__name__)
+
+# Every file the output folder holds: the four arrays and, written last, the summary.
+OUTPUT_NAMES = frozenset({"train_images.npy", "train_labels.npy", "test_images.npy", "test_labels.npy", "dataset.json"})
 
 # Rows converted at a time when a split turns out to need float32 after uint8 rows were written.
 _CONVERT_ROWS = 4096
@@ -58,6 +61,7 @@ def prepare_dataset(
     if archive_path.resolve().is_relative_to(Path(output_dir).resolve()):
         raise ValueError(f"{archive_path}: the archive is at or below the output folder {output_dir}, which prepare "
                          "replaces as a whole; name another output folder")
+    check_replaceable(output_dir, OUTPUT_NAMES)  # now, before the archive is hashed and indexed
     fingerprint = sha256_file(archive_path) if archive_path.is_file() else None
     with open_archive(archive_path) as archive:
         index = index_archive(archive, str(archive_path), limits=limits)
@@ -65,7 +69,7 @@ def prepare_dataset(
         log.warning("%s:%s: not a batch*.mat or testset*.mat file; ignored", archive_path, name)
 
     summary = {"archive": str(archive_path), "archive_sha256": fingerprint}
-    with staged_directory(output_dir, "dataset.json") as staging:
+    with staged_directory(output_dir, OUTPUT_NAMES) as staging:
         splits = {}
         with _file_reader(archive_path, limits, workers) as read_files:
             for split, members in (("train", index.train), ("test", index.test)):

@@ -278,15 +278,19 @@ def claim_folder(folder: Path) -> Iterator[None]:
         ServerError: Another process holds the folder.
     """
     lock_path = Path(folder) / "server.lock"
-    with open(lock_path, "a+") as lock:
+    try:
+        # Not through a link someone planted there: as root, truncating it would truncate what it points to.
+        descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as error:
+        raise ServerError(f"{lock_path}: cannot be opened ({error.strerror}); start the server as the user who "
+                          "owns the folder, or give it another folder") from None
+    with open(descriptor, "r+") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            lock.seek(0)
             holder = lock.read().strip() or "unknown"
             raise ServerError(f"{folder}: already served by process {holder}; stop that server first, or give "
                               "this one another folder") from None
-        lock.seek(0)
         lock.truncate()
         lock.write(f"{os.getpid()}\n")
         lock.flush()

@@ -45,9 +45,17 @@ def read_model(model_dir: Path) -> tuple[dict, dict]:
                          "train stage (dvc repro train)")
     try:
         weights = torch.load(weights_path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch names no exception types; its own advice (weights_only=False) is unsafe
-        raise ValueError(f"{weights_path}: not weights the train stage writes ({type(error).__name__}); rerun the "
-                         "train stage (dvc repro train)") from error
+    except OSError as error:  # could not be read, not a file of the wrong kind
+        raise ValueError(f"{weights_path}: cannot be read ({error.strerror or error})") from error
+    except MemoryError:
+        raise
+    except Exception as error:  # the weights-only unpickler and the zip reader under it raise several types
+        # The type only: torch's message advises weights_only=False, which would run whatever the file holds.
+        weights = error
+    if not isinstance(weights, dict) or not all(isinstance(value, torch.Tensor) for value in weights.values()):
+        kind = type(weights).__name__
+        raise ValueError(f"{weights_path}: not weights the train stage writes ({kind}); rerun the train stage "
+                         "(dvc repro train)") from (weights if isinstance(weights, Exception) else None)
     return record, weights
 
 
@@ -59,7 +67,11 @@ def main() -> None:
     experiment = params["tracking"]["experiment"]
     # The input is checked before the MLflow run starts: bad input leaves no failed run behind.
     trained, weights = read_model(model_dir)
-    model = SegNet(SegNetConfig(**trained["model"]))
+    try:
+        model = SegNet(SegNetConfig(**trained["model"]))
+    except (TypeError, ValueError) as error:  # unknown or missing keys, or values SegNetConfig refuses
+        raise ValueError(f"{model_dir / 'config.json'}: its model settings do not make a SegNet ({error}); rerun "
+                         "the train stage (dvc repro train)") from error
     try:
         model.load_state_dict(weights)
     except RuntimeError as error:

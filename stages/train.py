@@ -43,6 +43,8 @@ from segnet.tracking import TRAIN_STAGE, MLflowCallback, log_metrics, stage_run
 from segnet.train import TrainConfig, set_seed, train
 
 MODEL_FILE = "model.pt"
+# Everything the model folder holds: the weights and their record, which evaluate pairs with them.
+MODEL_NAMES = frozenset({MODEL_FILE, "config.json"})
 USAGE = "python -m stages.train PREPARED_DIR MODEL_DIR METRICS_JSON HISTORY_CSV CHECKPOINT_DIR"
 
 
@@ -68,7 +70,12 @@ def main() -> None:
     if model_config.in_channels != images.shape[3]:
         raise ValueError(f"params.yaml model.in_channels: the panels have {images.shape[3]} colour channels, "
                          f"got {model_config.in_channels}")
-    check_replaceable(model_dir, MODEL_FILE)  # now, not after training: the model folder is replaced at the end
+    # Now, not after training: the model folder is replaced at the end.
+    check_replaceable(model_dir, MODEL_NAMES)
+    for path in (metrics_path, history_path, checkpoint_dir):
+        if path.resolve().is_relative_to(model_dir.resolve()):
+            raise ValueError(f"{path}: inside the model folder {model_dir}, which holds only the model; name a path "
+                             "outside it")
     world = distributed.launched_world()
     if train_config.processes > 1 and not distributed.launched():
         # Checked here too (train() checks any job's size), so that a bad size fails before N processes start.
@@ -125,7 +132,7 @@ def main() -> None:
 
         config = {**logged, "dataset_sha256": dataset["archive_sha256"], "best_epoch": result.best_epoch}
         # Weights and their config appear together or not at all: evaluate must never pair one with another's.
-        with staged_directory(model_dir, MODEL_FILE) as staging:
+        with staged_directory(model_dir, MODEL_NAMES) as staging:
             save_torch(staging / MODEL_FILE, result.best_state)
             write_json(staging / "config.json", config)
         summary = {

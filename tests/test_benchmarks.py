@@ -127,12 +127,7 @@ native(1.5)
 def test_py_spy_samples_of_a_python_loop_and_of_a_matrix_product_are_told_apart(tmp_path):
     target = tmp_path / "target.py"
     target.write_text(SPY_TARGET)
-    output = tmp_path / "samples.txt"
-    finished = subprocess.run(
-        ["py-spy", "record", "--native", "--idle", "--rate", "100", "--format", "raw", "--output", str(output),
-         "--", sys.executable, str(target)], capture_output=True, text=True, timeout=120)
-    assert finished.returncode == 0, finished.stderr
-    samples = stacks.parse_raw(output.read_text())
+    samples = stacks.record([sys.executable, str(target)], 100, tmp_path / "samples.txt", cwd=tmp_path, timeout=120)
     interpreter, waiting, native = stacks.WORKS
     for function, works in (("interpreted", [interpreter]), ("native", [native, waiting])):
         cells, total = stacks.breakdown(samples, f"{function} (target.py")

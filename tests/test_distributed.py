@@ -224,19 +224,45 @@ time.sleep(120)
 """
 
 
+def _ctrl_c_once_ready(folder):
+    """Sends this process SIGINT once both processes of a job have written their ready file."""
+    while not all((folder / f"ready{rank}").exists() for rank in (0, 1)):
+        time.sleep(0.01)
+    os.kill(os.getpid(), signal.SIGINT)  # the launcher's handler takes it, in the main thread
+
+
 def test_a_process_that_fails_while_the_job_stops_on_ctrl_c_is_reported_and_the_blocked_one_killed(
         tmp_path, monkeypatch):
     (tmp_path / "stopping_job.py").write_text(FAILING_WHILE_STOPPING)
     monkeypatch.chdir(tmp_path)
 
-    def ctrl_c_once_both_run():
-        while not all((tmp_path / f"ready{rank}").exists() for rank in (0, 1)):
-            time.sleep(0.01)
-        os.kill(os.getpid(), signal.SIGINT)  # the launcher's handler takes it, in the main thread
-
-    threading.Thread(target=ctrl_c_once_both_run, daemon=True).start()
+    threading.Thread(target=_ctrl_c_once_ready, args=(tmp_path,), daemon=True).start()
     started = time.monotonic()
     # Process 0's own status, not 130: stopping did not go as asked.
     assert distributed.run_in_processes(2, "stopping_job", []) == 1
     # Process 1 got SIGKILL after the grace, not after its two minutes or gloo's half-hour timeout.
     assert time.monotonic() - started < distributed._FAILED_JOB_GRACE_S + 30
+
+
+# A job stopped by Ctrl-C as asked, in which process 0 takes a while longer to end (its MLflow run, say).
+SLOW_TO_STOP = """
+import os, signal, sys, time
+rank = os.environ["RANK"]
+def stop(signum, frame):
+    if rank == "0":
+        time.sleep(3)
+        open("finished0", "w").close()
+    sys.exit(130)
+signal.signal(signal.SIGINT, stop)
+open(f"ready{rank}", "w").close()
+time.sleep(120)
+"""
+
+
+def test_a_process_that_takes_its_time_to_stop_on_ctrl_c_is_not_killed(tmp_path, monkeypatch):
+    (tmp_path / "slow_job.py").write_text(SLOW_TO_STOP)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(distributed, "_FAILED_JOB_GRACE_S", 1.0)  # shorter than process 0's 3 s
+    threading.Thread(target=_ctrl_c_once_ready, args=(tmp_path,), daemon=True).start()
+    assert distributed.run_in_processes(2, "slow_job", []) == 130
+    assert (tmp_path / "finished0").exists()

@@ -40,12 +40,33 @@ def test_a_model_folder_the_train_stage_wrote_is_read(tmp_path):
      "model.pt: not weights the train stage writes (RuntimeError)"),
     (lambda model: (model / "model.pt").write_bytes(b"\x80\x02crandom\nbytes\n"),
      "model.pt: not weights the train stage writes (UnpicklingError)"),
+    (lambda model: torch.save(torch.zeros(3), model / "model.pt"),
+     "model.pt: not weights the train stage writes (Tensor)"),
+    (lambda model: torch.save({"weight": [1, 2]}, model / "model.pt"),
+     "model.pt: not weights the train stage writes (dict)"),
 ])
 def test_a_damaged_model_folder_is_named(tmp_path, damage, message):
     model = _model_folder(tmp_path / "model")
     damage(model)
     with pytest.raises(ValueError, match=f"^{tmp_path / 'model'}/" + message.replace("(", r"\(").replace(")", r"\)")):
         read_model(model)
+
+
+@pytest.mark.parametrize("model, message", [
+    ({"encoder_channels": [4] * 4, "decoder_channels": [4] * 4, "width": 2}, "unexpected keyword argument 'width'"),
+    (None, "argument after ** must be a mapping"),
+])
+def test_model_settings_that_make_no_segnet_are_named(tmp_path, model, message):
+    folder = _model_folder(tmp_path / "model", model=model)
+    (tmp_path / "params.yaml").write_bytes((REPO / "params.yaml").read_bytes())
+    outputs = [str(tmp_path / name) for name in ("evaluate.json", "confusion.png", "predictions.png")]
+    result = subprocess.run([sys.executable, "-m", "stages.evaluate", "prepared", str(folder), *outputs],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                            env=clean_env(PYTHONPATH=str(REPO), MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'm.db'}"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"ERROR segnet: {folder / 'config.json'}: its model settings do not make a SegNet (")
+    assert message in line
 
 
 def test_the_stage_refuses_weights_of_another_model_before_its_mlflow_run(tmp_path):

@@ -17,6 +17,10 @@ def _umask() -> int:
     return mask
 
 
+# The files a test's staged folder may hold.
+NAMES = frozenset({"a.bin", "b.bin"})
+
+
 def _tree(folder) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
@@ -66,13 +70,13 @@ def test_concurrent_writers_never_mix_their_bytes(tmp_path):
 
 def test_staged_directory_replaces_the_whole_folder_at_once(tmp_path):
     out = tmp_path / "out"
-    with staged_directory(out, "a.bin") as staging:
+    with staged_directory(out, NAMES) as staging:
         assert staging.parent == tmp_path and staging.name.startswith(".out.staging-") and not out.exists()
         write_bytes(staging / "a.bin", b"first")
         write_bytes(staging / "b.bin", b"first")
     assert _tree(out) == {"a.bin": b"first", "b.bin": b"first"}
     assert out.stat().st_mode & 0o777 == 0o777 & ~_umask()
-    with staged_directory(out, "a.bin") as staging:
+    with staged_directory(out, NAMES) as staging:
         write_bytes(staging / "a.bin", b"second")
         assert _tree(out) == {"a.bin": b"first", "b.bin": b"first"}  # untouched until the block ends
     assert _tree(out) == {"a.bin": b"second"}  # b.bin belonged to the replaced folder
@@ -81,18 +85,18 @@ def test_staged_directory_replaces_the_whole_folder_at_once(tmp_path):
 
 def test_a_failing_block_leaves_the_previous_folder_exactly_as_it_was(tmp_path):
     out = tmp_path / "out"
-    with staged_directory(out, "a.bin") as staging:
+    with staged_directory(out, NAMES) as staging:
         write_bytes(staging / "a.bin", b"good")
     before = _tree(out)
     with pytest.raises(RuntimeError, match="disk full"):
-        with staged_directory(out, "a.bin") as staging:
+        with staged_directory(out, NAMES) as staging:
             write_bytes(staging / "a.bin", b"half")
             raise RuntimeError("disk full")
     assert _tree(out) == before
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
-@pytest.mark.parametrize("existing", ["a file", "a folder of other files"])
+@pytest.mark.parametrize("existing", ["a file", "a folder of other files", "the stage's files and others"])
 def test_what_is_not_an_earlier_output_is_refused_and_kept(tmp_path, existing):
     out = tmp_path / "out"
     if existing == "a file":
@@ -101,27 +105,30 @@ def test_what_is_not_an_earlier_output_is_refused_and_kept(tmp_path, existing):
     else:
         (out / "notes").mkdir(parents=True)
         (out / "notes" / "todo.txt").write_bytes(b"mine")
-        message = "out: is not an earlier output \\(it has no a.bin\\) and is not empty"
+        for name in ("c.txt", "d.txt", "e.txt") if existing == "a folder of other files" else ("a.bin",):
+            (out / name).write_bytes(b"mine")  # the stage's own name does not make the others its own
+        shown = "c.txt, d.txt, e.txt and 1 more" if existing == "a folder of other files" else "notes"
+        message = f"out: holds {shown}, which this stage does not write; refusing to replace the folder"
     before = _tree(tmp_path)
     with pytest.raises(ValueError, match=message):
-        with staged_directory(out, "a.bin") as staging:
+        with staged_directory(out, NAMES) as staging:
             write_bytes(staging / "a.bin", b"new")
     assert _tree(tmp_path) == before
     # An empty folder is taken.
     empty = tmp_path / "empty"
     empty.mkdir()
-    with staged_directory(empty, "a.bin") as staging:
+    with staged_directory(empty, NAMES) as staging:
         write_bytes(staging / "a.bin", b"new")
     assert _tree(empty) == {"a.bin": b"new"}
 
 
-def test_a_block_that_does_not_write_the_marker_leaves_the_previous_folder(tmp_path):
+def test_a_block_that_writes_a_file_it_did_not_name_leaves_the_previous_folder(tmp_path):
     out = tmp_path / "out"
-    with staged_directory(out, "a.bin") as staging:
+    with staged_directory(out, NAMES) as staging:
         write_bytes(staging / "a.bin", b"good")
-    with pytest.raises(RuntimeError, match="the new output has no a.bin"):
-        with staged_directory(out, "a.bin") as staging:
-            write_bytes(staging / "b.bin", b"other")
+    with pytest.raises(RuntimeError, match=r"out: the new output holds c.bin, not among \['a.bin', 'b.bin'\]"):
+        with staged_directory(out, NAMES) as staging:
+            write_bytes(staging / "c.bin", b"other")
     assert _tree(out) == {"a.bin": b"good"}
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
@@ -132,7 +139,7 @@ def test_staging_folders_of_dead_writers_are_removed_and_live_ones_kept(tmp_path
     (tmp_path / f".out.staging-{dead}-abc" / "x").mkdir(parents=True)
     (tmp_path / f".out.staging-{alive}-def").mkdir()
     (tmp_path / f".other.staging-{dead}-abc").mkdir()
-    with staged_directory(tmp_path / "out", "a.bin") as staging:
+    with staged_directory(tmp_path / "out", NAMES) as staging:
         write_bytes(staging / "a.bin", b"new")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["out", f".out.staging-{alive}-def", f".other.staging-{dead}-abc"]

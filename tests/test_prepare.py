@@ -211,8 +211,8 @@ def test_an_output_folder_of_other_files_is_refused_and_an_earlier_output_replac
     result = run(PREPARE_STAGE, tmp_path, check=False, env=stage_env(), timeout=300)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
-        "ERROR segnet: out: is not an earlier output (it has no dataset.json) and is not empty; refusing to "
-        "replace it and delete what it holds: name a new or an empty folder")
+        "ERROR segnet: out: holds results.csv, which this stage does not write; refusing to replace the folder "
+        "and delete them: name a new or an empty folder")
     assert tree(tmp_path / "out") == {"results.csv": b"mine"}
     (tmp_path / "out" / "results.csv").unlink()
     _run_stage(tmp_path)  # an empty folder is taken, and the stage's own output replaced the next time
@@ -220,18 +220,23 @@ def test_an_output_folder_of_other_files_is_refused_and_an_earlier_output_replac
     assert (tmp_path / "out" / "dataset.json").is_file()
 
 
-def test_the_train_stage_refuses_a_model_folder_of_other_files_before_it_trains(tmp_path):
+@pytest.mark.parametrize("model, checkpoints, message", [
+    ("own", "checkpoints", "own: holds weights.pt, which this stage does not write"),
+    # Training would make the model folder to hold its checkpoints, and then refuse to replace it at the end.
+    ("model", "model/checkpoints", "model/checkpoints: inside the model folder model, which holds only the model"),
+])
+def test_the_train_stage_refuses_a_model_folder_it_cannot_replace_before_it_trains(tmp_path, model, checkpoints,
+                                                                                 message):
     course_zip(tmp_path / "archive.zip", np.random.default_rng(4), train_files=1, test_files=1, per_file=2)
     write_params(tmp_path, archive=tmp_path / "archive.zip")
     prepare_dataset(tmp_path / "archive.zip", tmp_path / "prepared")
     (tmp_path / "own").mkdir()
     (tmp_path / "own" / "weights.pt").write_bytes(b"mine")
-    stage = [sys.executable, "-m", "stages.train", "prepared", "own", "train.json", "history.csv", "checkpoints"]
-    result = run(stage, tmp_path, check=False, env=stage_env() | {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}"},
-                 timeout=300)
+    stage = [sys.executable, "-m", "stages.train", "prepared", model, "train.json", "history.csv", checkpoints]
+    store = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}"}
+    result = run(stage, tmp_path, check=False, env=stage_env() | store, timeout=300)
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith(
-        "ERROR segnet: own: is not an earlier output (it has no model.pt) and is not empty")
-    assert tree(tmp_path / "own") == {"weights.pt": b"mine"}
+    assert result.stderr.strip().splitlines()[-1].startswith(f"ERROR segnet: {message}")
+    assert tree(tmp_path / "own") == {"weights.pt": b"mine"} and not (tmp_path / "model").exists()
     # Refused before anything started: no training, no MLflow run, no metrics.
     assert "epoch" not in result.stderr and not (tmp_path / "m.db").exists() and not (tmp_path / "train.json").exists()

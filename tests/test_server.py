@@ -123,6 +123,14 @@ def test_a_folder_is_served_by_one_server_at_a_time(tmp_path):
         holder.wait()
     with server.claim_folder(tmp_path):
         assert (tmp_path / "server.lock").read_text() == f"{os.getpid()}\n"
+    # A link planted at the lock's name is not followed.
+    (tmp_path / "server.lock").unlink()
+    (tmp_path / "precious").write_text("keep")
+    (tmp_path / "server.lock").symlink_to(tmp_path / "precious")
+    with pytest.raises(ServerError, match="server.lock: cannot be opened"):
+        with server.claim_folder(tmp_path):
+            pass
+    assert (tmp_path / "precious").read_text() == "keep"
 
 
 CLAIM_AND_WAIT = """
