@@ -109,13 +109,14 @@ def run_in_processes(processes: int, module: str, arguments: list[str]) -> int:
     ]
     signalled = []
     # When the job's processes get SIGKILL: a while after the first of them failed or a second signal came.
-    kill_at = []
+    kill_at = None
 
     def forward(signum, frame) -> None:
+        nonlocal kill_at
         signalled.append(signum)
         _signal_running(workers, signum)
-        if len(signalled) > 1 and not kill_at:  # a process blocked in C++ never sees the signal
-            kill_at.append(time.monotonic() + _FAILED_JOB_GRACE_S)
+        if len(signalled) > 1 and kill_at is None:  # a process blocked in C++ never sees the signal
+            kill_at = time.monotonic() + _FAILED_JOB_GRACE_S
 
     previous = {signum: signal.signal(signum, forward) for signum in (signal.SIGINT, signal.SIGTERM)}
     failed = None
@@ -129,8 +130,9 @@ def run_in_processes(processes: int, module: str, arguments: list[str]) -> int:
                 if failed is not None:
                     if not signalled:  # SIGTERM lets a process outside the loop end its MLflow run
                         _signal_running(workers, signal.SIGTERM)
-                    kill_at.append(time.monotonic() + _FAILED_JOB_GRACE_S)
-            if kill_at and time.monotonic() > min(kill_at):
+                    if kill_at is None:
+                        kill_at = time.monotonic() + _FAILED_JOB_GRACE_S
+            if kill_at is not None and time.monotonic() > kill_at:
                 _signal_running(workers, signal.SIGKILL)  # blocked in a collective, they never see a signal
             time.sleep(0.1)
     finally:

@@ -43,6 +43,8 @@ def read_model(model_dir: Path) -> tuple[dict, dict]:
     if missing:
         raise ValueError(f"{record_path}: not a record the train stage writes (no {', '.join(missing)}); rerun the "
                          "train stage (dvc repro train)")
+    # Named by type only: torch's message advises weights_only=False, which would run whatever the file holds.
+    not_weights = f"{weights_path}: not weights the train stage writes ({{}}); rerun the train stage (dvc repro train)"
     try:
         weights = torch.load(weights_path, map_location="cpu", weights_only=True)
     except OSError as error:  # could not be read, not a file of the wrong kind
@@ -50,12 +52,9 @@ def read_model(model_dir: Path) -> tuple[dict, dict]:
     except MemoryError:
         raise
     except Exception as error:  # the weights-only unpickler and the zip reader under it raise several types
-        # The type only: torch's message advises weights_only=False, which would run whatever the file holds.
-        weights = error
+        raise ValueError(not_weights.format(type(error).__name__)) from error
     if not isinstance(weights, dict) or not all(isinstance(value, torch.Tensor) for value in weights.values()):
-        kind = type(weights).__name__
-        raise ValueError(f"{weights_path}: not weights the train stage writes ({kind}); rerun the train stage "
-                         "(dvc repro train)") from (weights if isinstance(weights, Exception) else None)
+        raise ValueError(not_weights.format(type(weights).__name__))
     return record, weights
 
 
