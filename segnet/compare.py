@@ -1,0 +1,111 @@
+"""Whether two runs' test mIoU really differ: `python -m segnet.compare A B`.
+
+A and B are evaluate runs, named by MLflow run id or by DVC experiment name (the latest evaluate run of
+`dvc exp run -n NAME`), in the project's store. Both must have scored the same test panels. Each run's own
+interval says how far its score could move with other test panels; the difference B - A gets a paired
+bootstrap: every resample draws the same panels for both models, so the panels' shared difficulty cancels
+and the interval of the difference is narrower than the two intervals side by side suggest. The resampling
+settings are params.yaml's `evaluate.bootstrap`.
+"""
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+import torch
+from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from segnet.bootstrap import BootstrapConfig, percentile_interval
+from segnet.cli import run_stage
+from segnet.metrics import mean_iou
+from segnet.params import build, load_params
+from segnet.tracking import EVALUATE_STAGE, load_panel_confusions, project_root, use_project_store
+
+# Named, not __name__: run as `python -m segnet.compare` this module is __main__.
+log = logging.getLogger("segnet.compare")
+
+
+def find_evaluate_run(client: MlflowClient, experiment: str, name: str) -> Run:
+    """The evaluate run with id `name`, or else the latest evaluate run of DVC experiment `name`.
+
+    Raises:
+        ValueError: Neither exists, or the run with that id is not an evaluate run.
+    """
+    try:
+        run = client.get_run(name)
+    except MlflowException:
+        run = None
+    if run is not None:
+        if run.data.tags.get("stage") != EVALUATE_STAGE:
+            raise ValueError(f"run {name}: a {run.data.tags.get('stage', 'untagged')} run, not an evaluate run; "
+                             "name the evaluate run of the experiment")
+        return run
+    found = client.get_experiment_by_name(experiment)
+    runs = [] if found is None else client.search_runs(
+        [found.experiment_id],
+        filter_string=f"tags.stage = '{EVALUATE_STAGE}' and tags.dvc_experiment = '{name}'",
+        order_by=["attributes.start_time DESC"], max_results=1,
+    )
+    if not runs:
+        raise ValueError(f"{name}: neither a run id nor a DVC experiment with an evaluate run in MLflow experiment "
+                         f"'{experiment}' (tracking.experiment)")
+    return runs[0]
+
+
+def describe(run: Run) -> str:
+    experiment = run.data.tags.get("dvc_experiment")
+    return f"{experiment} (run {run.info.run_id[:8]})" if experiment else f"run {run.info.run_id[:8]}"
+
+
+def compare(first: Run, second: Run, config: BootstrapConfig) -> list[str]:
+    """The table's lines: each run's test mIoU with its interval, and the paired difference second - first."""
+    if first.data.tags.get("dataset_sha256") != second.data.tags.get("dataset_sha256"):
+        raise ValueError(f"{describe(first)} and {describe(second)} scored different test sets (dataset_sha256 tags "
+                         "differ); a paired comparison needs the same panels")
+    a, b = (load_panel_confusions(run.info.run_id) for run in (first, second))
+    if a.shape != b.shape:
+        raise ValueError(f"{describe(first)} and {describe(second)}: per-panel matrices of shapes {tuple(a.shape)} "
+                         f"and {tuple(b.shape)}; the same test set gives the same shape")
+    rows = []
+    for label, run, confusions in (("A", first, a), ("B", second, b)):
+        low, high = percentile_interval(confusions, mean_iou, config)
+        rows.append((f"{label}  {describe(run)}", mean_iou(confusions.sum(0)), low, high))
+    # Each panel's two matrices side by side (N, 2, classes, classes): a resample draws them together.
+    low, high = percentile_interval(torch.stack([a, b], dim=1), lambda pair: mean_iou(pair[1]) - mean_iou(pair[0]),
+                                    config)
+    rows.append(("B - A", rows[1][1] - rows[0][1], low, high))
+    width = max(len(row[0]) for row in rows)
+    lines = [f"test miou on the same {len(a):,} panels; {config.confidence:.0%} intervals from {config.resamples} "
+             "resamples of the panels (B - A: the same panels for both)"]
+    lines += [f"{name:<{width}}  {value:+.4f}  [{low:+.4f}, {high:+.4f}]" if name == "B - A" else
+              f"{name:<{width}}  {value:.4f}   [{low:.4f}, {high:.4f}]" for name, value, low, high in rows]
+    if low > 0 or high < 0:
+        lines.append(f"B is {'above' if low > 0 else 'below'} A: the interval of the difference excludes 0")
+    else:
+        lines.append("the test set does not tell A and B apart: the interval of the difference holds 0")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("first", metavar="A", help="evaluate run id or DVC experiment name")
+    parser.add_argument("second", metavar="B", help="evaluate run id or DVC experiment name")
+    arguments = parser.parse_args()
+    params = load_params(Path("params.yaml"))
+    config = build(BootstrapConfig, "evaluate.bootstrap", params["evaluate"].get("bootstrap", {}))
+    if config.resamples < 1:
+        raise ValueError("params.yaml evaluate.bootstrap.resamples: 0 turns the intervals off; give it 1000 with -S "
+                         "or in params.yaml to compare")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # two small files: stderr stays clean
+    use_project_store(project_root())
+    client = MlflowClient()
+    experiment = params["tracking"]["experiment"]
+    runs = [find_evaluate_run(client, experiment, name) for name in (arguments.first, arguments.second)]
+    print("\n".join(compare(*runs, config)))
+
+
+if __name__ == "__main__":
+    run_stage(main)
