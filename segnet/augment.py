@@ -5,7 +5,7 @@ import functools
 import torch
 from torch.nn import functional as F
 
-from segnet.generate import CELL_OFFSETS, DIGIT_SIZE
+from segnet import CELL_OFFSETS, DIGIT_SIZE
 
 # Rows (and columns) that only one grid cell's 28x28 window covers: ink there can only belong to the
 # digit in that cell, so it tells which cells of a panel hold a digit.

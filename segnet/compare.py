@@ -44,11 +44,13 @@ def find_evaluate_run(client: MlflowClient, experiment: str, name: str) -> Run:
                              "name the evaluate run of the experiment")
         return run
     found = client.get_experiment_by_name(experiment)
-    runs = [] if found is None else client.search_runs(
-        [found.experiment_id],
-        filter_string=f"tags.stage = '{EVALUATE_STAGE}' and tags.dvc_experiment = '{name}'",
-        order_by=["attributes.start_time DESC"], max_results=1,
-    )
+    runs = []
+    if found is not None and "'" not in name:  # a quote would end the filter's string
+        runs = client.search_runs(
+            [found.experiment_id],
+            filter_string=f"tags.stage = '{EVALUATE_STAGE}' and tags.dvc_experiment = '{name}'",
+            order_by=["attributes.start_time DESC"], max_results=1,
+        )
     if not runs:
         raise ValueError(f"{name}: neither a run id nor a DVC experiment with an evaluate run in MLflow experiment "
                          f"'{experiment}' (tracking.experiment)")
@@ -65,7 +67,7 @@ def compare(first: Run, second: Run, config: BootstrapConfig) -> list[str]:
     if first.data.tags.get("dataset_sha256") != second.data.tags.get("dataset_sha256"):
         raise ValueError(f"{describe(first)} and {describe(second)} scored different test sets (dataset_sha256 tags "
                          "differ); a paired comparison needs the same panels")
-    a, b = (load_panel_confusions(run.info.run_id) for run in (first, second))
+    a, b = (torch.from_numpy(load_panel_confusions(run.info.run_id)) for run in (first, second))
     if a.shape != b.shape:
         raise ValueError(f"{describe(first)} and {describe(second)}: per-panel matrices of shapes {tuple(a.shape)} "
                          f"and {tuple(b.shape)}; the same test set gives the same shape")
@@ -74,16 +76,16 @@ def compare(first: Run, second: Run, config: BootstrapConfig) -> list[str]:
         low, high = percentile_interval(confusions, mean_iou, config)
         rows.append((f"{label}  {describe(run)}", mean_iou(confusions.sum(0)), low, high))
     # Each panel's two matrices side by side (N, 2, classes, classes): a resample draws them together.
-    low, high = percentile_interval(torch.stack([a, b], dim=1), lambda pair: mean_iou(pair[1]) - mean_iou(pair[0]),
-                                    config)
-    rows.append(("B - A", rows[1][1] - rows[0][1], low, high))
+    gain_low, gain_high = percentile_interval(
+        torch.stack([a, b], dim=1), lambda pair: mean_iou(pair[1]) - mean_iou(pair[0]), config)
+    rows.append(("B - A", rows[1][1] - rows[0][1], gain_low, gain_high))
     width = max(len(row[0]) for row in rows)
     lines = [f"test miou on the same {len(a):,} panels; {config.confidence:.0%} intervals from {config.resamples} "
              "resamples of the panels (B - A: the same panels for both)"]
     lines += [f"{name:<{width}}  {value:+.4f}  [{low:+.4f}, {high:+.4f}]" if name == "B - A" else
               f"{name:<{width}}  {value:.4f}   [{low:.4f}, {high:.4f}]" for name, value, low, high in rows]
-    if low > 0 or high < 0:
-        lines.append(f"B is {'above' if low > 0 else 'below'} A: the interval of the difference excludes 0")
+    if gain_low > 0 or gain_high < 0:
+        lines.append(f"B is {'above' if gain_low > 0 else 'below'} A: the interval of the difference excludes 0")
     else:
         lines.append("the test set does not tell A and B apart: the interval of the difference holds 0")
     return lines
@@ -97,8 +99,8 @@ def main() -> None:
     params = load_params(Path("params.yaml"))
     config = build(BootstrapConfig, "evaluate.bootstrap", params["evaluate"].get("bootstrap", {}))
     if config.resamples < 1:
-        raise ValueError("params.yaml evaluate.bootstrap.resamples: 0 turns the intervals off; give it 1000 with -S "
-                         "or in params.yaml to compare")
+        raise ValueError("params.yaml evaluate.bootstrap.resamples: 0 turns the intervals off; set it (to 1000, say) "
+                         "to compare")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # two small files: stderr stays clean
     use_project_store(project_root())
     client = MlflowClient()

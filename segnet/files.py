@@ -136,7 +136,7 @@ class NpyWriter:
 
 def save_torch(path: Path, value) -> None:
     """Saves tensors (a state dict) with torch.save atomically."""
-    import torch  # here, not at the top: prepare's worker processes import this module and never need torch
+    import torch  # here, not at the top: the generate and prepare stages import this module and never need torch
 
     _replace_atomically(path, lambda temporary: torch.save(value, temporary))
 

@@ -12,12 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from segnet import CELL_OFFSETS, DIGIT_SIZE, PANEL_SIZE
 from segnet.files import write_bytes
 from segnet.matfile import write_panels
 
-PANEL_SIZE = 64
-DIGIT_SIZE = 28
-CELL_OFFSETS = (0, 17, 35)
 ARCHIVE_FOLDER = "multi-digit-mnist"
 # A fixed timestamp for every zip entry: the same params must give a byte-identical archive.
 _ZIP_TIMESTAMP = (1980, 1, 1, 0, 0, 0)

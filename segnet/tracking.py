@@ -11,12 +11,14 @@ import fcntl
 import logging
 import os
 import subprocess
+import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
+import numpy as np
 from mlflow.tracking import MlflowClient
 
 from segnet.callbacks import Callback
@@ -26,6 +28,9 @@ from segnet.params import flatten
 log = logging.getLogger(__name__)
 
 TRAIN_STAGE = "train"
+EVALUATE_STAGE = "evaluate"
+# The evaluate run's per-panel confusion matrices, from which `python -m segnet.compare` resamples two runs.
+PANEL_CONFUSIONS = "panel_confusions.npz"
 
 
 def project_root(start: Path | None = None) -> Path:
@@ -102,6 +107,21 @@ def check_server(uri: str, timeout: float = 5.0) -> None:
     )
 
 
+def use_project_store(root: Path) -> str:
+    """Points MLflow at the project's store (MLFLOW_TRACKING_URI, or the default at `root`); returns its URI.
+
+    Raises:
+        TrackingError: MLFLOW_TRACKING_URI names a server that does not answer.
+    """
+    # Read before set_tracking_uri, which writes MLFLOW_TRACKING_URI into the environment itself.
+    user_uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if user_uri:
+        check_server(user_uri)
+    uri = resolve_tracking_uri(user_uri, root) if user_uri else default_tracking_uri(root)
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
 @contextlib.contextmanager
 def _store_lock(uri: str) -> Iterator[None]:
     """Holds an exclusive lock beside a SQLite store while it may be created.
@@ -174,12 +194,7 @@ def stage_run(
     if not isinstance(experiment, str) or not experiment.strip():
         raise ValueError(f"params.yaml tracking.experiment: must be a non-empty name, got {experiment!r}")
     root = project_root()
-    # Read before set_tracking_uri, which writes MLFLOW_TRACKING_URI into the environment itself.
-    user_uri = os.environ.get("MLFLOW_TRACKING_URI")
-    if user_uri:
-        check_server(user_uri)
-    uri = resolve_tracking_uri(user_uri, root) if user_uri else default_tracking_uri(root)
-    mlflow.set_tracking_uri(uri)
+    uri = use_project_store(root)
     with _store_lock(uri):
         experiment_id = _experiment_id(MlflowClient(), experiment, uri)
     dvc_experiment = os.environ.get("DVC_EXP_NAME")
@@ -246,6 +261,39 @@ def log_metrics(values: dict, step: int | None = None) -> None:
     """Logs the numeric leaves of a (nested) metrics dict; nulls (absent classes) are skipped."""
     numeric = {k: float(v) for k, v in flatten(values).items() if isinstance(v, (int, float)) and v is not None}
     mlflow.log_metrics(numeric, step=step)
+
+
+def log_panel_confusions(confusions: np.ndarray) -> None:
+    """Logs per-panel confusion matrices (N, classes, classes) to the active run as PANEL_CONFUSIONS."""
+    # int32: a count is at most one panel's pixels. Compressed: most cells are 0.
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / PANEL_CONFUSIONS
+        np.savez_compressed(path, confusions=confusions.astype(np.int32))
+        mlflow.log_artifact(str(path))
+
+
+def load_panel_confusions(run_id: str) -> np.ndarray:
+    """The per-panel confusion matrices an evaluate run logged (int64), from the active tracking store.
+
+    Raises:
+        ValueError: The run has none (it was scored before they were logged), or they are not what evaluate logs.
+    """
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=PANEL_CONFUSIONS, dst_path=folder)
+        except (mlflow.exceptions.MlflowException, OSError) as error:
+            raise ValueError(f"run {run_id}: no {PANEL_CONFUSIONS} among its artifacts ({error}); score its "
+                             "model again with the evaluate stage (in its workspace: "
+                             "dvc repro --force --single-item evaluate)") from error
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                confusions = archive["confusions"]
+        except (OSError, ValueError, KeyError) as error:
+            raise ValueError(f"run {run_id}: {PANEL_CONFUSIONS} is not what evaluate logs ({error})") from error
+    if confusions.ndim != 3 or confusions.shape[1] != confusions.shape[2] or confusions.dtype != np.int32:
+        raise ValueError(f"run {run_id}: {PANEL_CONFUSIONS} holds {confusions.dtype} {confusions.shape}, "
+                         "not per-panel confusion matrices")
+    return confusions.astype(np.int64)
 
 
 class MLflowCallback(Callback):

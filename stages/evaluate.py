@@ -7,16 +7,17 @@ from pathlib import Path
 import mlflow
 import torch
 
+from segnet.bootstrap import BootstrapConfig, panel_confusions, percentile_interval
 from segnet.cli import run_stage, stage_paths
 from segnet.data import load_split
 from segnet.devices import select_device, use_exact_float32
 from segnet.files import sha256_file, write_bytes, write_json
-from segnet.inference import EvaluateConfig, accumulate_confusion, predict_batches
-from segnet.metrics import summarize
+from segnet.inference import EvaluateConfig, predict_batches
+from segnet.metrics import mean_iou, summarize
 from segnet.model import SegNet, SegNetConfig
 from segnet.params import build, load_params
 from segnet.plots import confusion_png, predictions_png
-from segnet.tracking import TRAIN_STAGE, find_run, log_metrics, stage_run
+from segnet.tracking import EVALUATE_STAGE, TRAIN_STAGE, find_run, log_metrics, log_panel_confusions, stage_run
 
 USAGE = "python -m stages.evaluate PREPARED_DIR MODEL_DIR METRICS_JSON CONFUSION_PNG PREDICTIONS_PNG"
 
@@ -62,7 +63,12 @@ def main() -> None:
     prepared_dir, model_dir, metrics_path, confusion_path, predictions_path = stage_paths(USAGE)
     params = load_params()
     settings = params["evaluate"]
-    config = build(EvaluateConfig, "evaluate", settings)
+    main_settings = dict(settings)
+    interval_settings = main_settings.pop("bootstrap", {})
+    if not isinstance(interval_settings, dict):
+        raise ValueError(f"params.yaml evaluate.bootstrap: must be a mapping of settings, got {interval_settings!r}")
+    config = build(EvaluateConfig, "evaluate", main_settings)
+    interval = build(BootstrapConfig, "evaluate.bootstrap", interval_settings)
     experiment = params["tracking"]["experiment"]
     # The input is checked before the MLflow run starts: bad input leaves no failed run behind.
     trained, weights = read_model(model_dir)
@@ -89,7 +95,7 @@ def main() -> None:
     tags = {"model_sha256": model_sha256, "dataset_sha256": scored, "train_dataset_sha256": trained["dataset_sha256"]}
     logged = {"seed": trained["seed"], "model": trained["model"], "train": trained["train"], "evaluate": settings}
 
-    with stage_run("evaluate", experiment, logged, tags):
+    with stage_run(EVALUATE_STAGE, experiment, logged, tags):
         # The weights' hash names the train run that wrote them, in whatever workspace it ran.
         train_run_id = find_run(experiment, TRAIN_STAGE, "model_sha256", model_sha256)
         if train_run_id:
@@ -100,10 +106,15 @@ def main() -> None:
         model.to(device=device, memory_format=torch.channels_last)
         # Evaluation runs in float32 whatever training used: the reported numbers must not depend on it.
         use_exact_float32()
-        confusion = accumulate_confusion(
-            model, images, labels, model.config.num_classes, config.batch_size, device
-        )
+        # One confusion matrix per test panel: their sum scores the set, their resamples give the interval.
+        panels = torch.cat([panel_confusions(labels[window], prediction, model.config.num_classes)
+                            for window, prediction in predict_batches(model, images, config.batch_size, device)])
+        confusion = panels.sum(0)
         metrics = summarize(confusion)
+        if interval.resamples:
+            low, high = percentile_interval(panels, mean_iou, interval)
+            # Next to miou, so that `dvc exp show` shows the three together.
+            metrics = {"miou": metrics.pop("miou"), "miou_ci_low": low, "miou_ci_high": high, **metrics}
         write_json(metrics_path, metrics)
         write_bytes(confusion_path, confusion_png(confusion))
         samples = slice(0, config.samples)
@@ -113,6 +124,7 @@ def main() -> None:
         per_class = {f"iou_{name}": value for name, value in metrics.pop("per_class_iou").items()}
         log_metrics({**metrics, **per_class})
         mlflow.log_dict(confusion.tolist(), "confusion_matrix.json")
+        log_panel_confusions(panels.numpy())
         for path in (metrics_path, confusion_path, predictions_path):
             mlflow.log_artifact(str(path))
 

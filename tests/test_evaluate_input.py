@@ -6,9 +6,11 @@ import sys
 
 import pytest
 import torch
+import yaml
 
 from segnet.files import save_torch, write_json
 from segnet.model import SegNet, SegNetConfig
+from segnet.params import load_params
 from stages.evaluate import read_model
 from tests.helpers import REPO, clean_env
 
@@ -83,4 +85,23 @@ def test_the_stage_refuses_weights_of_another_model_before_its_mlflow_run(tmp_pa
         f"ERROR segnet: {model / 'model.pt'}: does not fit the model in {model / 'config.json'} (size mismatch "
         "for encoder.0.block.0.weight: copying a param with shape torch.Size([4, 3, 3, 3]) from checkpoint, the "
         "shape in current model is torch.Size([8, 3, 3, 3]).); rerun the train stage (dvc repro train)"]
+    assert not store.exists() and not (tmp_path / "evaluate.json").exists()
+
+
+@pytest.mark.parametrize("bootstrap, message", [
+    (5, "params.yaml evaluate.bootstrap: must be a mapping of settings, got 5"),
+    ({"confidence": 2}, "params.yaml evaluate.bootstrap.confidence: must lie strictly between 0 and 1, got 2"),
+])
+def test_bad_interval_settings_stop_the_stage_with_one_line_before_its_mlflow_run(tmp_path, bootstrap, message):
+    model = _model_folder(tmp_path / "model")
+    params = load_params(REPO / "params.yaml")
+    params["evaluate"]["bootstrap"] = bootstrap
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    outputs = [str(tmp_path / name) for name in ("evaluate.json", "confusion.png", "predictions.png")]
+    store = tmp_path / "mlflow.db"
+    result = subprocess.run([sys.executable, "-m", "stages.evaluate", "prepared", str(model), *outputs],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                            env=clean_env(PYTHONPATH=str(REPO), MLFLOW_TRACKING_URI=f"sqlite:///{store}"))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [f"ERROR segnet: {message}"]
     assert not store.exists() and not (tmp_path / "evaluate.json").exists()

@@ -49,8 +49,11 @@ def runs_by_stage(root: Path) -> dict[str, list]:
 
 def test_repro_writes_metrics_model_and_plots(project):
     metrics = json.loads((project / "metrics" / "evaluate.json").read_text())
-    assert {"miou", "miou_digits", "pixel_accuracy", "mean_class_accuracy", "per_class_iou"} <= set(metrics)
+    assert list(metrics) == ["miou", "miou_ci_low", "miou_ci_high", "miou_digits", "pixel_accuracy",
+                             "mean_class_accuracy", "per_class_iou"]
     assert len(metrics["per_class_iou"]) == 11 and 0.0 <= metrics["miou"] <= 1.0
+    # 12 test panels: the interval around the score is wide, but holds it.
+    assert metrics["miou_ci_low"] < metrics["miou"] < metrics["miou_ci_high"]
     prepared = json.loads((project / "metrics" / "prepare.json").read_text())
     # Numbers only: a text column in `dvc exp show` is as wide as its value and pushes the scores out of view.
     assert prepared == {"height": 64, "width": 64, "train_files": 4, "train_images": 32, "test_files": 2,
@@ -92,7 +95,7 @@ def test_evaluate_scores_a_model_trained_on_a_gpu_with_its_own_device_setting(pr
     assert (tmp_path / "evaluate.json").read_bytes() == (project / "metrics" / "evaluate.json").read_bytes()
 
 
-def test_every_stage_is_one_linked_mlflow_run_in_the_root_store(project, monkeypatch):
+def test_every_stage_is_one_linked_mlflow_run_in_the_root_store(project, monkeypatch, tmp_path):
     runs = FIRST_REPRO["runs"]
     assert {stage: len(found) for stage, found in runs.items()} == {
         "generate": 1, "prepare": 1, "train": 1, "evaluate": 1,
@@ -126,7 +129,13 @@ def test_every_stage_is_one_linked_mlflow_run_in_the_root_store(project, monkeyp
     assert evaluate_run.data.params["model.encoder_channels"] == "[8, 8, 8, 8]"
     assert evaluate_run.data.metrics["miou"] == pytest.approx(FIRST_REPRO["evaluate"]["miou"])
     artifacts = {item.path for item in store(project).list_artifacts(evaluate_run.info.run_id)}
-    assert {"evaluate.json", "confusion_matrix.png", "predictions.png"} <= artifacts
+    assert {"evaluate.json", "confusion_matrix.png", "predictions.png", "panel_confusions.npz"} <= artifacts
+    # One confusion matrix per test panel, which add up to the set's.
+    folder = Path(store(project).download_artifacts(evaluate_run.info.run_id, "", str(tmp_path)))
+    with np.load(folder / "panel_confusions.npz", allow_pickle=False) as logged_panels:
+        panels = logged_panels["confusions"]
+    assert panels.shape == (12, 11, 11) and (panels.sum(axis=(1, 2)) == 64 * 64).all()
+    assert panels.sum(0).tolist() == json.loads((folder / "confusion_matrix.json").read_text())
     assert (project / "mlartifacts").is_dir() and not (project / "mlruns").exists()
 
     # The model is an MLflow model with a signature, loadable and predicting the right shape.
@@ -179,6 +188,24 @@ def test_experiments_with_changed_params_are_tracked_in_dvc_and_mlflow(project):
     assert evaluated["lr-low"].data.params["train.lr"] == "5e-05"
     assert evaluated["lr-low"].data.tags["train_run_id"] in {found.info.run_id for found in runs["train"]}
     assert not list((project / ".dvc" / "tmp").rglob("mlflow.db"))
+
+    # The two experiments' test scores, each with the interval its evaluate run logged, and their paired difference.
+    compared = run([sys.executable, "-m", "segnet.compare", "lr-low", "lr-high"], project).stdout.splitlines()
+    assert compared[0].startswith("test miou on the same 12 panels; 95% intervals from 1000 resamples")
+    for line, name in zip(compared[1:3], ["lr-low", "lr-high"]):
+        metrics = evaluated[name].data.metrics
+        assert line.split()[:4] == [line[0], name, "(run", f"{evaluated[name].info.run_id[:8]})"]
+        assert line.split()[-3:] == [f"{metrics['miou']:.4f}", f"[{metrics['miou_ci_low']:.4f},",
+                                     f"{metrics['miou_ci_high']:.4f}]"]
+    difference = evaluated["lr-high"].data.metrics["miou"] - evaluated["lr-low"].data.metrics["miou"]
+    assert compared[3].split()[:4] == ["B", "-", "A", f"{difference:+.4f}"]
+    assert compared[4] in ("B is above A: the interval of the difference excludes 0",
+                           "B is below A: the interval of the difference excludes 0",
+                           "the test set does not tell A and B apart: the interval of the difference holds 0")
+    train_run = evaluated["lr-low"].data.tags["train_run_id"]
+    refused = run([sys.executable, "-m", "segnet.compare", train_run, "lr-high"], project, check=False)
+    assert refused.returncode == 1
+    assert f"run {train_run}: a train run, not an evaluate run" in refused.stderr
 
 
 def stop_queue_workers(root: Path, grace_s: float = 30) -> None:

@@ -1,0 +1,112 @@
+"""`python -m segnet.compare` on evaluate runs in a real MLflow store, as evaluate logs them."""
+
+import subprocess
+import sys
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from segnet.metrics import mean_iou
+from segnet.params import load_params
+from segnet.tracking import PANEL_CONFUSIONS
+from tests.helpers import REPO, clean_env
+
+EXPERIMENT = "segnet-multi-digit-mnist"
+
+
+def _panels(right_share: float, seed: int) -> np.ndarray:
+    """200 panels of 3 classes, 100 pixels each, of which about `right_share` are predicted right."""
+    rng = np.random.default_rng(seed)
+    truth = rng.integers(0, 3, (200, 100))
+    guess = np.where(rng.random((200, 100)) < right_share, truth, (truth + 1) % 3)
+    return np.stack([np.bincount(t * 3 + g, minlength=9).reshape(3, 3) for t, g in zip(truth, guess)])
+
+
+@pytest.fixture
+def store(tmp_path):
+    """A folder with the repository's params.yaml and an MLflow store of its own, and a way to add evaluate runs."""
+    (tmp_path / "params.yaml").write_bytes((REPO / "params.yaml").read_bytes())
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    experiment = client.create_experiment(EXPERIMENT, artifact_location=str(tmp_path / "mlartifacts"))
+
+    def add_run(panels: np.ndarray | None, stage="evaluate", dataset="abc", name=None) -> str:
+        tags = {"stage": stage, "dataset_sha256": dataset} | ({"dvc_experiment": name} if name else {})
+        run_id = client.create_run(experiment, tags=tags).info.run_id
+        if panels is not None:
+            np.savez_compressed(tmp_path / PANEL_CONFUSIONS, confusions=panels.astype(np.int32))
+            client.log_artifact(run_id, str(tmp_path / PANEL_CONFUSIONS))
+        client.set_terminated(run_id)
+        return run_id
+
+    return tmp_path, uri, add_run
+
+
+def _compare(folder, uri, *names) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "segnet.compare", *names], cwd=folder, capture_output=True, text=True,
+                          timeout=120, env=clean_env(PYTHONPATH=str(REPO), MLFLOW_TRACKING_URI=uri))
+
+
+def test_a_clearly_better_run_is_found_better_by_name_or_id(store):
+    folder, uri, add_run = store
+    worse, better = _panels(0.80, 0), _panels(0.80, 0)
+    better[:, [0, 1, 2], [0, 1, 2]] += better[:, [0, 1, 2], [1, 2, 0]]  # every panel: its errors turned right
+    better[:, [0, 1, 2], [1, 2, 0]] = 0
+    first = add_run(worse, name="baseline")
+    add_run(better, name="fixed")
+    result = _compare(folder, uri, first, "fixed")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == ("test miou on the same 200 panels; 95% intervals from 1000 resamples of the panels "
+                        "(B - A: the same panels for both)")
+    worse_miou = mean_iou(torch.from_numpy(worse.sum(0)))
+    assert lines[1].split()[:5] == ["A", "baseline", "(run", f"{first[:8]})", f"{worse_miou:.4f}"]
+    assert lines[2].split()[:2] == ["B", "fixed"] and lines[2].split()[4] == "1.0000"
+    assert lines[-1] == "B is above A: the interval of the difference excludes 0"
+    assert _compare(folder, uri, "fixed", first).stdout.splitlines()[-1] == (
+        "B is below A: the interval of the difference excludes 0")
+
+
+def test_two_runs_that_differ_by_chance_are_not_told_apart(store):
+    folder, uri, add_run = store
+    first, second = add_run(_panels(0.8, 1)), add_run(_panels(0.8, 2))
+    result = _compare(folder, uri, first, second)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == (
+        "the test set does not tell A and B apart: the interval of the difference holds 0")
+
+
+def test_the_interval_settings_come_from_params_yaml(store):
+    folder, uri, add_run = store
+    params = load_params(folder / "params.yaml")
+    params["evaluate"]["bootstrap"] = {"resamples": 200, "confidence": 0.5, "seed": 1}
+    (folder / "params.yaml").write_text(yaml.safe_dump(params))
+    first, second = add_run(_panels(0.8, 1)), add_run(_panels(0.8, 2))
+    assert _compare(folder, uri, first, second).stdout.startswith(
+        "test miou on the same 200 panels; 50% intervals from 200 resamples")
+
+
+@pytest.mark.parametrize("case, message", [
+    ("other test set", "scored different test sets (dataset_sha256 tags differ); a paired comparison needs the same"),
+    ("no panels", f"no {PANEL_CONFUSIONS} among its artifacts"),
+    ("train run", "a train run, not an evaluate run"),
+    ("unknown", "nosuch: neither a run id nor a DVC experiment with an evaluate run"),
+    ("other size", "per-panel matrices of shapes (200, 3, 3) and (100, 3, 3)"),
+])
+def test_runs_that_cannot_be_compared_stop_with_one_line(store, case, message):
+    folder, uri, add_run = store
+    first = add_run(_panels(0.8, 1))
+    second = {
+        "other test set": lambda: add_run(_panels(0.8, 2), dataset="def"),
+        "no panels": lambda: add_run(None),
+        "train run": lambda: add_run(None, stage="train"),
+        "unknown": lambda: "nosuch",
+        "other size": lambda: add_run(_panels(0.8, 2)[:100]),
+    }[case]()
+    result = _compare(folder, uri, first, second)
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("ERROR segnet: ") and message in line
