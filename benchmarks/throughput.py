@@ -101,7 +101,6 @@ def main() -> None:
         with zipfile.ZipFile(archive) as opened:
             opened.extractall(extracted)  # our own archive, built above: the reference loop reads its .mat files
 
-
         # Each measurement runs in a fresh process (benchmarks/measure.py): the reference gets the default
         # memory allocator, ours the settings of params.yaml, and neither inherits the other's state.
         # The matmul peaks and prepare join the same rounds, so that a slow spell cannot lower one alone.

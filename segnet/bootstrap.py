@@ -2,8 +2,11 @@
 
 The test set is a sample of panels, so its mIoU is an estimate. Resampling the panels with replacement and
 scoring each resample from the panels' own confusion matrices gives the spread of that estimate (Efron's
-percentile bootstrap). Two runs scored on the same test panels whose mIoU differ by less than this spread
-cannot be told apart by the test set.
+percentile bootstrap). One run's interval bounds that run's score. Two runs scored on the same panels are
+compared by resampling both together (a paired bootstrap, `python -m segnet.compare`): a panel hard for one
+model is hard for the other, so their difference is known far more precisely than their two intervals suggest.
+The panels are resampled, not the digit images they are built from: the interval is that of new panels made
+from the same test digits.
 """
 
 from collections.abc import Callable
@@ -11,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from segnet.params import build
 
 
 @dataclass
@@ -37,6 +42,18 @@ class BootstrapConfig:
             raise ValueError(f"params.yaml evaluate.bootstrap.seed: must be an integer >= 0, got {self.seed}")
 
 
+def read_bootstrap(evaluate: dict) -> BootstrapConfig:
+    """params.yaml's `evaluate.bootstrap`, from the `evaluate` section (absent: the defaults).
+
+    Raises:
+        ValueError: It is not a mapping, or holds unknown keys or bad values, naming the key.
+    """
+    values = evaluate.get("bootstrap", {})
+    if not isinstance(values, dict):
+        raise ValueError(f"params.yaml evaluate.bootstrap: must be a mapping of settings, got {values!r}")
+    return build(BootstrapConfig, "evaluate.bootstrap", values)
+
+
 def panel_confusions(target: torch.Tensor, prediction: torch.Tensor, num_classes: int) -> torch.Tensor:
     """One confusion matrix per panel: (N, H, W) labels and predictions -> int64 (N, classes, classes).
 
@@ -58,7 +75,9 @@ def percentile_interval(
             models on the same panels, their matrices stacked per panel (N, models, classes, classes), so that
             every resample draws the same panels for each model (a paired bootstrap).
         score: A metric of one resample's summed matrices, e.g. segnet.metrics.mean_iou, or for a stack of two
-            models `lambda pair: mean_iou(pair[1]) - mean_iou(pair[0])`.
+            models `lambda pair: mean_iou(pair[1]) - mean_iou(pair[0])`. (A class absent from a resample's
+            labels counts for a model only if it predicts it, so the two means may then be over different
+            classes; on the built-in test set every class occurs in every resample.)
         config: Resamples, confidence and seed.
 
     Returns:

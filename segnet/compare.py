@@ -1,14 +1,15 @@
 """Whether two runs' test mIoU really differ: `python -m segnet.compare A B`.
 
-A and B are evaluate runs, named by MLflow run id or by DVC experiment name (the latest evaluate run of
-`dvc exp run -n NAME`), in the project's store. Both must have scored the same test panels. Each run's own
-interval says how far its score could move with other test panels; the difference B - A gets a paired
-bootstrap: every resample draws the same panels for both models, so the panels' shared difficulty cancels
-and the interval of the difference is narrower than the two intervals side by side suggest. The resampling
+A and B are finished evaluate runs, named by MLflow run id or by DVC experiment name (the latest finished
+evaluate run of `dvc exp run -n NAME`), in the project's store. Both must have scored the same test panels.
+Each run's own interval says how far its score could move with other test panels; the difference B - A gets
+a paired bootstrap: every resample draws the same panels for both models, so the panels' shared difficulty
+cancels and the interval of the difference is narrower than the two intervals side by side suggest. The resampling
 settings are params.yaml's `evaluate.bootstrap`.
 """
 
 import argparse
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -18,10 +19,10 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from segnet.bootstrap import BootstrapConfig, percentile_interval
+from segnet.bootstrap import BootstrapConfig, percentile_interval, read_bootstrap
 from segnet.cli import run_stage
 from segnet.metrics import mean_iou
-from segnet.params import build, load_params
+from segnet.params import flatten, load_params
 from segnet.tracking import EVALUATE_STAGE, load_panel_confusions, project_root, use_project_store
 
 # Named, not __name__: run as `python -m segnet.compare` this module is __main__.
@@ -29,10 +30,10 @@ log = logging.getLogger("segnet.compare")
 
 
 def find_evaluate_run(client: MlflowClient, experiment: str, name: str) -> Run:
-    """The evaluate run with id `name`, or else the latest evaluate run of DVC experiment `name`.
+    """The evaluate run with id `name`, or else the latest finished evaluate run of DVC experiment `name`.
 
     Raises:
-        ValueError: Neither exists, or the run with that id is not an evaluate run.
+        ValueError: Neither exists, or the run with that id is not a finished evaluate run.
     """
     try:
         run = client.get_run(name)
@@ -42,19 +43,36 @@ def find_evaluate_run(client: MlflowClient, experiment: str, name: str) -> Run:
         if run.data.tags.get("stage") != EVALUATE_STAGE:
             raise ValueError(f"run {name}: a {run.data.tags.get('stage', 'untagged')} run, not an evaluate run; "
                              "name the evaluate run of the experiment")
+        if run.info.lifecycle_stage != "active" or run.info.status != "FINISHED":
+            raise ValueError(f"run {name}: {run.info.status.lower()}"
+                             f"{' and deleted' if run.info.lifecycle_stage != 'active' else ''}, not a finished "
+                             "evaluate run")
         return run
     found = client.get_experiment_by_name(experiment)
     runs = []
     if found is not None and "'" not in name:  # a quote would end the filter's string
         runs = client.search_runs(
             [found.experiment_id],
-            filter_string=f"tags.stage = '{EVALUATE_STAGE}' and tags.dvc_experiment = '{name}'",
+            filter_string=(f"tags.stage = '{EVALUATE_STAGE}' and tags.dvc_experiment = '{name}' "
+                           "and attributes.status = 'FINISHED'"),
             order_by=["attributes.start_time DESC"], max_results=1,
         )
     if not runs:
-        raise ValueError(f"{name}: neither a run id nor a DVC experiment with an evaluate run in MLflow experiment "
-                         f"'{experiment}' (tracking.experiment)")
+        raise ValueError(f"{name}: neither a run id nor a DVC experiment with a finished evaluate run in MLflow "
+                         f"experiment '{experiment}' (tracking.experiment)")
     return runs[0]
+
+
+def find_project(start: Path) -> Path:
+    """The project `start` lies in: the nearest folder at or above it with a params.yaml (as DVC's root has).
+
+    Raises:
+        ValueError: There is none.
+    """
+    for folder in (start, *start.parents):
+        if (folder / "params.yaml").is_file():
+            return project_root(folder)
+    raise ValueError(f"{start}: no params.yaml here or above; run from the project")
 
 
 def describe(run: Run) -> str:
@@ -80,8 +98,8 @@ def compare(first: Run, second: Run, config: BootstrapConfig) -> list[str]:
         torch.stack([a, b], dim=1), lambda pair: mean_iou(pair[1]) - mean_iou(pair[0]), config)
     rows.append(("B - A", rows[1][1] - rows[0][1], gain_low, gain_high))
     width = max(len(row[0]) for row in rows)
-    lines = [f"test miou on the same {len(a):,} panels; {config.confidence:.0%} intervals from {config.resamples} "
-             "resamples of the panels (B - A: the same panels for both)"]
+    lines = [f"test miou on the same {len(a):,} panels; {config.confidence * 100:g}% intervals from "
+             f"{config.resamples} resamples of the panels (B - A: the same panels for both)"]
     lines += [f"{name:<{width}}  {value:+.4f}  [{low:+.4f}, {high:+.4f}]" if name == "B - A" else
               f"{name:<{width}}  {value:.4f}   [{low:.4f}, {high:.4f}]" for name, value, low, high in rows]
     if gain_low > 0 or gain_high < 0:
@@ -96,16 +114,26 @@ def main() -> None:
     parser.add_argument("first", metavar="A", help="evaluate run id or DVC experiment name")
     parser.add_argument("second", metavar="B", help="evaluate run id or DVC experiment name")
     arguments = parser.parse_args()
-    params = load_params(Path("params.yaml"))
-    config = build(BootstrapConfig, "evaluate.bootstrap", params["evaluate"].get("bootstrap", {}))
+    root = find_project(Path.cwd())
+    params = load_params(root / "params.yaml")
+    config = read_bootstrap(params["evaluate"])
     if config.resamples < 1:
         raise ValueError("params.yaml evaluate.bootstrap.resamples: 0 turns the intervals off; set it (to 1000, say) "
                          "to compare")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # two small files: stderr stays clean
-    use_project_store(project_root())
+    use_project_store(root)
     client = MlflowClient()
     experiment = params["tracking"]["experiment"]
     runs = [find_evaluate_run(client, experiment, name) for name in (arguments.first, arguments.second)]
+    # The runs logged the settings their own intervals used (none: the defaults); the resampling here uses
+    # params.yaml's.
+    current, defaults = ({key: str(value) for key, value in flatten({"evaluate.bootstrap": dataclasses.asdict(
+        settings)}).items()} for settings in (config, BootstrapConfig()))
+    for run in runs:
+        logged = {key: run.data.params.get(key, defaults[key]) for key in current}
+        if logged != current:
+            log.warning("%s logged its interval with other settings (%s); these intervals use params.yaml's (%s)",
+                        describe(run), logged, current)
     print("\n".join(compare(*runs, config)))
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import mlflow
 import torch
 
-from segnet.bootstrap import BootstrapConfig, panel_confusions, percentile_interval
+from segnet.bootstrap import panel_confusions, percentile_interval, read_bootstrap
 from segnet.cli import run_stage, stage_paths
 from segnet.data import load_split
 from segnet.devices import select_device, use_exact_float32
@@ -63,12 +63,8 @@ def main() -> None:
     prepared_dir, model_dir, metrics_path, confusion_path, predictions_path = stage_paths(USAGE)
     params = load_params()
     settings = params["evaluate"]
-    main_settings = dict(settings)
-    interval_settings = main_settings.pop("bootstrap", {})
-    if not isinstance(interval_settings, dict):
-        raise ValueError(f"params.yaml evaluate.bootstrap: must be a mapping of settings, got {interval_settings!r}")
-    config = build(EvaluateConfig, "evaluate", main_settings)
-    interval = build(BootstrapConfig, "evaluate.bootstrap", interval_settings)
+    config = build(EvaluateConfig, "evaluate", {key: value for key, value in settings.items() if key != "bootstrap"})
+    interval = read_bootstrap(settings)
     experiment = params["tracking"]["experiment"]
     # The input is checked before the MLflow run starts: bad input leaves no failed run behind.
     trained, weights = read_model(model_dir)
