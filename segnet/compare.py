@@ -1,11 +1,11 @@
 """Whether two runs' test mIoU really differ: `python -m segnet.compare A B`.
 
-A and B are finished evaluate runs, named by MLflow run id or by DVC experiment name (the latest finished
-evaluate run of `dvc exp run -n NAME`), in the project's store. Both must have scored the same test panels.
-Each run's own interval says how far its score could move with other test panels; the difference B - A gets
-a paired bootstrap: every resample draws the same panels for both models, so the panels' shared difficulty
-cancels and the interval of the difference is narrower than the two intervals side by side suggest. The resampling
-settings are params.yaml's `evaluate.bootstrap`.
+A and B are finished evaluate runs in the project's store, named by MLflow run id, by DVC experiment name
+(the latest finished evaluate run of `dvc exp run -n NAME`), or `workspace` (that of the model in data/model).
+Both must have scored the same test panels. Each run's own interval says how far its score could move with
+other test panels; the difference B - A gets a paired bootstrap: every resample draws the same panels for
+both models, so the panels' shared difficulty cancels and the interval of the difference is narrower than
+the two intervals side by side suggest. The resampling settings are params.yaml's `evaluate.bootstrap`.
 """
 
 import argparse
@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from segnet.bootstrap import BootstrapConfig, percentile_interval, read_bootstrap
 from segnet.cli import run_stage
+from segnet.files import sha256_file
 from segnet.metrics import mean_iou
 from segnet.params import flatten, load_params
 from segnet.tracking import EVALUATE_STAGE, load_panel_confusions, project_root, use_project_store
@@ -28,12 +29,19 @@ from segnet.tracking import EVALUATE_STAGE, load_panel_confusions, project_root,
 # Named, not __name__: run as `python -m segnet.compare` this module is __main__.
 log = logging.getLogger("segnet.compare")
 
+# The name of the model in the workspace, as in `dvc exp show`.
+WORKSPACE = "workspace"
+# Where the train stage writes that model (dvc.yaml's `data/model` output).
+WORKSPACE_MODEL = Path("data") / "model" / "model.pt"
 
-def find_evaluate_run(client: MlflowClient, experiment: str, name: str) -> Run:
-    """The evaluate run with id `name`, or else the latest finished evaluate run of DVC experiment `name`.
+
+def find_evaluate_run(client: MlflowClient, experiment: str, name: str, root: Path) -> Run:
+    """The evaluate run with id `name`; for `workspace`, the latest finished evaluate run of the model in the
+    project `root` (the one `dvc repro` or the last `dvc exp run` left there); else the latest finished evaluate
+    run of DVC experiment `name`.
 
     Raises:
-        ValueError: Neither exists, or the run with that id is not a finished evaluate run.
+        ValueError: None exists, or the run with that id is not a finished evaluate run.
     """
     try:
         run = client.get_run(name)
@@ -48,18 +56,28 @@ def find_evaluate_run(client: MlflowClient, experiment: str, name: str) -> Run:
                              f"{' and deleted' if run.info.lifecycle_stage != 'active' else ''}, not a finished "
                              "evaluate run")
         return run
+    if name == WORKSPACE:
+        model = root / WORKSPACE_MODEL
+        if not model.is_file():
+            raise ValueError(f"workspace: no {model}; run the pipeline first (dvc repro)")
+        # The evaluate run names the weights it scored by their hash.
+        tag, value = "model_sha256", sha256_file(model)
+        missing = f"workspace: no finished evaluate run scored {model}; run its evaluate stage (dvc repro)"
+    else:
+        tag, value = "dvc_experiment", name
+        missing = (f"{name}: neither a run id nor a DVC experiment with a finished evaluate run in MLflow "
+                   f"experiment '{experiment}' (tracking.experiment)")
     found = client.get_experiment_by_name(experiment)
     runs = []
-    if found is not None and "'" not in name:  # a quote would end the filter's string
+    if found is not None and "'" not in value:  # a quote would end the filter's string
         runs = client.search_runs(
             [found.experiment_id],
-            filter_string=(f"tags.stage = '{EVALUATE_STAGE}' and tags.dvc_experiment = '{name}' "
+            filter_string=(f"tags.stage = '{EVALUATE_STAGE}' and tags.{tag} = '{value}' "
                            "and attributes.status = 'FINISHED'"),
             order_by=["attributes.start_time DESC"], max_results=1,
         )
     if not runs:
-        raise ValueError(f"{name}: neither a run id nor a DVC experiment with a finished evaluate run in MLflow "
-                         f"experiment '{experiment}' (tracking.experiment)")
+        raise ValueError(missing)
     return runs[0]
 
 
@@ -111,8 +129,8 @@ def compare(first: Run, second: Run, config: BootstrapConfig) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("first", metavar="A", help="evaluate run id or DVC experiment name")
-    parser.add_argument("second", metavar="B", help="evaluate run id or DVC experiment name")
+    parser.add_argument("first", metavar="A", help="evaluate run id, DVC experiment name, or workspace")
+    parser.add_argument("second", metavar="B", help="evaluate run id, DVC experiment name, or workspace")
     arguments = parser.parse_args()
     root = find_project(Path.cwd())
     params = load_params(root / "params.yaml")
@@ -124,7 +142,7 @@ def main() -> None:
     use_project_store(root)
     client = MlflowClient()
     experiment = params["tracking"]["experiment"]
-    runs = [find_evaluate_run(client, experiment, name) for name in (arguments.first, arguments.second)]
+    runs = [find_evaluate_run(client, experiment, name, root) for name in (arguments.first, arguments.second)]
     # The runs logged the settings their own intervals used (none: the defaults); the resampling here uses
     # params.yaml's.
     current, defaults = ({key: str(value) for key, value in flatten({"evaluate.bootstrap": dataclasses.asdict(

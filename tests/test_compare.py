@@ -1,5 +1,6 @@
 """`python -m segnet.compare` on evaluate runs in a real MLflow store, as evaluate logs them."""
 
+import hashlib
 import subprocess
 import sys
 
@@ -33,9 +34,10 @@ def store(tmp_path):
     client = mlflow.MlflowClient(uri)
     experiment = client.create_experiment(EXPERIMENT, artifact_location=str(tmp_path / "mlartifacts"))
 
-    def add_run(panels: np.ndarray | None, stage="evaluate", dataset="abc", name=None, status="FINISHED") -> str:
+    def add_run(panels: np.ndarray | None, stage="evaluate", dataset="abc", name=None, status="FINISHED",
+                **more_tags) -> str:
         """An evaluate run as the stage logs one: its tags, its interval settings and its per-panel matrices."""
-        tags = {"stage": stage, "dataset_sha256": dataset} | ({"dvc_experiment": name} if name else {})
+        tags = {"stage": stage, "dataset_sha256": dataset, **more_tags} | ({"dvc_experiment": name} if name else {})
         run_id = client.create_run(experiment, tags=tags).info.run_id
         for key, value in {"resamples": 1000, "confidence": 0.95, "seed": 0}.items():
             client.log_param(run_id, f"evaluate.bootstrap.{key}", value)
@@ -99,6 +101,26 @@ def test_the_interval_settings_come_from_params_yaml_and_a_run_that_used_others_
     assert result.stdout.startswith("test miou on the same 200 panels; 97.5% intervals from 200 resamples")
     warnings = result.stderr.strip().splitlines()
     assert len(warnings) == 2 and all("logged its interval with other settings" in line for line in warnings)
+
+
+def test_workspace_names_the_evaluate_run_of_the_model_in_data_model(store):
+    folder, uri, add_run = store
+    other = add_run(_panels(0.8, 1))
+    model = folder / "data" / "model" / "model.pt"
+    result = _compare(folder, uri, "workspace", other)
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"ERROR segnet: workspace: no {model}; run the pipeline first (dvc repro)"
+    model.parent.mkdir(parents=True)
+    model.write_bytes(b"the weights of the workspace")
+    result = _compare(folder, uri, "workspace", other)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (f"ERROR segnet: workspace: no finished evaluate run scored {model}; run its "
+                                     "evaluate stage (dvc repro)")
+    scored = add_run(_panels(0.9, 2), model_sha256=hashlib.sha256(model.read_bytes()).hexdigest())
+    add_run(_panels(0.7, 3), model_sha256=hashlib.sha256(b"other weights").hexdigest())  # later, another model
+    result = _compare(folder, uri, "workspace", other)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[1].split()[:3] == ["A", "run", scored[:8]]
 
 
 @pytest.mark.parametrize("case, message", [

@@ -203,6 +203,9 @@ def test_experiments_with_changed_params_are_tracked_in_dvc_and_mlflow(project):
     assert compared[4] == ("B is above A: the interval of the difference excludes 0" if low > 0 else
                            "B is below A: the interval of the difference excludes 0" if high < 0 else
                            "the test set does not tell A and B apart: the interval of the difference holds 0")
+    # The workspace holds what the last `dvc exp run` without --temp left there: lr-high's model.
+    workspace = run([sys.executable, "-m", "segnet.compare", "lr-low", "workspace"], project).stdout.splitlines()
+    assert workspace[1:3] == compared[1:3]
     train_run = evaluated["lr-low"].data.tags["train_run_id"]
     refused = run([sys.executable, "-m", "segnet.compare", train_run, "lr-high"], project, check=False)
     assert refused.returncode == 1
