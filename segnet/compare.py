@@ -24,7 +24,7 @@ from segnet.cli import run_stage
 from segnet.files import sha256_file
 from segnet.metrics import mean_iou
 from segnet.params import flatten, load_params
-from segnet.tracking import EVALUATE_STAGE, load_panel_confusions, project_root, use_project_store
+from segnet.tracking import EVALUATE_STAGE, find_run, load_panel_confusions, project_root, use_project_store
 
 # Named, not __name__: run as `python -m segnet.compare` this module is __main__.
 log = logging.getLogger("segnet.compare")
@@ -67,18 +67,10 @@ def find_evaluate_run(client: MlflowClient, experiment: str, name: str, root: Pa
         tag, value = "dvc_experiment", name
         missing = (f"{name}: neither a run id nor a DVC experiment with a finished evaluate run in MLflow "
                    f"experiment '{experiment}' (tracking.experiment)")
-    found = client.get_experiment_by_name(experiment)
-    runs = []
-    if found is not None and "'" not in value:  # a quote would end the filter's string
-        runs = client.search_runs(
-            [found.experiment_id],
-            filter_string=(f"tags.stage = '{EVALUATE_STAGE}' and tags.{tag} = '{value}' "
-                           "and attributes.status = 'FINISHED'"),
-            order_by=["attributes.start_time DESC"], max_results=1,
-        )
-    if not runs:
+    run_id = find_run(experiment, EVALUATE_STAGE, tag, value, finished=True)
+    if run_id is None:
         raise ValueError(missing)
-    return runs[0]
+    return client.get_run(run_id)
 
 
 def find_project(start: Path) -> Path:

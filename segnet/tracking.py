@@ -242,15 +242,17 @@ def _run_exists(run_id: str, experiment_id: str) -> bool:
     return found.info.experiment_id == experiment_id and found.info.lifecycle_stage == "active"
 
 
-def find_run(experiment: str, stage: str, tag: str, value: str) -> str | None:
-    """The id of the latest run of `stage` whose tag `tag` equals `value` (None if there is none)."""
+def find_run(experiment: str, stage: str, tag: str, value: str, finished: bool = False) -> str | None:
+    """The id of the latest run of `stage` whose tag `tag` equals `value`, of the FINISHED ones if `finished`
+    (None if there is none)."""
     client = MlflowClient()
     found = client.get_experiment_by_name(experiment)
-    if found is None:
+    if found is None or "'" in value:  # a quote would end the filter's string: no tag value we write has one
         return None
+    status = " and attributes.status = 'FINISHED'" if finished else ""
     runs = client.search_runs(
         [found.experiment_id],
-        filter_string=f"tags.stage = '{stage}' and tags.{tag} = '{value}'",
+        filter_string=f"tags.stage = '{stage}' and tags.{tag} = '{value}'{status}",
         order_by=["attributes.start_time DESC"],
         max_results=1,
     )
