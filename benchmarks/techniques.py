@@ -5,8 +5,9 @@ defaults at a time, and prints images/s (after a warm-up) and the first step's s
 torch.compile spends its compile time). Accuracy effects of settings are measured by full runs
 (README, Performance); this table is their speed side.
 On a GPU (--device cuda) each variant trains GPU_EPOCHS epochs, since a GPU step takes milliseconds, and the
-settings that only act on the CPU are left out.
-Usage: make bench  (or python -m benchmarks.techniques [--files N] [--device cuda])
+settings that only act on the CPU are left out. --only measures the defaults against the named settings'
+variants alone, for a GPU lent for minutes.
+Usage: make bench  (or python -m benchmarks.techniques [--files N] [--device cuda] [--only SETTING,...])
 """
 
 import argparse
@@ -43,10 +44,16 @@ CPU_ONLY = ("threads", "cpu_kernels", "keep_freed_memory")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the variants train")
+    parser.add_argument("--only", type=lambda text: text.split(","), help="settings to vary, comma-separated")
     params, model_config, arguments = read_settings(parser.description, default_files=40, parser=parser)
     on_gpu = arguments.device == "cuda"
     common = {"device": "cuda", "epochs": GPU_EPOCHS} if on_gpu else {}
-    variants = [v for v in VARIANTS if not (on_gpu and v and v[0] in CPU_ONLY)]
+    left_out = CPU_ONLY if on_gpu else ()
+    variants = [v for v in VARIANTS if v is None or (v[0] not in left_out and v[0] in (arguments.only or [v[0]]))]
+    unknown = set(arguments.only or []) - {v[0] for v in variants[1:]}
+    if unknown:
+        parser.error(f"--only: no {arguments.device} variant of {sorted(unknown)}; "
+                     f"known: {sorted({v[0] for v in VARIANTS[1:]} - set(left_out))}")
     defaults = vars(one_epoch(params, **common))
     first_steps = {}
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.io
+import torch
 import yaml
 
 from segnet.generate import compose_panel
@@ -42,6 +43,12 @@ def random_panels(count: int, rng: np.random.Generator, max_digits: int = 4) -> 
         )
         images[index] = np.repeat(grey[..., None], 3, axis=-1).astype(np.float32) / np.float32(255)
     return images, masks
+
+
+def digit_panels(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """random_panels as the training loop holds them: uint8 (N, 64, 64, 3) pixels and uint8 labels."""
+    images, labels = random_panels(count, np.random.default_rng(seed))
+    return torch.from_numpy(np.rint(images * 255).astype(np.uint8)), torch.from_numpy(labels)
 
 
 def mat_bytes(contents: dict, **savemat_options) -> bytes:

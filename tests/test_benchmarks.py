@@ -1,5 +1,5 @@
 """The benchmark that runs where MLflow and DVC are not installed (`python -m benchmarks.gpu`, here on the CPU),
-the profile's per-convolution timings, and how the py-spy profile reads real py-spy samples."""
+the techniques benchmark's choice of settings, the profile's per-convolution timings, and how the py-spy profile reads real py-spy samples."""
 
 import inspect
 import json
@@ -37,6 +37,19 @@ def test_the_gpu_benchmark_prepares_trains_and_scores_the_default_model_without_
     assert summary["best_val_miou"] == max(record["val_miou"] for record in summary["history"])
     assert 0 < summary["test_miou"] <= 1 and summary["evaluation_images_per_second"] > 0
     assert f"test miou {summary['test_miou']:.4f} after" in finished.stdout
+
+
+@pytest.mark.parametrize("device, only", [("cpu", "batch_size,no_such_setting"), ("cuda", "threads")])
+def test_the_techniques_benchmark_refuses_a_setting_it_has_no_variant_of_on_that_device(device, only):
+    finished = subprocess.run(
+        [sys.executable, "-m", "benchmarks.techniques", "--device", device, "--only", only],
+        cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=120,
+    )
+    assert finished.returncode == 2
+    refused = only.split(",")[-1]
+    assert f"--only: no {device} variant of ['{refused}']" in finished.stderr
+    known = finished.stderr.rsplit("known: ", 1)[1]  # a setting that acts only on the CPU has no GPU variant
+    assert "batch_size" in known and ("threads" in known) == (device == "cpu")
 
 
 def test_the_profile_times_every_convolution_of_the_model_in_its_three_parts(monkeypatch, capsys):
