@@ -41,6 +41,19 @@ VARIANTS = [
 CPU_ONLY = ("threads", "cpu_kernels", "keep_freed_memory")
 
 
+def chosen_variants(on_gpu: bool, only: list[str] | None = None) -> list:
+    """VARIANTS for the device, the defaults first: all of them, or those of the settings in `only`.
+
+    Raises ValueError naming any setting in `only` that has no variant on the device.
+    """
+    available = [variant for variant in VARIANTS[1:] if not (on_gpu and variant[0] in CPU_ONLY)]
+    names = sorted({name for name, _ in available})
+    unknown = sorted(set(only or []) - set(names))
+    if unknown:
+        raise ValueError(f"no {'cuda' if on_gpu else 'cpu'} variant of {unknown}; known: {names}")
+    return [None] + [variant for variant in available if only is None or variant[0] in only]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the variants train")
@@ -48,12 +61,10 @@ def main() -> None:
     params, model_config, arguments = read_settings(parser.description, default_files=40, parser=parser)
     on_gpu = arguments.device == "cuda"
     common = {"device": "cuda", "epochs": GPU_EPOCHS} if on_gpu else {}
-    left_out = CPU_ONLY if on_gpu else ()
-    variants = [v for v in VARIANTS if v is None or (v[0] not in left_out and v[0] in (arguments.only or [v[0]]))]
-    unknown = set(arguments.only or []) - {v[0] for v in variants[1:]}
-    if unknown:
-        parser.error(f"--only: no {arguments.device} variant of {sorted(unknown)}; "
-                     f"known: {sorted({v[0] for v in VARIANTS[1:]} - set(left_out))}")
+    try:
+        variants = chosen_variants(on_gpu, arguments.only)
+    except ValueError as error:
+        parser.error(f"--only: {error}")
     defaults = vars(one_epoch(params, **common))
     first_steps = {}
 

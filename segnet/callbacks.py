@@ -28,7 +28,6 @@ class ProgressBar(Callback):
     def __init__(self, epochs: int):
         self.epochs = epochs
         self.bar = None
-        self.epoch = 1
         self.val_miou = None
 
     def on_train_start(self, total_steps: int, steps_per_epoch: int, start_step: int) -> None:
@@ -49,4 +48,9 @@ class ProgressBar(Callback):
         self.bar.set_description(f"epoch {min(record['epoch'] + 1, self.epochs)}/{self.epochs}")
 
     def on_train_end(self) -> None:
-        self.bar.close()
+        self.close()
+
+    def close(self) -> None:
+        """Ends the bar's line, so that what is printed next starts on its own; also after a stop or a failure."""
+        if self.bar is not None:
+            self.bar.close()

@@ -71,7 +71,7 @@ def prepare_dataset(
     summary = {"archive": str(archive_path), "archive_sha256": fingerprint}
     with staged_directory(output_dir, OUTPUT_NAMES) as staging:
         splits = {}
-        with _file_reader(archive_path, limits, workers) as read_files:
+        with _ParallelReader(archive_path, limits, workers) as read_files:
             for split, members in (("train", index.train), ("test", index.test)):
                 writer = _SplitWriter(staging, split, str(archive_path))
                 try:
@@ -162,13 +162,10 @@ class _SplitWriter:
         written.unlink()
 
 
-def _file_reader(archive_path: Path, limits: ArchiveLimits, workers: int):
-    """A context giving read_files(members) -> iterator of (images, exact, masks), one per member, in order."""
-    return _ParallelReader(archive_path, limits, workers)
-
-
 class _ParallelReader:
     """Parses files in `workers` threads, at most 2 per thread in flight, and yields them in archive order.
+
+    As a context it gives read_files(members): an iterator of (images, exact, masks), one per member, in order.
 
     Threads, not processes: the work is inflating (zlib) and NumPy array passes over large arrays, which run
     without holding Python's global lock, so threads use the cores without start-up cost, pickling of

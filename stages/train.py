@@ -25,6 +25,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import torch
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 import segnet
 from segnet import NUM_CLASSES
@@ -110,7 +111,10 @@ def main() -> None:
         if world.is_main:
             checkpointer = Checkpointer(checkpoint_path, train_config.checkpoint_steps, run_fingerprint,
                                         extra={"mlflow_run_id": run.info.run_id})
-        with StopSignals() as stop:
+        progress = ProgressBar(train_config.epochs)
+        # While the bar is shown, log lines (Ctrl-C's notice) print above it; when training stops or fails, the
+        # bar is closed before the stage reports why, so neither message lands on the bar's line.
+        with StopSignals() as stop, logging_redirect_tqdm(), contextlib.closing(progress):
             result = train(
                 model,
                 images,
@@ -120,7 +124,7 @@ def main() -> None:
                 num_classes=model_config.num_classes,
                 config=train_config,
                 seed=seed,
-                callbacks=[ProgressBar(train_config.epochs), MLflowCallback()] if world.is_main else [],
+                callbacks=[progress, MLflowCallback()] if world.is_main else [],
                 checkpointer=checkpointer,
                 resume=resume["state"] if resume else None,
                 stop_requested=stop.requested,

@@ -1,5 +1,6 @@
 """The benchmark that runs where MLflow and DVC are not installed (`python -m benchmarks.gpu`, here on the CPU),
-the techniques benchmark's choice of settings, the profile's per-convolution timings, and how the py-spy profile reads real py-spy samples."""
+which settings the techniques benchmark varies, the profile's per-convolution timings, and how the py-spy
+profile reads real py-spy samples."""
 
 import inspect
 import json
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import dropped, profile, stacks
+from benchmarks import dropped, profile, stacks, techniques
 from segnet.model import SegNet, SegNetConfig
 from tests.helpers import REPO, clean_env, course_zip
 
@@ -39,17 +40,20 @@ def test_the_gpu_benchmark_prepares_trains_and_scores_the_default_model_without_
     assert f"test miou {summary['test_miou']:.4f} after" in finished.stdout
 
 
-@pytest.mark.parametrize("device, only", [("cpu", "batch_size,no_such_setting"), ("cuda", "threads")])
-def test_the_techniques_benchmark_refuses_a_setting_it_has_no_variant_of_on_that_device(device, only):
-    finished = subprocess.run(
-        [sys.executable, "-m", "benchmarks.techniques", "--device", device, "--only", only],
-        cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=120,
-    )
-    assert finished.returncode == 2
-    refused = only.split(",")[-1]
-    assert f"--only: no {device} variant of ['{refused}']" in finished.stderr
-    known = finished.stderr.rsplit("known: ", 1)[1]  # a setting that acts only on the CPU has no GPU variant
-    assert "batch_size" in known and ("threads" in known) == (device == "cpu")
+def test_the_techniques_benchmark_varies_the_settings_it_is_given_and_refuses_others():
+    assert techniques.chosen_variants(on_gpu=False) == techniques.VARIANTS
+    on_gpu = techniques.chosen_variants(on_gpu=True)
+    assert on_gpu[0] is None and ("precision", "float32") in on_gpu
+    assert not {name for name, _ in on_gpu[1:]} & set(techniques.CPU_ONLY)  # they do nothing on a GPU
+    assert techniques.chosen_variants(True, ["batch_size", "compile"]) == [
+        None, ("batch_size", 16), ("batch_size", 64), ("compile", True)]
+    with pytest.raises(ValueError, match=r"no cuda variant of \['threads'\]; known: \['batch_size', "):
+        techniques.chosen_variants(True, ["batch_size", "threads"])
+    with pytest.raises(ValueError, match=r"no cpu variant of \['no_such_setting'\]"):
+        techniques.chosen_variants(False, ["no_such_setting"])
+    finished = subprocess.run([sys.executable, "-m", "benchmarks.techniques", "--only", "no_such_setting"],
+                              cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 2 and "--only: no cpu variant of ['no_such_setting']" in finished.stderr
 
 
 def test_the_profile_times_every_convolution_of_the_model_in_its_three_parts(monkeypatch, capsys):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -426,6 +427,11 @@ def test_killed_training_resumes_exactly_and_ctrl_c_saves_and_marks_the_run_kill
         interrupted = _checkpoint(project)
         assert "SIGINT received: stopping after this step" in stderr and "Traceback" not in stderr
         assert f"training stopped at step {interrupted['state']['loop']['step']}" in stderr
+        # Both messages start their own line: the progress bar's line is cleared for the first and ended before
+        # the second (the bar redraws itself after a carriage return, so both are line breaks here).
+        lines = re.split(r"[\r\n]", stderr)
+        assert any(line.startswith("WARNING segnet.interrupt: SIGINT received") for line in lines), stderr
+        assert any(line.startswith("ERROR segnet: interrupted: training stopped at step") for line in lines), stderr
         assert store(project).get_run(interrupted["extra"]["mlflow_run_id"]).info.status == "KILLED"
         assert not (project / "data" / "model" / "model.pt").exists()
         again = run(["dvc", "repro", "--force", "--single-item", "train"], project)

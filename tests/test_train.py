@@ -10,7 +10,6 @@ from segnet.callbacks import Callback
 from segnet.checkpoint import Checkpointer, fingerprint, load_checkpoint
 from segnet.data import split_indices, to_input
 from segnet.devices import available_cores, select_amp_dtype
-from segnet.generate import compose_panel
 from segnet.inference import accumulate_confusion
 from segnet.metrics import mean_iou
 from segnet.model import SegNet, SegNetConfig
