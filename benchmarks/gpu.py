@@ -12,7 +12,8 @@ DVC or mlxtend and cannot install them): it runs the same three steps as the `pr
   3. score the selected weights on the whole test split in float32, as `evaluate` does.
 It prints validation mIoU against wall-clock time per epoch, training images/s (the train stage's
 train_images_per_second: whole epochs, validation included), and test mIoU; then evaluation images/s.
-Usage: python -m benchmarks.gpu [--archive data/builtin/multi-digit-mnist.zip] [--epochs N]
+Usage: python -m benchmarks.gpu [--archive data/builtin/multi-digit-mnist.zip] [--epochs N] [--set train.KEY=VALUE]...
+(--set, like `dvc exp run -S`, trains with another setting, e.g. --set train.batch_size=64 --set train.lr=0.0045.)
 """
 
 import argparse
@@ -36,21 +37,41 @@ from segnet.prepare import prepare_dataset
 from segnet.train import TrainConfig, set_seed, train
 
 
+def train_setting(text: str) -> tuple[str, object]:
+    """`train.KEY=VALUE` -> (KEY, VALUE): the value as a JSON number, boolean or string, else the text itself.
+
+    Not PyYAML, which is all this script may have: YAML 1.1 reads 5e-05 as a string.
+    """
+    key, separator, value = text.partition("=")
+    if not separator or not key.startswith("train."):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected train.KEY=VALUE")
+    try:
+        return key.removeprefix("train."), json.loads(value)
+    except json.JSONDecodeError:
+        return key.removeprefix("train."), value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--archive", type=Path, default=REPO / "data" / "builtin" / "multi-digit-mnist.zip")
     parser.add_argument("--epochs", type=int, help="train.epochs instead of params.yaml's (a quicker check)")
+    parser.add_argument("--set", type=train_setting, action="append", default=[], metavar="train.KEY=VALUE",
+                        help="a train setting instead of params.yaml's, as `dvc exp run -S` sets it (repeatable)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     arguments = parser.parse_args()
     params = load_params(REPO / "params.yaml")
-    settings = {**params["train"], **({"epochs": arguments.epochs} if arguments.epochs else {})}
-    train_config = build(TrainConfig, "train", settings)
+    settings = {**params["train"], **({"epochs": arguments.epochs} if arguments.epochs else {}), **dict(arguments.set)}
+    try:
+        train_config = build(TrainConfig, "train", settings)
+    except ValueError as error:
+        parser.error(str(error))
+    changed = {key: value for key, value in settings.items() if params["train"].get(key) != value}
     model_config = build(SegNetConfig, "model", params["model"])
     device = select_device(train_config.device)
     amp_dtype = select_amp_dtype(train_config.precision, device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "CPU"
     print(f"device {device} ({name}), autocast {amp_dtype}, torch {torch.__version__}, "
-          f"{available_cores()} CPU cores", flush=True)
+          f"{available_cores()} CPU cores; train settings changed from params.yaml: {changed or 'none'}", flush=True)
 
     with tempfile.TemporaryDirectory(prefix="segnet-gpu-") as folder:
         prepared = Path(folder) / "prepared"
@@ -84,6 +105,7 @@ def main() -> None:
               f"{record['val_miou']:.4f} |")
     summary = {
         "device": name,
+        "settings_changed": changed,
         "precision": result.amp_dtype,
         "torch": torch.__version__,
         "prepare_seconds": prepare_seconds,

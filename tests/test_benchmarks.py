@@ -2,6 +2,7 @@
 which settings the techniques benchmark varies, the profile's per-convolution timings, and how the py-spy
 profile reads real py-spy samples."""
 
+import argparse
 import inspect
 import json
 import re
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import dropped, profile, stacks, techniques
+from benchmarks import dropped, gpu, profile, stacks, techniques
 from segnet.model import SegNet, SegNetConfig
 from tests.helpers import REPO, clean_env, course_zip
 
@@ -27,17 +28,33 @@ def test_the_gpu_benchmark_prepares_trains_and_scores_the_default_model_without_
     # 36 training panels: with params.yaml's validation share and batch of 32, one step per epoch.
     course_zip(archive, np.random.default_rng(3), train_files=3, test_files=1, per_file=12)
     results = tmp_path / "gpu.json"
+    # A batch of 16 instead of params.yaml's 32 (as `dvc exp run -S` would set it): two steps per epoch.
     finished = subprocess.run(
-        [sys.executable, "-m", "benchmarks.gpu", "--archive", str(archive), "--epochs", "2", "--json", str(results)],
+        [sys.executable, "-m", "benchmarks.gpu", "--archive", str(archive), "--epochs", "2", "--json", str(results),
+         "--set", "train.batch_size=16", "--set", "train.lr=5e-05"],
         cwd=REPO, env=clean_env(PYTHONPATH=str(absent)), capture_output=True, text=True, timeout=300,
     )
     assert finished.returncode == 0, finished.stderr
     summary = json.loads(results.read_text())
+    assert summary["settings_changed"] == {"epochs": 2, "batch_size": 16, "lr": 5e-05}
     assert [record["epoch"] for record in summary["history"]] == [1, 2]
+    assert [record["step"] for record in summary["history"]] == [2, 4]
     assert summary["best_epoch"] in (1, 2)
     assert summary["best_val_miou"] == max(record["val_miou"] for record in summary["history"])
     assert 0 < summary["test_miou"] <= 1 and summary["evaluation_images_per_second"] > 0
     assert f"test miou {summary['test_miou']:.4f} after" in finished.stdout
+
+
+def test_the_gpu_benchmark_reads_train_settings_like_dvc_and_refuses_others():
+    assert gpu.train_setting("train.lr=5e-05") == ("lr", 5e-05)  # a float, where YAML 1.1 would read a string
+    assert gpu.train_setting("train.channels_last=false") == ("channels_last", False)
+    assert gpu.train_setting("train.optimizer=sgd") == ("optimizer", "sgd")
+    with pytest.raises(argparse.ArgumentTypeError, match="'batch_size=16': expected train.KEY=VALUE"):
+        gpu.train_setting("batch_size=16")
+    finished = subprocess.run([sys.executable, "-m", "benchmarks.gpu", "--set", "train.no_such_setting=1"],
+                              cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 2, finished.stderr
+    assert "params.yaml train: unknown key(s) ['no_such_setting']" in finished.stderr
 
 
 def test_the_techniques_benchmark_varies_the_settings_it_is_given_and_refuses_others():
