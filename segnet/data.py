@@ -70,16 +70,22 @@ def split_indices(count: int, val_fraction: float, seed: int) -> tuple[torch.Ten
     return order[val_count:].sort().values, order[:val_count].sort().values
 
 
+def to_float_input(images: torch.Tensor) -> torch.Tensor:
+    """(N, H, W, 3) uint8 or float pixels -> contiguous float32 (N, 3, H, W) in [0, 1] on the CPU: the input that
+    the logged MLflow model documents, as users of the served model hold their pixels."""
+    images = images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
+    return images.permute(0, 3, 1, 2).contiguous()
+
+
 def to_input(images: torch.Tensor, device: torch.device, channels_last: bool = True) -> torch.Tensor:
-    """(N, H, W, 3) uint8 or float pixels -> float32 (N, 3, H, W) in [0, 1] on the device.
+    """(N, H, W, 3) pixels -> the model's input (N, 3, H, W) on the device: uint8 stays uint8 (the model
+    looks each byte's value up, see SegNet.forward; a quarter of float32's traffic), other types become float32.
 
     The permute leaves the data in NHWC order, i.e. PyTorch's channels-last memory format, which
     CPU and GPU convolutions run faster on; `channels_last=False` makes it plain contiguous NCHW.
     """
     images = images.to(device, non_blocking=True)
-    if images.dtype == torch.uint8:
-        images = images.float().div_(255.0)
-    else:
+    if images.dtype != torch.uint8:
         images = images.float()
     images = images.permute(0, 3, 1, 2)
     return images if channels_last else images.contiguous()

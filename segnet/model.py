@@ -15,6 +15,18 @@ from segnet import cpu_kernels
 INPUT_TRANSFORMS = ("linear", "sqrt", "ink_sqrt")
 
 
+def transform_input(x: torch.Tensor, transform: str) -> torch.Tensor:
+    """Float pixels in [0, 1] -> the first conv's input, by `transform` (one of INPUT_TRANSFORMS)."""
+    if transform == "sqrt":
+        # Labels mark every non-zero pixel as ink, down to anti-aliased edges of 1/255. The square
+        # root lifts such faint ink (1/255 -> 0.06) so the first conv tells it from background.
+        return x.clamp(min=0).sqrt()
+    if transform == "ink_sqrt":
+        # The same, with every inked pixel starting at 0.5: ink against background becomes a step.
+        return torch.where(x > 0, 0.5 + 0.5 * x.clamp(min=0).sqrt(), torch.zeros_like(x))
+    return x
+
+
 @dataclass(frozen=True)
 class SegNetConfig:
     """Widths per level (encoder top-down, decoder bottom-up), kernel size, classes, input channels."""
@@ -139,19 +151,19 @@ class SegNet(nn.Module):
             DecoderLevel(widths[i], widths[i + 1], config.kernel_size) for i in range(len(config.decoder_channels))
         )
         self.classifier = nn.Conv2d(config.decoder_channels[-1], config.num_classes, kernel_size=1)
+        # What transform_input makes of each byte value k (as k / 255), computed by the same float32 operations,
+        # so looking bytes up gives the same input bit for bit in one pass over memory where the float path
+        # makes about seven. Not saved with the weights: it follows from the config.
+        byte_values = transform_input(torch.arange(256, dtype=torch.float32).div_(255.0), config.input_transform)
+        self.register_buffer("byte_values", byte_values, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Pixels (N, C, H, W), uint8 0-255 or float in [0, 1] -> logits (N, classes, H, W)."""
         if x.shape[-1] % self.config.downsampling or x.shape[-2] % self.config.downsampling:
             raise ValueError(
                 f"input height and width must be multiples of {self.config.downsampling}, got {tuple(x.shape[-2:])}"
             )
-        if self.config.input_transform == "sqrt":
-            # Labels mark every non-zero pixel as ink, down to anti-aliased edges of 1/255. The square
-            # root lifts such faint ink (1/255 -> 0.06) so the first conv tells it from background.
-            x = x.clamp(min=0).sqrt()
-        elif self.config.input_transform == "ink_sqrt":
-            # The same, with every inked pixel starting at 0.5: ink against background becomes a step.
-            x = torch.where(x > 0, 0.5 + 0.5 * x.clamp(min=0).sqrt(), torch.zeros_like(x))
+        x = self.look_up_bytes(x) if x.dtype == torch.uint8 else transform_input(x, self.config.input_transform)
         pool_indices = []
         for level in self.encoder:  # (N, 3, 64, 64) -> (N, 512, 4, 4) with defaults
             x, indices = level(x)
@@ -159,6 +171,13 @@ class SegNet(nn.Module):
         for level, indices in zip(self.decoder, reversed(pool_indices)):  # -> (N, 32, 64, 64)
             x = level(x, indices)
         return self.classifier(x)  # (N, classes, H, W) logits
+
+    def look_up_bytes(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 pixels 0-255 (N, C, H, W) -> float32 input, as transform_input gives for x / 255, in x's layout."""
+        if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+            # Index in memory order (N, H, W, C): indexing returns its result in the index's logical order.
+            return self.byte_values[x.permute(0, 2, 3, 1).int()].permute(0, 3, 1, 2)
+        return self.byte_values[x.int()]
 
 
 def use_cpu_kernels(model: nn.Module, enabled: bool = True) -> bool:

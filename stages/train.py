@@ -33,7 +33,7 @@ from segnet.callbacks import ProgressBar
 from segnet.checkpoint import Checkpointer, fingerprint, load_checkpoint
 from segnet.cli import run_stage, stage_paths
 from segnet import distributed
-from segnet.data import load_split, split_indices, to_input
+from segnet.data import load_split, split_indices, to_float_input
 from segnet.devices import select_device
 from segnet.files import check_replaceable, save_torch, sha256_file, staged_directory, write_bytes, write_json
 from segnet.interrupt import StopSignals
@@ -188,7 +188,7 @@ def _log_model(model: torch.nn.Module, state: dict, example_images: torch.Tensor
     """
     model.load_state_dict(state)
     model.to(device="cpu", memory_format=torch.contiguous_format).eval()
-    example = to_input(example_images, torch.device("cpu"), channels_last=False).numpy()
+    example = to_float_input(example_images).numpy()
     with torch.inference_mode():
         output = model(torch.from_numpy(example)).numpy()
     mlflow.pytorch.log_model(

@@ -92,6 +92,25 @@ def test_input_transforms_lift_faint_ink_keep_background_at_zero_and_are_part_of
     assert seen["first_conv_input"].flatten().tolist() == pytest.approx([0.0, faint, full, 0.0])
 
 
+@pytest.mark.parametrize("transform", ["linear", "sqrt", "ink_sqrt"])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_bytes_give_the_first_conv_the_same_input_as_their_float_values_bit_for_bit(transform, channels_last):
+    model = SegNet(SegNetConfig(encoder_channels=(4,), decoder_channels=(4,), input_transform=transform))
+    seen = []
+    model.encoder[0].block[0].register_forward_hook(lambda m, args, out: seen.append(args[0]))
+    pixels = torch.arange(256, dtype=torch.uint8).roll(7).reshape(2, 8, 16, 1).repeat(1, 1, 1, 3)  # N, H, W, C
+    as_bytes, as_floats = pixels.permute(0, 3, 1, 2), pixels.float().div(255.0).permute(0, 3, 1, 2)
+    if not channels_last:
+        as_bytes, as_floats = as_bytes.contiguous(), as_floats.contiguous()
+    model(as_bytes)
+    model(as_floats)
+    from_bytes, from_floats = seen
+    assert from_bytes.dtype == torch.float32 and torch.equal(from_bytes, from_floats)
+    assert from_bytes.is_contiguous(memory_format=torch.channels_last) == channels_last
+    assert from_bytes.is_contiguous() != channels_last
+    assert "byte_values" not in model.state_dict()  # it follows from the config, so weights files are unchanged
+
+
 def test_an_unknown_input_transform_is_refused():
     with pytest.raises(ValueError, match="input_transform"):
         SegNetConfig(input_transform="log")

@@ -8,7 +8,7 @@ import torch
 import segnet
 from segnet.callbacks import Callback
 from segnet.checkpoint import Checkpointer, fingerprint, load_checkpoint
-from segnet.data import split_indices, to_input
+from segnet.data import split_indices, to_float_input, to_input
 from segnet.devices import available_cores, select_amp_dtype
 from segnet.inference import accumulate_confusion
 from segnet.metrics import mean_iou
@@ -42,11 +42,20 @@ def test_validation_split_is_seeded_and_disjoint():
     assert not torch.equal(val_index, split_indices(100, 0.1, seed=4)[1])
 
 
-def test_to_input_scales_bytes_and_uses_channels_last():
+def test_to_input_keeps_bytes_makes_other_pixels_float_and_uses_channels_last():
     images = torch.full((2, 16, 16, 3), 255, dtype=torch.uint8)
     batch = to_input(images, torch.device("cpu"))
-    assert batch.shape == (2, 3, 16, 16) and batch.dtype == torch.float32 and batch.max() == 1.0
+    assert batch.shape == (2, 3, 16, 16) and batch.dtype == torch.uint8 and batch.max() == 255
     assert batch.is_contiguous(memory_format=torch.channels_last)
+    batch = to_input(images.double() / 255, torch.device("cpu"), channels_last=False)
+    assert batch.dtype == torch.float32 and batch.max() == 1.0 and batch.is_contiguous()
+
+
+def test_to_float_input_scales_bytes_to_the_unit_interval():
+    images = torch.tensor([0, 51, 255], dtype=torch.uint8).reshape(1, 1, 1, 3)
+    batch = to_float_input(images)
+    assert batch.shape == (1, 3, 1, 1) and batch.dtype == torch.float32 and batch.is_contiguous()
+    assert torch.equal(batch.flatten(), torch.tensor([0.0, 51.0, 255.0]) / 255)
 
 
 def test_precision_choice():
