@@ -5,7 +5,8 @@ prints the operators by self CPU time, then the share spent in convolutions (for
 their achieved GFLOP/s, and the rest (batch norm, ReLU, pooling, unpooling, loss, optimizer,
 augmentation). Then it times each convolution of the model alone, at the size it runs at in training, in
 its three parts: forward, the gradient of its input and the gradient of its weights, in GFLOP/s. This is
-the evidence behind the speed discussion in README, Performance.
+the evidence behind the speed discussion in README, Performance. Last, the model's input from a batch of
+uint8 panels, by float arithmetic against the model's byte lookup.
 Usage: python -m benchmarks.profile [--files N]
 """
 
@@ -19,7 +20,7 @@ from torch.profiler import ProfilerActivity, profile
 from benchmarks.common import best_seconds_per_call, one_epoch, read_settings, small_archive
 from benchmarks.throughput import matmul_peak, training_flops_per_image
 from segnet.data import load_split
-from segnet.model import SegNet
+from segnet.model import SegNet, transform_input
 from segnet.prepare import prepare_dataset
 from segnet.devices import select_amp_dtype
 from segnet.train import set_seed, train
@@ -97,6 +98,20 @@ def convolution_table(model: SegNet, batch_size: int, image_size: tuple[int, int
     print(f"{'all':<46} " + " ".join(f"{cell:>15}" for cell in cells))
 
 
+def input_timing(model_config, images: torch.Tensor, batch_size: int) -> None:
+    """Times the first conv's input from a batch of uint8 panels: scaled and transformed by float arithmetic (what
+    the model did before 2026-11-27, and still does for float pixels), against the model's lookup of each byte."""
+    model = SegNet(model_config)
+    panels = images[:batch_size].permute(0, 3, 1, 2)  # channels-last (N, 3, H, W), as segnet.data.to_input gives
+    by_arithmetic = lambda: transform_input(panels.float().div(255.0), model_config.input_transform)  # noqa: E731
+    by_lookup = lambda: model.look_up_bytes(panels)  # noqa: E731
+    assert torch.equal(by_arithmetic(), by_lookup())
+    milliseconds = [best_seconds_per_call(call, REPEATS, TRIALS) * 1e3 for call in (by_arithmetic, by_lookup)]
+    print(f"\nthe first conv's input from {len(panels)} uint8 panels ({model_config.input_transform}): "
+          f"{milliseconds[0]:.2f} ms by float arithmetic, {milliseconds[1]:.2f} ms by the model's byte lookup "
+          "(the same values)")
+
+
 def main() -> None:
     params, model_config, arguments = read_settings(__doc__.splitlines()[0], default_files=8)
     files = arguments.files
@@ -125,6 +140,7 @@ def main() -> None:
     dtype = select_amp_dtype(config.precision, torch.device("cpu")) or torch.float32
     convolution_table(SegNet(model_config), config.batch_size, tuple(images.shape[1:3]), dtype)
     print(f"matmul peak of {str(dtype).replace('torch.', '')}: {matmul_peak(dtype) / 1e9:.0f} GFLOP/s")
+    input_timing(model_config, images, config.batch_size)
 
 
 if __name__ == "__main__":

@@ -175,9 +175,9 @@ class SegNet(nn.Module):
     def look_up_bytes(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 pixels 0-255 (N, C, H, W) -> float32 input, as transform_input gives for x / 255, in x's layout."""
         if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
-            # Index in memory order (N, H, W, C): indexing returns its result in the index's logical order.
-            return self.byte_values[x.permute(0, 2, 3, 1).int()].permute(0, 3, 1, 2)
-        return self.byte_values[x.int()]
+            # Look up in memory order (N, H, W, C): take returns its result in the index's logical order.
+            return self.byte_values.take(x.permute(0, 2, 3, 1).long()).permute(0, 3, 1, 2)
+        return self.byte_values.take(x.long())  # take: measured faster here than indexing, with int or long
 
 
 def use_cpu_kernels(model: nn.Module, enabled: bool = True) -> bool:
