@@ -142,8 +142,9 @@ def step_variants(model_config, config, images, labels, rounds: int, kernel) -> 
                                          ("loss stand-in", torch.channels_last, StandInLoss()),
                                          ("contiguous parameters", torch.contiguous_format, cross_entropy),
                                          ("weight-gradient kernel", torch.channels_last, cross_entropy)):
-        if name == "weight-gradient kernel" and kernel is None:
-            continue
+        in_bfloat16 = select_amp_dtype(config.precision, torch.device("cpu")) == torch.bfloat16
+        if name == "weight-gradient kernel" and (kernel is None or not in_bfloat16):
+            continue  # the kernel computes in bfloat16
         model = copy.deepcopy(base).to(memory_format=memory_format).train()
         use_cpu_kernels(model, config.cpu_kernels)
         if name == "weight-gradient kernel":

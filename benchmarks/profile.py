@@ -99,12 +99,18 @@ def convolution_table(model: SegNet, batch_size: int, image_size: tuple[int, int
 
 
 def input_timing(model_config, images: torch.Tensor, batch_size: int) -> None:
-    """Times the first conv's input from a batch of uint8 panels: scaled and transformed by float arithmetic (what
-    the model did before 2026-11-27, and still does for float pixels), against the model's lookup of each byte."""
+    """Times the first conv's input from a batch of uint8 panels: scaled by segnet.data.to_input and transformed by
+    the model in float arithmetic (before 2026-11-27; float pixels still take that path), against the model's lookup
+    of each byte."""
     model = SegNet(model_config)
     panels = images[:batch_size].permute(0, 3, 1, 2)  # channels-last (N, 3, H, W), as segnet.data.to_input gives
-    by_arithmetic = lambda: transform_input(panels.float().div(255.0), model_config.input_transform)  # noqa: E731
-    by_lookup = lambda: model.look_up_bytes(panels)  # noqa: E731
+
+    def by_arithmetic():
+        return transform_input(panels.float().div_(255.0), model_config.input_transform)
+
+    def by_lookup():
+        return model.look_up_bytes(panels)
+
     assert torch.equal(by_arithmetic(), by_lookup())
     milliseconds = [best_seconds_per_call(call, REPEATS, TRIALS) * 1e3 for call in (by_arithmetic, by_lookup)]
     print(f"\nthe first conv's input from {len(panels)} uint8 panels ({model_config.input_transform}): "

@@ -22,7 +22,9 @@ namespace {
 
 constexpr int kInputsPerTile = 8;    // input channels per tile
 constexpr int kOutputsPerTile = 32;  // two vectors of 16 float lanes
-constexpr int64_t kChunkPixels = 256;  // pixels of image pairs per pass over all tiles: about 64 KB of each operand
+// Pixels of image pairs per pass over a thread's tiles: 256 x channels x 4 bytes of each operand, 32-512 KB here,
+// meant to stay in the core's cache while every tile reads it.
+constexpr int64_t kChunkPixels = 256;
 
 const uint16_t* bits(const torch::Tensor& t) { return reinterpret_cast<const uint16_t*>(t.data_ptr<at::BFloat16>()); }
 
@@ -85,8 +87,9 @@ torch::Tensor pack_grad(const torch::Tensor& grad) {
 namespace {
 
 // Adds rows [rows_begin, rows_end) (a row: one image pair's pixels at one height) to one tile's float sums.
-void tile(const uint32_t* __restrict grad, const uint32_t* __restrict input, float* __restrict sums, int64_t rows_begin,
-          int64_t rows_end, int64_t h, int64_t w, int64_t o, int64_t c, int64_t o0, int64_t kh, int64_t kw, int64_t i0) {
+void tile(const uint32_t* __restrict grad, const uint32_t* __restrict input, float* __restrict sums,
+          int64_t rows_begin, int64_t rows_end, int64_t h, int64_t w, int64_t o, int64_t c, int64_t o0, int64_t kh,
+          int64_t kw, int64_t i0) {
   __m512 acc[2][kInputsPerTile];
   for (int v = 0; v < 2; ++v)
     for (int j = 0; j < kInputsPerTile; ++j) acc[v][j] = _mm512_loadu_ps(sums + (v * kInputsPerTile + j) * 16);
@@ -113,9 +116,12 @@ void tile(const uint32_t* __restrict grad, const uint32_t* __restrict input, flo
 // split the tiles, so each output is summed by one thread in one order whatever the thread count.
 torch::Tensor weight_grad_of_packed(const torch::Tensor& input, const torch::Tensor& grad) {
   const int64_t pairs = grad.size(0), h = grad.size(1), w = grad.size(2), o = grad.size(3), c = input.size(3);
+  TORCH_CHECK(input.scalar_type() == torch::kInt && grad.scalar_type() == torch::kInt && input.dim() == 4 &&
+                  grad.dim() == 4 && input.is_contiguous() && grad.is_contiguous(),
+              "weight_grad_of_packed: takes pack_input's and pack_grad's results");
   TORCH_CHECK(o % kOutputsPerTile == 0 && c % kInputsPerTile == 0 && input.size(0) == pairs &&
                   input.size(1) == h + 2 && input.size(2) == w + 2,
-              "weight_grad: needs output channels divisible by 32, input channels by 8, and pack_* results");
+              "weight_grad_of_packed: needs output channels divisible by 32, input channels by 8, and one batch");
   const uint32_t* g = reinterpret_cast<const uint32_t*>(grad.data_ptr());
   const uint32_t* x = reinterpret_cast<const uint32_t*>(input.data_ptr());
   const int64_t output_blocks = o / kOutputsPerTile, input_blocks = c / kInputsPerTile;

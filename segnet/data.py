@@ -79,7 +79,7 @@ def to_float_input(images: torch.Tensor) -> torch.Tensor:
 
 def to_input(images: torch.Tensor, device: torch.device, channels_last: bool = True) -> torch.Tensor:
     """(N, H, W, 3) pixels -> the model's input (N, 3, H, W) on the device: uint8 stays uint8 (the model
-    looks each byte's value up, see SegNet.forward; a quarter of float32's traffic), other types become float32.
+    looks each byte's value up, see SegNet.forward; a quarter of float32's bytes to move), others become float32.
 
     The permute leaves the data in NHWC order, i.e. PyTorch's channels-last memory format, which
     CPU and GPU convolutions run faster on; `channels_last=False` makes it plain contiguous NCHW.

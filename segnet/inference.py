@@ -50,7 +50,7 @@ def predict_batches(
     index: torch.Tensor | None = None,
 ) -> Iterator[tuple[slice | torch.Tensor, torch.Tensor]]:
     """Yields (the batch's panels: a slice, or indices when `index` picks the panels, predicted classes
-    (B, H, W) int64 on the CPU), batch by batch."""
+    (B, H, W) int64 on the CPU), batch by batch. `model` gets the pixels as segnet.data.to_input gives them."""
     model.eval()
     for start in range(0, len(images) if index is None else len(index), batch_size):
         window = slice(start, start + batch_size) if index is None else index[start : start + batch_size]

@@ -151,9 +151,11 @@ class SegNet(nn.Module):
             DecoderLevel(widths[i], widths[i + 1], config.kernel_size) for i in range(len(config.decoder_channels))
         )
         self.classifier = nn.Conv2d(config.decoder_channels[-1], config.num_classes, kernel_size=1)
-        # What transform_input makes of each byte value k (as k / 255), computed by the same float32 operations,
-        # so looking bytes up gives the same input bit for bit in one pass over memory where the float path
-        # makes about seven. Not saved with the weights: it follows from the config.
+        # What transform_input makes of each byte value k (as k / 255), computed by the same float32 operations on
+        # the CPU, so looking bytes up gives the CPU's float path's input bit for bit, in two passes over the batch
+        # (the indices, then the lookup) where that path makes about seven. (PyTorch's CUDA division by a number
+        # multiplies by its reciprocal, so there the float path may differ in the last bit for some bytes.)
+        # Not saved with the weights: it follows from the config.
         byte_values = transform_input(torch.arange(256, dtype=torch.float32).div_(255.0), config.input_transform)
         self.register_buffer("byte_values", byte_values, persistent=False)
 

@@ -222,7 +222,8 @@ def train(
     """Trains `model` and returns the weights of the epoch with the best validation mIoU.
 
     Args:
-        model: Any module mapping (N, 3, H, W) floats to (N, classes, H, W) logits.
+        model: A module mapping (N, 3, H, W) pixels to (N, classes, H, W) logits; it gets them as segnet.data.to_input
+            gives them (uint8 0-255 where the split is stored as bytes, else float32 in [0, 1]), as SegNet takes them.
         images: (N, H, W, 3) uint8 or float pixels (see segnet.data); may be memory-mapped, as only the
             panels of each batch are read.
         labels: (N, H, W) class indices.

@@ -98,7 +98,8 @@ def test_bytes_give_the_first_conv_the_same_input_as_their_float_values_bit_for_
     model = SegNet(SegNetConfig(encoder_channels=(4,), decoder_channels=(4,), input_transform=transform))
     seen = []
     model.encoder[0].block[0].register_forward_hook(lambda m, args, out: seen.append(args[0]))
-    pixels = torch.arange(256, dtype=torch.uint8).roll(7).reshape(2, 8, 16, 1).repeat(1, 1, 1, 3)  # N, H, W, C
+    every_byte = torch.arange(256, dtype=torch.uint8).reshape(2, 8, 16)
+    pixels = torch.stack([every_byte.roll(shift) for shift in (7, 85, 170)], dim=-1)  # N, H, W, C: channels differ
     as_bytes, as_floats = pixels.permute(0, 3, 1, 2), pixels.float().div(255.0).permute(0, 3, 1, 2)
     if not channels_last:
         as_bytes, as_floats = as_bytes.contiguous(), as_floats.contiguous()
