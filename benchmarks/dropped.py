@@ -138,11 +138,11 @@ def step_variants(model_config, config, images, labels, rounds: int, kernel) -> 
     set_seed(0)
     base = SegNet(model_config)
     variants = {}
+    in_bfloat16 = select_amp_dtype(config.precision, torch.device("cpu")) == torch.bfloat16
     for name, memory_format, loss_of in (("defaults", torch.channels_last, cross_entropy),
                                          ("loss stand-in", torch.channels_last, StandInLoss()),
                                          ("contiguous parameters", torch.contiguous_format, cross_entropy),
                                          ("weight-gradient kernel", torch.channels_last, cross_entropy)):
-        in_bfloat16 = select_amp_dtype(config.precision, torch.device("cpu")) == torch.bfloat16
         if name == "weight-gradient kernel" and (kernel is None or not in_bfloat16):
             continue  # the kernel computes in bfloat16
         model = copy.deepcopy(base).to(memory_format=memory_format).train()

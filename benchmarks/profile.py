@@ -102,6 +102,9 @@ def input_timing(model_config, images: torch.Tensor, batch_size: int) -> None:
     """Times the first conv's input from a batch of uint8 panels: scaled by segnet.data.to_input and transformed by
     the model in float arithmetic (before 2026-11-27; float pixels still take that path), against the model's lookup
     of each byte."""
+    if images.dtype != torch.uint8:
+        print("\nthe first conv's input: not timed, the prepared panels are not stored as bytes")
+        return
     model = SegNet(model_config)
     panels = images[:batch_size].permute(0, 3, 1, 2)  # channels-last (N, 3, H, W), as segnet.data.to_input gives
 
