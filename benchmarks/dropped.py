@@ -27,7 +27,7 @@ from torch.nn import functional as F
 from torch.utils import cpp_extension
 
 from benchmarks.common import best_seconds_per_call, interleaved_rounds, one_epoch, read_settings, small_archive
-from benchmarks.profile import REPEATS, TRIALS, convolution_parts, convolution_shapes, timed_cell
+from benchmarks.profile import REPEATS, TRIALS, convolution_backward, convolution_parts, convolution_shapes, timed_cell
 from benchmarks.throughput import matmul_peak
 from segnet.allocator import keep_freed_memory
 from segnet.augment import augment
@@ -198,20 +198,17 @@ def hand_written_weight_gradients(model_config, batch_size: int, image_size: tup
             continue
         flops = 2 * grad.numel() * weight[0].numel()
         packed_input, packed_grad = kernel.pack_input(x), kernel.pack_grad(grad)
-        input_grad = convolution_parts(conv, x, weight, grad)[1]
-        both = lambda: torch.ops.aten.convolution_backward(  # noqa: E731 - as training calls it
-            grad, x, weight, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [True, True, False])
-        calls = {"oneDNN": lambda: convolution_parts(conv, x, weight, grad)[2]()[1],
-                 "input grad": input_grad, "both": both,
+        _, input_grad, weight_grad = convolution_parts(conv, x, weight, grad)
+        calls = {"oneDNN": weight_grad, "input grad": input_grad,
+                 "both": lambda: convolution_backward(conv, x, weight, grad, [True, True, False]),  # as training does
                  "kernel": lambda: kernel.weight_grad_of_packed(packed_input, packed_grad),
                  "packing": lambda: (kernel.pack_input(x), kernel.pack_grad(grad)),
                  "copying": lambda: (x.clone(), grad.clone())}
         seconds = {part: best_seconds_per_call(call, REPEATS, TRIALS) for part, call in calls.items()}
         for part in totals:
             totals[part] += seconds[part]
-        exact = torch.ops.aten.convolution_backward(grad.float(), x.float(), weight.float(), None, [1, 1], [1, 1],
-                                                    [1, 1], False, [0, 0], 1, [False, True, False])[1]
-        ours, theirs = relative_error(calls["kernel"](), exact), relative_error(calls["oneDNN"](), exact)
+        exact = convolution_backward(conv, x.float(), weight.float(), grad.float(), [False, True, False])[1]
+        ours, theirs = relative_error(calls["kernel"](), exact), relative_error(calls["oneDNN"]()[1], exact)
         if not ours < 1e-4:  # float sums of bfloat16 products: far closer to float32 than oneDNN's bfloat16 result
             raise SystemExit(f"{name}: the kernel's weight gradient is off by {ours:.1e} of the largest value")
         errors = f"{ours:.1e} / {theirs:.1e}"

@@ -35,18 +35,21 @@ def timed_cell(seconds: float, flops: float) -> str:
     return f"{seconds * 1e3:.2f} ({flops / seconds / 1e9:.0f})"
 
 
+def convolution_backward(conv: torch.nn.Conv2d, x: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor,
+                         mask: list[bool]) -> tuple:
+    """(input gradient, weight gradient, bias gradient) of `conv` with `weight` on input `x`, for output gradient
+    `grad`: those `mask` asks for, None for the others (the bias is left out)."""
+    return torch.ops.aten.convolution_backward(grad, x, weight, None, list(conv.stride), list(conv.padding),
+                                               list(conv.dilation), False, [0, 0], conv.groups, mask)
+
+
 def convolution_parts(conv: torch.nn.Conv2d, x: torch.Tensor, weight: torch.Tensor,
                       grad: torch.Tensor) -> list[Callable[[], object]]:
     """The three parts of `conv` on input `x` with `weight` (its bias left out), each a call to time: the forward
     pass, the gradient of the input alone and the gradient of the weight alone, for output gradient `grad`."""
-    stride, padding, dilation = list(conv.stride), list(conv.padding), list(conv.dilation)
-
-    def backward(mask):
-        return lambda: torch.ops.aten.convolution_backward(
-            grad, x, weight, None, stride, padding, dilation, False, [0, 0], conv.groups, mask)
-
-    return [lambda: torch.nn.functional.conv2d(x, weight, None, stride, padding, dilation, conv.groups),
-            backward([True, False, False]), backward([False, True, False])]
+    return [lambda: torch.nn.functional.conv2d(x, weight, None, conv.stride, conv.padding, conv.dilation, conv.groups),
+            lambda: convolution_backward(conv, x, weight, grad, [True, False, False]),
+            lambda: convolution_backward(conv, x, weight, grad, [False, True, False])]
 
 
 def convolution_shapes(model: SegNet, batch_size: int, image_size: tuple[int, int], dtype: torch.dtype):
