@@ -19,7 +19,7 @@ from benchmarks.common import GPU_EPOCHS, best_of_rounds, one_epoch, read_settin
 from benchmarks.measure import in_fresh_process
 from segnet.prepare import prepare_dataset
 
-# Fewer rounds than the throughput benchmark's: fourteen variants, each in a fresh process.
+# Fewer rounds than the throughput benchmark's: seventeen variants, each in a fresh process.
 ROUNDS = 3
 # (setting, value) pairs compared against the defaults; None is the default run itself.
 VARIANTS = [
@@ -36,9 +36,12 @@ VARIANTS = [
     ("soft_iou_weight", 1.0),
     ("compile", True),
     ("cpu_kernels", False),
+    ("winograd", False),
+    ("winograd_min_channels", 32),
+    ("winograd_min_channels", 128),
     ("keep_freed_memory", False),
 ]
-CPU_ONLY = ("threads", "cpu_kernels", "keep_freed_memory")
+CPU_ONLY = ("threads", "cpu_kernels", "winograd", "winograd_min_channels", "keep_freed_memory")
 
 
 def chosen_variants(on_gpu: bool, only: list[str] | None = None) -> list:
@@ -85,7 +88,8 @@ def main() -> None:
 
     baseline = rows[0][1]
     shown = ("precision", "channels_last", "batch_size", "threads", "overlay_partners", "deform_pixels", "deform_grid",
-             "deform_affine", "ema_decay", "soft_iou_weight", "compile", "cpu_kernels", "keep_freed_memory")
+             "deform_affine", "ema_decay", "soft_iou_weight", "compile", "cpu_kernels", "winograd", "winograd_min_channels",
+             "keep_freed_memory")
     print(f"Device: {arguments.device}. Defaults: " + ", ".join(f"{key}={defaults[key]}" for key in shown))
     print(f"images/s: best of {ROUNDS} interleaved rounds; first step: the first round's")
     print("| train setting changed | images/s | vs defaults | first step, s |")

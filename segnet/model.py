@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from segnet import cpu_kernels
+from segnet import cpu_kernels, winograd
 
 INPUT_TRANSFORMS = ("linear", "sqrt", "ink_sqrt")
 
@@ -90,10 +90,14 @@ class ConvBatchNormReLU(nn.Sequential):
             nn.ReLU(inplace=True),
         )
         self.cpu_kernels = False  # see use_cpu_kernels
+        self.winograd = False  # see use_winograd
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv, norm, relu = self
-        x = conv(x)
+        if self.winograd and self.training and winograd.applies(x):
+            x = winograd.conv3x3(x, conv.weight)
+        else:
+            x = conv(x)
         if self.cpu_kernels and self.training and cpu_kernels.can_fuse(x, norm):
             return cpu_kernels.batch_norm_relu(x, norm)
         return relu(norm(x))
@@ -196,3 +200,26 @@ def use_cpu_kernels(model: nn.Module, enabled: bool = True) -> bool:
     for layer in layers:
         layer.cpu_kernels = enabled
     return enabled
+
+
+def use_winograd(model: nn.Module, min_channels: int | None) -> list[str]:
+    """Turns Winograd's F(2x2, 3x3) (segnet.winograd) on for `model`'s training on the CPU, in the 3x3
+    convolutions of conv-bn-relu blocks whose input and output both have at least `min_channels` channels
+    (None: off everywhere). The same function, with fewer multiplications; it pays where the channels are wide
+    enough for its matrix products to run near the matmul peak. Evaluation always runs PyTorch's convolutions.
+
+    Returns the names of the blocks that use it: none where the CPU kernels do not build.
+    """
+    names = []
+    for name, block in model.named_modules():
+        if isinstance(block, ConvBatchNormReLU):
+            conv = block[0]
+            block.winograd = (
+                min_channels is not None
+                and winograd.takes(conv)
+                and min(conv.in_channels, conv.out_channels) >= min_channels
+                and cpu_kernels.extension() is not None
+            )
+            if block.winograd:
+                names.append(name)
+    return names

@@ -26,7 +26,7 @@ from segnet.distributed import (
 from segnet.inference import accumulate_confusion, autocast
 from segnet.losses import soft_iou_loss
 from segnet.metrics import mean_iou
-from segnet.model import use_cpu_kernels
+from segnet.model import use_cpu_kernels, use_winograd
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,8 @@ class TrainConfig:
     channels_last: bool = True
     compile: bool = False
     cpu_kernels: bool = True
+    winograd: bool = True
+    winograd_min_channels: int = 64
     keep_freed_memory: bool = True
     threads: int = 0
     checkpoint_steps: int = 100
@@ -91,6 +93,7 @@ class TrainConfig:
             "ema_decay": (0 <= self.ema_decay < 1, "a number in [0, 1)"),
             "val_batch_size": (self.val_batch_size >= 1, "an integer >= 1"),
             "soft_iou_weight": (self.soft_iou_weight >= 0, "a number >= 0"),
+            "winograd_min_channels": (self.winograd_min_channels >= 1, "an integer >= 1"),
             "threads": (self.threads >= 0, "an integer >= 0 (0: one per core)"),
             "checkpoint_steps": (self.checkpoint_steps >= 0, "an integer >= 0"),
             "processes": (self.processes >= 1, "an integer >= 1"),
@@ -123,6 +126,7 @@ class TrainResult:
     device: str = "cpu"
     amp_dtype: str = "float32"
     cpu_kernels: bool = False
+    winograd_layers: list[str] = field(default_factory=list)  # conv-bn-relu blocks that used segnet.winograd
     resumed_from_step: int = 0
     images_trained: int = 0  # every step's global batch, those before a resume included
 
@@ -255,6 +259,7 @@ def train(
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model.to(device=device, memory_format=memory_format)
     kernels = use_cpu_kernels(model, enabled=config.cpu_kernels and device.type == "cpu")
+    winograd_layers = use_winograd(model, config.winograd_min_channels if kernels and config.winograd else None)
     forward = model
     if world.is_distributed:
         synchronize_batch_norm(model, device)
@@ -402,6 +407,7 @@ def train(
         device=str(device),
         amp_dtype=str(amp_dtype).replace("torch.", "") if amp_dtype else "float32",
         cpu_kernels=kernels,
+        winograd_layers=winograd_layers,
         resumed_from_step=resumed_from_step,
         images_trained=loop["step"] * config.batch_size,
     )

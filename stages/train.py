@@ -151,7 +151,8 @@ def main() -> None:
         write_bytes(history_path, _history_csv(result.history))
         mlflow.set_tags({"model_sha256": sha256_file(model_dir / MODEL_FILE), "device": result.device,
                          "precision": result.amp_dtype, "resumed_from_step": result.resumed_from_step,
-                         "cpu_kernels": str(result.cpu_kernels).lower()})
+                         "cpu_kernels": str(result.cpu_kernels).lower(),
+                         "winograd_layers": " ".join(result.winograd_layers) or "none"})
         log_metrics(summary)
         for path in (model_dir / "config.json", metrics_path, history_path):
             mlflow.log_artifact(str(path))

@@ -87,6 +87,7 @@ def test_training_turns_off_tf32_so_float32_on_a_gpu_is_ieee_float32():
     (dict(soft_iou_weight=-0.5), "soft_iou_weight: must be a number >= 0, got -0.5"),
     (dict(precision="float16"), "precision: must be one of auto, float32, bfloat16, got 'float16'"),
     (dict(threads=-1), r"threads: must be an integer >= 0 \(0: one per core\), got -1"),
+    (dict(winograd_min_channels=0), "winograd_min_channels: must be an integer >= 1, got 0"),
 ])
 def test_nonsense_train_settings_are_refused_by_name_with_the_rule(bad, message):
     with pytest.raises(ValueError, match=f"^params.yaml train.{message}$"):
