@@ -32,7 +32,7 @@ from benchmarks.throughput import matmul_peak
 from segnet.allocator import keep_freed_memory
 from segnet.augment import augment
 from segnet.data import load_split, to_input
-from segnet.model import ConvBatchNormReLU, SegNet, use_cpu_kernels
+from segnet.model import ConvBatchNormReLU, SegNet, use_cpu_kernels, use_winograd
 from segnet.prepare import prepare_dataset
 from segnet.devices import select_amp_dtype
 from segnet.train import make_optimizer, set_seed
@@ -146,7 +146,8 @@ def step_variants(model_config, config, images, labels, rounds: int, kernel) -> 
         if name == "weight-gradient kernel" and (kernel is None or not in_bfloat16):
             continue  # the kernel computes in bfloat16
         model = copy.deepcopy(base).to(memory_format=memory_format).train()
-        use_cpu_kernels(model, config.cpu_kernels)
+        kernels = use_cpu_kernels(model, config.cpu_kernels)
+        use_winograd(model, config.winograd_min_channels if kernels and config.winograd else None)  # as training
         if name == "weight-gradient kernel":
             use_weight_grad_kernel(model, kernel)
         variants[name] = partial(best_step_seconds, model, make_optimizer(model, config), loss_of, images, labels,

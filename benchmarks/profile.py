@@ -4,7 +4,8 @@ Trains one short epoch of the default settings on a small built-in dataset under
 prints the operators by self CPU time, then the share spent in convolutions (forward and backward),
 their achieved GFLOP/s, and the rest (batch norm, ReLU, pooling, unpooling, loss, optimizer,
 augmentation). Then it times each convolution of the model alone, at the size it runs at in training, in
-its three parts: forward, the gradient of its input and the gradient of its weights, in GFLOP/s. This is
+its three parts: forward, the gradient of its input and the gradient of its weights, in GFLOP/s, and each
+3x3 one whole by PyTorch's direct convolution and by Winograd's F(2x2, 3x3) (segnet/winograd.py). This is
 the evidence behind the speed discussion in README, Performance. Last, the model's input from a batch of
 uint8 panels, by float arithmetic against the model's byte lookup.
 Usage: python -m benchmarks.profile [--files N]
@@ -19,13 +20,17 @@ from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.common import best_seconds_per_call, one_epoch, read_settings, small_archive
 from benchmarks.throughput import matmul_peak, training_flops_per_image
+from segnet import cpu_kernels, winograd
 from segnet.data import load_split
 from segnet.model import SegNet, transform_input
 from segnet.prepare import prepare_dataset
 from segnet.devices import select_amp_dtype
 from segnet.train import set_seed, train
 
-CONVOLUTION_OPS = ("aten::mkldnn_convolution", "aten::convolution_backward")
+CONVOLUTION_OPS = ("aten::mkldnn_convolution", "aten::convolution_backward")  # direct: their self time
+# Those segnet.winograd computes: the whole time of its autograd function's forward and backward, its matrix
+# products included (counting aten::bmm itself would also count the augmentation's small products).
+WINOGRAD_EVENTS = ("_Conv3x3", "_Conv3x3Backward")
 # Repeats per timing of one convolution part, and timings per part (the best is kept).
 REPEATS, TRIALS = 10, 5
 
@@ -101,6 +106,32 @@ def convolution_table(model: SegNet, batch_size: int, image_size: tuple[int, int
     print(f"{'all':<46} " + " ".join(f"{cell:>15}" for cell in cells))
 
 
+def winograd_table(model: SegNet, batch_size: int, image_size: tuple[int, int], dtype: torch.dtype) -> None:
+    """Times each 3x3 convolution of `model` that segnet.winograd takes, at the size it runs at in training: forward
+    and both gradients together, by PyTorch's direct convolution (under autocast, as training runs it) and by
+    F(2x2, 3x3), from the same float32 weights."""
+    print(f"\n3x3 convolutions alone, forward + both gradients, {str(dtype).replace('torch.', '')} channels-last, "
+          f"batch {batch_size}: ms")
+    print(f"{'layer':<28} {'size':>5} {'channels':>11} {'direct':>8} {'Winograd':>9} {'ratio':>6}")
+    for number, (name, conv, x, _, grad) in enumerate(convolution_shapes(model, batch_size, image_size, dtype)):
+        if not winograd.takes(conv) or number == 0:
+            continue  # the first layer's input needs no gradient in training; its 3 channels are far too few anyway
+        x.requires_grad_()
+        weight = conv.weight.detach().float().contiguous(memory_format=torch.channels_last).requires_grad_()
+
+        def direct():
+            with torch.autocast("cpu", dtype, enabled=dtype != torch.float32):
+                output = torch.nn.functional.conv2d(x, weight, padding=1)
+            output.backward(grad)
+
+        def by_winograd():
+            winograd.conv3x3(x, weight).backward(grad)
+
+        milliseconds = [best_seconds_per_call(call, REPEATS, TRIALS) * 1e3 for call in (direct, by_winograd)]
+        print(f"{name:<28} {x.shape[-1]:>5} {f'{conv.in_channels} -> {conv.out_channels}':>11} "
+              f"{milliseconds[0]:>8.2f} {milliseconds[1]:>9.2f} {milliseconds[1] / milliseconds[0]:>5.2f}x")
+
+
 def input_timing(model_config, images: torch.Tensor, batch_size: int) -> None:
     """Times the first conv's input from a batch of uint8 panels: scaled by segnet.data.to_input and transformed by
     the model in float arithmetic (before 2026-11-27; float pixels still take that path), against the model's lookup
@@ -143,15 +174,18 @@ def main() -> None:
     events = profiler.key_averages()
     print(events.table(sort_by="self_cpu_time_total", row_limit=15))
     total = sum(event.self_cpu_time_total for event in events) / 1e6
-    convolution = sum(event.self_cpu_time_total for event in events if event.key in CONVOLUTION_OPS) / 1e6
+    convolution = (sum(event.self_cpu_time_total for event in events if event.key in CONVOLUTION_OPS)
+                   + sum(event.cpu_time_total for event in events if event.key in WINOGRAD_EVENTS)) / 1e6
     flops = training_flops_per_image(model_config) * config.batch_size * steps
     print(f"steps: {steps} of {config.batch_size} images; profiled CPU time {total / steps * 1e3:.1f} ms per step")
-    print(f"convolutions (forward + backward): {convolution / total:.0%} of the time, "
-          f"{flops / convolution / 1e9:.0f} GFLOP/s while they run")
+    print(f"convolutions (forward + backward, Winograd's included): {convolution / total:.0%} of the time, "
+          f"{flops / convolution / 1e9:.0f} GFLOP/s of the model's FLOPs while they run")
     print(f"everything else: {(total - convolution) / steps * 1e3:.1f} ms per step")
     dtype = select_amp_dtype(config.precision, torch.device("cpu")) or torch.float32
     convolution_table(SegNet(model_config), config.batch_size, tuple(images.shape[1:3]), dtype)
     print(f"matmul peak of {str(dtype).replace('torch.', '')}: {matmul_peak(dtype) / 1e9:.0f} GFLOP/s")
+    if cpu_kernels.extension() is not None:
+        winograd_table(SegNet(model_config), config.batch_size, tuple(images.shape[1:3]), dtype)
     input_timing(model_config, images, config.batch_size)
 
 

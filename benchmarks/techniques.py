@@ -88,8 +88,8 @@ def main() -> None:
 
     baseline = rows[0][1]
     shown = ("precision", "channels_last", "batch_size", "threads", "overlay_partners", "deform_pixels", "deform_grid",
-             "deform_affine", "ema_decay", "soft_iou_weight", "compile", "cpu_kernels", "winograd", "winograd_min_channels",
-             "keep_freed_memory")
+             "deform_affine", "ema_decay", "soft_iou_weight", "compile", "cpu_kernels", "winograd",
+             "winograd_min_channels", "keep_freed_memory")
     print(f"Device: {arguments.device}. Defaults: " + ", ".join(f"{key}={defaults[key]}" for key in shown))
     print(f"images/s: best of {ROUNDS} interleaved rounds; first step: the first round's")
     print("| train setting changed | images/s | vs defaults | first step, s |")

@@ -7,8 +7,9 @@
 //    back there. Each writes every output once, where PyTorch first zero-fills, then scatters.
 //  - the transforms of Winograd's F(2x2, 3x3) convolution (segnet/winograd.py), which has no PyTorch
 //    counterpart on the CPU; its products are PyTorch's batched matrix multiplications.
-// Built on first use by segnet/cpu_kernels.py. Every sum is accumulated in float within fixed blocks of
-// rows and the blocks are added in double in a fixed order, so results do not depend on the thread count.
+// Built on first use by segnet/cpu_kernels.py. No result depends on the thread count: batch norm accumulates
+// its sums in float within fixed blocks of rows and adds the blocks in double in a fixed order, and the
+// Winograd kernels add in one fixed order per element.
 
 #include <torch/extension.h>
 
@@ -320,6 +321,16 @@ void check(const at::Tensor& t, const char* name) {
               " must be bfloat16 or float32");
 }
 
+// Calls body(T{}) with the tensor's element type: at::BFloat16 or float.
+template <typename Body>
+void with_element_type(const at::Tensor& t, const Body& body) {
+  if (t.scalar_type() == at::kBFloat16) {
+    body(at::BFloat16{});
+  } else {
+    body(float{});
+  }
+}
+
 // Returns (output, batch mean, biased batch variance, 1 / sqrt(variance + eps)).
 std::vector<at::Tensor> forward(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
                                 double eps) {
@@ -331,11 +342,9 @@ std::vector<at::Tensor> forward(const at::Tensor& input, const at::Tensor& weigh
   auto output = at::empty_like(input, at::MemoryFormat::ChannelsLast);
   auto stats = weight.options();
   auto mean = at::empty({input.size(1)}, stats), var = at::empty_like(mean), invstd = at::empty_like(mean);
-  if (input.scalar_type() == at::kBFloat16) {
-    forward_kernel<at::BFloat16>(input, weight, bias, eps, output, mean, var, invstd);
-  } else {
-    forward_kernel<float>(input, weight, bias, eps, output, mean, var, invstd);
-  }
+  with_element_type(input, [&](auto element) {
+    forward_kernel<decltype(element)>(input, weight, bias, eps, output, mean, var, invstd);
+  });
   return {output, mean, var, invstd};
 }
 
@@ -349,12 +358,10 @@ std::vector<at::Tensor> backward(const at::Tensor& grad_output, const at::Tensor
               "grad_output, input and output must share a dtype");
   auto grad_input = at::empty_like(input, at::MemoryFormat::ChannelsLast);
   auto grad_weight = at::empty_like(weight), grad_bias = at::empty_like(weight);
-  if (input.scalar_type() == at::kBFloat16) {
-    backward_kernel<at::BFloat16>(grad_output, input, output, weight, mean, invstd, grad_input, grad_weight,
-                                  grad_bias);
-  } else {
-    backward_kernel<float>(grad_output, input, output, weight, mean, invstd, grad_input, grad_weight, grad_bias);
-  }
+  with_element_type(input, [&](auto element) {
+    backward_kernel<decltype(element)>(grad_output, input, output, weight, mean, invstd, grad_input, grad_weight,
+                                       grad_bias);
+  });
   return {grad_input, grad_weight, grad_bias};
 }
 
@@ -639,16 +646,6 @@ void check_tiles(const at::Tensor& t, int64_t n, int64_t h, int64_t w) {
                   t.is_contiguous() && (t.scalar_type() == at::kBFloat16 || t.scalar_type() == at::kFloat),
               "tiles must be a contiguous bfloat16 or float32 CPU tensor of shape (16, n * h/2 * w/2, channels)");
   TORCH_CHECK(h % 2 == 0 && w % 2 == 0 && h > 0 && w > 0, "height and width must be even");
-}
-
-// Calls body(T{}) with the tensor's element type: at::BFloat16 or float.
-template <typename Body>
-void with_element_type(const at::Tensor& t, const Body& body) {
-  if (t.scalar_type() == at::kBFloat16) {
-    body(at::BFloat16{});
-  } else {
-    body(float{});
-  }
 }
 
 // Runs kernel(image, n, h, w, channels, tiles) from a (N, C, H, W) channels-last image to a new (16, N * H/2 * W/2, C).

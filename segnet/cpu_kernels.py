@@ -1,4 +1,4 @@
-"""C++ kernels for the memory-bound layers of SegNet training on the CPU (segnet/cpu_kernels.cpp).
+"""C++ kernels for SegNet training on the CPU (segnet/cpu_kernels.cpp): memory-bound layers, and Winograd transforms.
 
 On our 2-core CPU the convolutions run near the machine's bfloat16 matmul peak, and most of the rest of
 a training step went to memory-bound layers that PyTorch runs slower than the memory traffic they need:
@@ -10,6 +10,7 @@ scattering, contiguous copies). The kernels compute the same functions:
 - max_pool / max_unpool: 2x2 max pooling that records each maximum's position in its window (one byte),
   and the unpooling that puts values back there. Ties and NaN pick the same element as PyTorch's
   max_pool2d, so unpooling places every value where nn.MaxUnpool2d would.
+- winograd_*: the transforms of Winograd's F(2x2, 3x3) convolution, which segnet/winograd.py uses.
 
 They are compiled with the system's C++ compiler on first use (about 40 s, then cached by torch under
 ~/.cache/torch_extensions) and used only in training, on channels-last bfloat16 or float32 CPU tensors;

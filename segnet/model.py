@@ -94,7 +94,8 @@ class ConvBatchNormReLU(nn.Sequential):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv, norm, relu = self
-        if self.winograd and self.training and winograd.applies(x):
+        # takes() again: a module put in the conv's place after use_winograd runs as itself.
+        if self.winograd and self.training and winograd.takes(conv) and winograd.applies(x):
             x = winograd.conv3x3(x, conv.weight)
         else:
             x = conv(x)

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from benchmarks import dropped, gpu, profile, stacks, techniques
+from segnet import cpu_kernels
 from segnet.model import SegNet, SegNetConfig
 from tests.helpers import REPO, clean_env, course_zip
 
@@ -97,6 +98,22 @@ def test_the_profile_times_every_convolution_of_the_model_in_its_three_parts(mon
     milliseconds, rate = (float(value) for value in re.findall(r"(\d+\.\d+) \((\d+)\)", rows[-1])[0])
     rounding = 0.005 / milliseconds + 0.5 / rate
     assert milliseconds * 1e-3 * rate * 1e9 == pytest.approx(forward_flops, rel=rounding * 1.01)
+
+
+@pytest.mark.skipif(cpu_kernels.extension() is None, reason="the CPU kernels did not build here")
+def test_the_profile_times_each_3x3_convolution_whole_by_direct_and_winograd(monkeypatch, capsys):
+    monkeypatch.setattr(profile, "REPEATS", 1)
+    monkeypatch.setattr(profile, "TRIALS", 1)
+    profile.winograd_table(SegNet(SegNetConfig()), 2, (64, 64), torch.bfloat16)
+    rows = capsys.readouterr().out.strip().splitlines()[2:]
+    # Every 3x3 convolution but the first, whose 3-channel input needs no gradient; not the 1x1 classifier.
+    assert [row.split()[0] for row in rows] == [
+        "encoder.1.block.0", "encoder.2.block.0", "encoder.3.block.0",
+        "decoder.0.block.0", "decoder.1.block.0", "decoder.2.block.0", "decoder.3.block.0"]
+    for row in rows:
+        direct, fast, ratio = row.split()[-3:]
+        assert float(direct) > 0 and float(fast) > 0
+        assert float(ratio.rstrip("x")) == pytest.approx(float(fast) / float(direct), abs=0.01, rel=0.02)
 
 
 def test_each_timed_part_of_a_convolution_computes_what_its_column_is_named_after():

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import segnet
+from segnet import cpu_kernels, winograd
 from segnet.callbacks import Callback
 from segnet.checkpoint import Checkpointer, fingerprint, load_checkpoint
 from segnet.data import split_indices, to_float_input, to_input
@@ -126,8 +127,11 @@ class Recorder(Callback):
         self.records.append(record)
 
 
-@pytest.mark.parametrize("changes", [{}, dict(ema_decay=0.9), dict(soft_iou_weight=1.0)])
-def test_training_learns_and_returns_the_best_epochs_weights(changes):
+@pytest.mark.parametrize("changes", [{}, dict(ema_decay=0.9), dict(soft_iou_weight=1.0), dict(winograd_min_channels=8)])
+def test_training_learns_and_returns_the_best_epochs_weights(changes, monkeypatch):
+    winograd_calls = []
+    conv3x3 = winograd.conv3x3
+    monkeypatch.setattr(winograd, "conv3x3", lambda x, weight: winograd_calls.append(x.shape) or conv3x3(x, weight))
     rng = np.random.default_rng(0)
     images, labels = random_panels(48, rng)
     images = torch.from_numpy(np.rint(images * 255).astype(np.uint8))
@@ -139,6 +143,11 @@ def test_training_learns_and_returns_the_best_epochs_weights(changes):
     result = train(model, images, labels, torch.arange(40), torch.arange(40, len(images)), 11, config, seed=0,
                    callbacks=[recorder])
     assert recorder.steps == 4 * (40 // 8)
+    # Winograd's F(2x2, 3x3) only where asked (the default needs 64 channels): then in every conv-bn-relu block
+    # but the first, whose input has 3 channels.
+    winograd_blocks = 7 if "winograd_min_channels" in changes and cpu_kernels.extension() is not None else 0
+    assert len(result.winograd_layers) == winograd_blocks
+    assert len(winograd_calls) == winograd_blocks * recorder.steps  # every training step, never in validation
     assert result.images_trained == 4 * 40 and result.images_per_second == 160 / result.train_seconds
     assert [r["epoch"] for r in result.history] == [1, 2, 3, 4] == [r["epoch"] for r in recorder.records]
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
@@ -195,6 +204,7 @@ def _fit(images, labels, config, **options):
 
 @pytest.mark.parametrize("stop_after, every, changes", [
     (1, 3, {}), (4, 3, {}), (8, 0, {}), (9, 2, {}), (11, 5, {}), (6, 0, dict(ema_decay=0.9, deform_affine=0.1)),
+    (5, 2, dict(winograd_min_channels=8)),
 ])
 def test_a_run_stopped_at_any_step_resumes_to_exactly_the_uninterrupted_result(tmp_path, stop_after, every, changes):
     images, labels, config = _resume_setup()  # 4 steps per epoch, 12 in all

@@ -71,6 +71,23 @@ def test_in_bfloat16_the_error_stays_within_three_times_the_direct_convolutions(
         assert _relative_error(value, expected) < 3 * _relative_error(direct_value, expected), name
 
 
+def test_any_weight_layout_any_gradient_layout_and_an_input_without_gradient():
+    x = _random((2, 6, 4, 4), 0)
+    weight = _random((5, 6, 3, 3), 1)
+    grad = _random((2, 5, 4, 4), 2)
+    exact_weight = weight.clone().requires_grad_()
+    exact = F.conv2d(x, exact_weight, padding=1)
+    exact.backward(grad)
+    # A contiguous (not channels-last) weight, an input that needs no gradient (the model's first layer), and an
+    # output gradient in the other memory format.
+    ours_x = x.float().contiguous(memory_format=torch.channels_last)
+    ours_weight = weight.float().contiguous().requires_grad_()
+    ours = winograd.conv3x3(ours_x, ours_weight)
+    ours.backward(grad.float().contiguous())
+    assert ours_x.grad is None and ours_weight.grad.is_contiguous()
+    assert _relative_error(ours, exact) < 2e-6 and _relative_error(ours_weight.grad, exact_weight.grad) < 2e-6
+
+
 def test_under_autocast_a_float32_input_computes_in_bfloat16_as_a_direct_convolution_would():
     x = _random((2, 8, 4, 4), 0, torch.float32).contiguous(memory_format=torch.channels_last)
     weight = _random((8, 8, 3, 3), 1, torch.float32).requires_grad_()
@@ -79,7 +96,9 @@ def test_under_autocast_a_float32_input_computes_in_bfloat16_as_a_direct_convolu
     assert ours.dtype == direct.dtype == torch.bfloat16
     assert _relative_error(ours, F.conv2d(x.double(), weight.double(), padding=1)) < 1e-2
     ours.float().sum().backward()
-    assert weight.grad.dtype == torch.float32
+    exact_weight = weight.detach().double().requires_grad_()
+    F.conv2d(x.double(), exact_weight, padding=1).sum().backward()
+    assert weight.grad.dtype == torch.float32 and _relative_error(weight.grad, exact_weight.grad) < 1e-2
 
 
 def test_the_same_bits_with_one_thread_and_with_two():
@@ -108,7 +127,10 @@ def test_only_3x3_convolutions_with_stride_1_padding_1_and_no_bias_are_taken():
     assert not winograd.applies(plane.half())
 
 
-def test_the_layers_wide_enough_use_it_and_training_computes_what_it_computes_without():
+def test_the_layers_wide_enough_use_it_and_training_computes_what_it_computes_without(monkeypatch):
+    calls = []
+    conv3x3 = winograd.conv3x3
+    monkeypatch.setattr(winograd, "conv3x3", lambda x, weight: calls.append(tuple(weight.shape)) or conv3x3(x, weight))
     torch.manual_seed(0)
     plain = SegNet(SegNetConfig()).to(memory_format=torch.channels_last).train()
     use_cpu_kernels(plain)
@@ -124,6 +146,9 @@ def test_the_layers_wide_enough_use_it_and_training_computes_what_it_computes_wi
         loss.backward()
         losses.append(loss.item())
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    # It ran, in the four blocks and only there: the same values, not the same bits.
+    assert calls == [(128, 64, 3, 3), (512, 128, 3, 3), (128, 512, 3, 3), (64, 128, 3, 3)]
+    assert not torch.equal(plain.encoder[3].block[0].weight.grad, fast.encoder[3].block[0].weight.grad)
     for (name, a), b in zip(plain.named_parameters(), fast.parameters()):
         assert torch.allclose(a.grad, b.grad, rtol=1e-3, atol=1e-4 * a.grad.abs().max().item()), name
     # Evaluation runs PyTorch's convolutions: with the same weights and statistics, the same bits either way.
