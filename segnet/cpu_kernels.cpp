@@ -608,7 +608,7 @@ void winograd_untile_grad_kernel(const T* v, int64_t n, int64_t h, int64_t w, in
   // One image per task: tiles of different images never overlap, so each image's sums have one order.
   at::parallel_for(0, n, 1, [&](int64_t first, int64_t last) {
     std::vector<float> sums((h + 2) * padded_w * channels);  // the padded image's gradient, in float
-    Lanes block[16], rows[16], patch[16], padded;
+    Lanes block[16], rows[16], patch[16];
     for (int64_t image = first; image < last; ++image) {
       std::fill(sums.begin(), sums.end(), 0.0f);
       for (int64_t tile = image * tiles_h * tiles_w; tile < (image + 1) * tiles_h * tiles_w; ++tile) {
@@ -631,9 +631,7 @@ void winograd_untile_grad_kernel(const T* v, int64_t n, int64_t h, int64_t w, in
           const float* s = sums.data() + ((y + 1) * padded_w + x_ + 1) * channels;
           T* target = grad + ((image * h + y) * w + x_) * channels;
           for (int64_t c = 0; c < channels; c += kLanes) {
-            const int width = static_cast<int>(std::min<int64_t>(kLanes, channels - c));
-            std::copy(s + c, s + c + width, padded);
-            store_lanes(target + c, width, padded);
+            store_lanes(target + c, static_cast<int>(std::min<int64_t>(kLanes, channels - c)), s + c);
           }
         }
       }
