@@ -32,7 +32,8 @@ from segnet.inference import accumulate_confusion
 from segnet.metrics import summarize
 from segnet.model import SegNet, SegNetConfig
 from segnet.params import build, load_params
-from segnet.devices import available_cores, select_amp_dtype, select_device
+from segnet.cores import available_cores
+from segnet.devices import select_amp_dtype, select_device
 from segnet.prepare import prepare_dataset
 from segnet.train import TrainConfig, set_seed, train
 

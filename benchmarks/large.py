@@ -20,7 +20,7 @@ import psutil
 
 from benchmarks.common import REPO
 from segnet.generate import SplitSpec, build_archive
-from segnet.devices import available_cores
+from segnet.cores import available_cores
 
 PANELS_PER_FILE = 500
 TEST_SHARE = 20  # one file in twenty holds test panels

@@ -32,7 +32,8 @@ from segnet.data import load_split
 from segnet.inference import accumulate_confusion
 from segnet.model import SegNet, SegNetConfig, use_cpu_kernels, use_winograd
 from segnet.prepare import prepare_dataset
-from segnet.devices import available_cores, select_amp_dtype, use_exact_float32
+from segnet.cores import available_cores
+from segnet.devices import select_amp_dtype, use_exact_float32
 
 
 def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 10, trials: int = 5) -> float:

@@ -1,7 +1,11 @@
 """Hooks the training loop calls, so tracking and progress display stay out of the loop itself."""
 
-import torch
+from typing import TYPE_CHECKING
+
 from tqdm import tqdm
+
+if TYPE_CHECKING:  # annotations only: the generate and prepare stages import this module without torch
+    import torch
 
 
 class Callback:
@@ -10,7 +14,7 @@ class Callback:
     def on_train_start(self, total_steps: int, steps_per_epoch: int, start_step: int) -> None:
         """`start_step` is 0, or the step a resumed run continues after."""
 
-    def on_step_end(self, step: int, loss: torch.Tensor) -> None:
+    def on_step_end(self, step: int, loss: "torch.Tensor") -> None:
         """`loss` is the step's detached 0-dim loss on the training device; float(loss) waits for the device."""
 
     def on_epoch_end(self, record: dict) -> None:
@@ -34,7 +38,7 @@ class ProgressBar(Callback):
         self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, mininterval=1.0)
         self.bar.set_description(f"epoch {start_step // steps_per_epoch + 1}/{self.epochs}")
 
-    def on_step_end(self, step: int, loss: torch.Tensor) -> None:
+    def on_step_end(self, step: int, loss: "torch.Tensor") -> None:
         self.bar.update(1)
         # Reading the loss stalls a GPU's queue of work, so it is read only now and then.
         if step % self.LOSS_EVERY == 0:

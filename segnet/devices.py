@@ -1,6 +1,4 @@
-"""What a stage computes on: the device, the precision autocast uses there, and the CPU cores it may use."""
-
-import os
+"""What a stage computes on: the device, and the precision autocast uses there (its cores: segnet.cores)."""
 
 import torch
 
@@ -56,8 +54,3 @@ def _cpu_has_native_bf16() -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
-
-
-def available_cores() -> int:
-    """The cores this process may run on (its CPU affinity, which containers and taskset restrict)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

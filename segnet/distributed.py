@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from segnet.devices import available_cores
+from segnet.cores import available_cores
 
 BACKENDS = ("auto", "gloo", "nccl")
 

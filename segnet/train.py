@@ -19,7 +19,8 @@ from segnet.augment import augment
 from segnet.callbacks import Callback
 from segnet.checkpoint import Checkpointer
 from segnet.data import to_input
-from segnet.devices import available_cores, select_amp_dtype, select_device, use_exact_float32
+from segnet.cores import available_cores
+from segnet.devices import select_amp_dtype, select_device, use_exact_float32
 from segnet.distributed import (
     BACKENDS, SINGLE_PROCESS, World, any_across, barrier, sum_across, synchronize_batch_norm,
 )

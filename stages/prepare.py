@@ -8,7 +8,7 @@ import mlflow
 from segnet import CLASS_NAMES
 from segnet.archive import ArchiveLimits
 from segnet.cli import run_stage, stage_paths
-from segnet.devices import available_cores
+from segnet.cores import available_cores
 from segnet.files import write_json
 from segnet.params import build, load_params
 from segnet.prepare import prepare_dataset

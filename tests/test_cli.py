@@ -48,3 +48,12 @@ def test_a_stage_run_by_hand_with_the_wrong_paths_prints_its_usage(stage, given,
         f"ERROR segnet: usage: {usage} (got {len(given)} argument(s); dvc.yaml shows them for each stage)"
     ]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_stages_that_need_no_torch_start_without_importing_it():
+    # Importing torch takes about 1.5 s of each stage's start, and generate and prepare never compute with it:
+    # a module that imports it at the top (segnet.devices, or torch for annotations) must stay out of their imports.
+    imports = "import sys, stages.generate, stages.prepare; print(sorted(name for name in sys.modules if 'torch' in name))"
+    result = subprocess.run([sys.executable, "-c", imports], cwd=REPO, text=True, capture_output=True,
+                            env=clean_env(), check=True)
+    assert result.stdout.strip() == "[]"

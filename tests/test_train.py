@@ -10,7 +10,8 @@ from segnet import cpu_kernels, winograd
 from segnet.callbacks import Callback
 from segnet.checkpoint import Checkpointer, fingerprint, load_checkpoint
 from segnet.data import split_indices, to_float_input, to_input
-from segnet.devices import available_cores, select_amp_dtype
+from segnet.cores import available_cores
+from segnet.devices import select_amp_dtype
 from segnet.inference import accumulate_confusion
 from segnet.metrics import mean_iou
 from segnet.model import SegNet, SegNetConfig
