@@ -180,8 +180,10 @@ class SegNet(nn.Module):
         return self.classifier(x)  # (N, classes, H, W) logits
 
     def look_up_bytes(self, x: torch.Tensor) -> torch.Tensor:
-        """uint8 pixels 0-255 (N, C, H, W) -> float32 input, as transform_input gives for x / 255, in x's layout."""
-        if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        """uint8 pixels 0-255 (N, C, H, W) -> float32 input, as transform_input gives for x / 255: channels-last where
+        x holds each pixel's channels together (the training loop's augmented panels are such a view, with a pixel
+        every 4 bytes, not a channels-last tensor), else contiguous."""
+        if x.dim() == 4 and x.stride(1) < x.stride(3):
             # Look up in memory order (N, H, W, C): take returns its result in the index's logical order.
             return self.byte_values.take(x.permute(0, 2, 3, 1).long()).permute(0, 3, 1, 2)
         return self.byte_values.take(x.long())  # take: measured faster here than indexing, with int or long

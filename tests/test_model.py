@@ -93,16 +93,20 @@ def test_input_transforms_lift_faint_ink_keep_background_at_zero_and_are_part_of
 
 
 @pytest.mark.parametrize("transform", ["linear", "sqrt", "ink_sqrt"])
-@pytest.mark.parametrize("channels_last", [True, False])
-def test_bytes_give_the_first_conv_the_same_input_as_their_float_values_bit_for_bit(transform, channels_last):
+@pytest.mark.parametrize("layout", ["channels_last", "contiguous", "pixel_words"])
+def test_bytes_give_the_first_conv_the_same_input_as_their_float_values_bit_for_bit(transform, layout):
     model = SegNet(SegNetConfig(encoder_channels=(4,), decoder_channels=(4,), input_transform=transform))
     seen = []
     model.encoder[0].block[0].register_forward_hook(lambda m, args, out: seen.append(args[0]))
     every_byte = torch.arange(256, dtype=torch.uint8).reshape(2, 8, 16)
     pixels = torch.stack([every_byte.roll(shift) for shift in (7, 85, 170)], dim=-1)  # N, H, W, C: channels differ
     as_bytes, as_floats = pixels.permute(0, 3, 1, 2), pixels.float().div(255.0).permute(0, 3, 1, 2)
-    if not channels_last:
+    if layout == "contiguous":
         as_bytes, as_floats = as_bytes.contiguous(), as_floats.contiguous()
+    if layout == "pixel_words":  # as the augmentation hands panels over: colour and label in one 4-byte word
+        words = torch.cat([pixels, torch.zeros_like(pixels[..., :1])], dim=-1)
+        as_bytes = words[..., :3].permute(0, 3, 1, 2)
+    channels_last = layout != "contiguous"
     model(as_bytes)
     model(as_floats)
     from_bytes, from_floats = seen
