@@ -81,8 +81,10 @@ def to_input(images: torch.Tensor, device: torch.device, channels_last: bool = T
     """(N, H, W, 3) pixels -> the model's input (N, 3, H, W) on the device: uint8 stays uint8 (the model
     looks each byte's value up, see SegNet.forward; a quarter of float32's bytes to move), others become float32.
 
-    The permute leaves the data in NHWC order, i.e. PyTorch's channels-last memory format, which
-    CPU and GPU convolutions run faster on; `channels_last=False` makes it plain contiguous NCHW.
+    The permute leaves each pixel's channels together in memory: PyTorch's channels-last memory format, which
+    CPU and GPU convolutions run faster on, where `images` is contiguous (the augmentation's panels are a view of
+    4-byte pixel words; the model's byte lookup turns those into channels-last input). `channels_last=False`
+    makes it plain contiguous NCHW.
     """
     images = images.to(device, non_blocking=True)
     if images.dtype != torch.uint8:

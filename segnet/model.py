@@ -181,8 +181,8 @@ class SegNet(nn.Module):
 
     def look_up_bytes(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 pixels 0-255 (N, C, H, W) -> float32 input, as transform_input gives for x / 255: channels-last where
-        x holds each pixel's channels together (the training loop's augmented panels are such a view, with a pixel
-        every 4 bytes, not a channels-last tensor), else contiguous."""
+        x's channels are finer-strided than its columns, else contiguous; the values are the same either way. The
+        training loop's augmented panels are such a view (a pixel every 4 bytes), not a channels-last tensor."""
         if x.dim() == 4 and x.stride(1) < x.stride(3):
             # Look up in memory order (N, H, W, C): take returns its result in the index's logical order.
             return self.byte_values.take(x.permute(0, 2, 3, 1).long()).permute(0, 3, 1, 2)

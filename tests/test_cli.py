@@ -53,7 +53,8 @@ def test_a_stage_run_by_hand_with_the_wrong_paths_prints_its_usage(stage, given,
 def test_the_stages_that_need_no_torch_start_without_importing_it():
     # Importing torch takes about 1.5 s of each stage's start, and generate and prepare never compute with it:
     # a module that imports it at the top (segnet.devices, or torch for annotations) must stay out of their imports.
-    imports = "import sys, stages.generate, stages.prepare; print(sorted(name for name in sys.modules if 'torch' in name))"
+    imports = ("import sys, stages.generate, stages.prepare; "
+               "print(sorted(name for name in sys.modules if 'torch' in name))")
     result = subprocess.run([sys.executable, "-c", imports], cwd=REPO, text=True, capture_output=True,
                             env=clean_env(), check=True)
     assert result.stdout.strip() == "[]"

@@ -106,6 +106,7 @@ def test_bytes_give_the_first_conv_the_same_input_as_their_float_values_bit_for_
     if layout == "pixel_words":  # as the augmentation hands panels over: colour and label in one 4-byte word
         words = torch.cat([pixels, torch.zeros_like(pixels[..., :1])], dim=-1)
         as_bytes = words[..., :3].permute(0, 3, 1, 2)
+        assert not as_bytes.is_contiguous(memory_format=torch.channels_last)
     channels_last = layout != "contiguous"
     model(as_bytes)
     model(as_floats)
