@@ -1,7 +1,7 @@
 """Winograd with larger tiles: what F(4x4, 3x3) would buy and cost against the F(2x2, 3x3) of train.winograd.
 
 For each 3x3 convolution that train.winograd computes with the defaults, at its training size:
-1. The matrix products of one pass (the forward pass; the two gradients' products have the same sizes, transposed)
+1. The matrix products of one pass (the forward pass; each gradient's products make as many multiplications)
    in bfloat16, as F(2x2, 3x3) makes them (16 products of (tiles x in) by (in x out)) and as F(4x4, 3x3) would
    (36 products over a quarter of the tiles: 2.25 multiplications per output instead of 4).
 2. The error of each in bfloat16 against the exact convolution of the same bfloat16 input, next to a direct

@@ -51,8 +51,8 @@ def test_each_stage_depends_on_the_code_it_runs_and_nothing_else(stage):
 
 
 def test_the_import_scan_follows_imports_through_other_modules():
-    # stages/train.py imports neither segnet/cores.py nor segnet/cpu_kernels.py itself: it reaches them through
-    # segnet/train.py and segnet/distributed.py, and through segnet/model.py.
+    # stages/train.py imports neither segnet/cores.py nor segnet/cpu_kernels.py itself: it reaches the first through
+    # segnet/train.py and segnet/distributed.py, the second through segnet/model.py.
     assert {"segnet/distributed.py", "segnet/cores.py", "segnet/model.py", "segnet/cpu_kernels.py"} <= code_of(
         "stages/train.py")
     assert "segnet/train.py" not in code_of("stages/evaluate.py")
