@@ -7,10 +7,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from segnet.generate import SplitSpec, build_archive
-from segnet.model import SegNetConfig
+from segnet.dataset.generate import SplitSpec, build_archive
+from segnet.model.network import SegNetConfig
 from segnet.params import load_params
-from segnet.train import TrainConfig
+from segnet.training.loop import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 # Speed measurements are repeated in interleaved rounds and the best kept: on a shared machine other load

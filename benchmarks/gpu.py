@@ -6,7 +6,7 @@ trains on the GPU through `train.device: auto`, and the throughput table gains G
 for a GPU box with only a CUDA PyTorch on it (such as the one the device tool lends, which has no MLflow,
 DVC or mlxtend and cannot install them): it runs the same three steps as the `prepare`, `train` and
 `evaluate` stages, without tracking, on the built-in archive that `dvc repro generate` wrote here:
-  1. prepare the archive (segnet.prepare, as the stage does);
+  1. prepare the archive (segnet.dataset.prepare, as the stage does);
   2. train with params.yaml as it is (train.device: auto, so the GPU and its autocast precision), with
      the stage's seed, validation split and model selection;
   3. score the selected weights on the whole test split in float32, as `evaluate` does.
@@ -27,15 +27,15 @@ import torch
 
 from benchmarks.common import REPO
 from benchmarks.measure import synchronize
-from segnet.data import load_split, split_indices
-from segnet.inference import accumulate_confusion
-from segnet.metrics import summarize
-from segnet.model import SegNet, SegNetConfig
+from segnet.data.loading import load_split, split_indices
+from segnet.evaluation.inference import accumulate_confusion
+from segnet.evaluation.metrics import summarize
+from segnet.model.network import SegNet, SegNetConfig
 from segnet.params import build, load_params
 from segnet.cores import available_cores
 from segnet.devices import select_amp_dtype, select_device
-from segnet.prepare import prepare_dataset
-from segnet.train import TrainConfig, set_seed, train
+from segnet.dataset.prepare import prepare_dataset
+from segnet.training.loop import TrainConfig, set_seed, train
 
 
 def train_setting(text: str) -> tuple[str, object]:

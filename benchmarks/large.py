@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 
 from benchmarks.common import REPO
-from segnet.generate import SplitSpec, build_archive
+from segnet.dataset.generate import SplitSpec, build_archive
 from segnet.cores import available_cores
 
 PANELS_PER_FILE = 500
@@ -39,7 +39,7 @@ def build(folder: Path, images: int) -> Path:
 PREPARE = """
 import json, sys, time
 from pathlib import Path
-from segnet.prepare import prepare_dataset
+from segnet.dataset.prepare import prepare_dataset
 start = time.perf_counter()
 summary = prepare_dataset(Path(sys.argv[1]), Path(sys.argv[2]), workers=int(sys.argv[3]))
 seconds = time.perf_counter() - start
@@ -53,11 +53,11 @@ TRAIN = """
 import json, sys, time
 from pathlib import Path
 import torch
-from segnet.callbacks import Callback
-from segnet.data import load_split, split_indices
-from segnet.model import SegNet, SegNetConfig
+from segnet.training.callbacks import Callback
+from segnet.data.loading import load_split, split_indices
+from segnet.model.network import SegNet, SegNetConfig
 from segnet.params import load_params
-from segnet.train import TrainConfig, TrainingInterrupted, set_seed, train
+from segnet.training.loop import TrainConfig, TrainingInterrupted, set_seed, train
 
 steps = int(sys.argv[2])
 params = load_params(Path(sys.argv[3]))

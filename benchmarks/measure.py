@@ -17,12 +17,12 @@ import torch
 from torch.nn import functional as F
 
 from benchmarks.common import REPO, one_epoch
-from segnet.callbacks import Callback
-from segnet.data import load_split
-from segnet.model import SegNet, SegNetConfig
+from segnet.training.callbacks import Callback
+from segnet.data.loading import load_split
+from segnet.model.network import SegNet, SegNetConfig
 from segnet.params import load_params
 from segnet.devices import select_device
-from segnet.train import TrainConfig, set_seed, train
+from segnet.training.loop import TrainConfig, set_seed, train
 
 WARMUP_STEPS = 3
 

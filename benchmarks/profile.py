@@ -5,7 +5,7 @@ prints the operators by self CPU time, then the share spent in convolutions (for
 their achieved GFLOP/s, and the rest (batch norm, ReLU, pooling, unpooling, loss, optimizer,
 augmentation). Then it times each convolution of the model alone, at the size it runs at in training, in
 its three parts: forward, the gradient of its input and the gradient of its weights, in GFLOP/s, and each
-3x3 one whole by PyTorch's direct convolution and by Winograd's F(2x2, 3x3) (segnet/winograd.py). This is
+3x3 one whole by PyTorch's direct convolution and by Winograd's F(2x2, 3x3) (segnet/speed/winograd.py). This is
 the evidence behind the speed discussion in README, Performance. Last, the model's input from a batch of
 uint8 panels, by float arithmetic against the model's byte lookup.
 Usage: python -m benchmarks.profile [--files N]
@@ -20,15 +20,15 @@ from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.common import best_seconds_per_call, one_epoch, read_settings, small_archive
 from benchmarks.throughput import matmul_peak, training_flops_per_image
-from segnet import cpu_kernels, winograd
-from segnet.data import load_split
-from segnet.model import SegNet, transform_input
-from segnet.prepare import prepare_dataset
+from segnet.speed import cpu_kernels, winograd
+from segnet.data.loading import load_split
+from segnet.model.network import SegNet, transform_input
+from segnet.dataset.prepare import prepare_dataset
 from segnet.devices import select_amp_dtype
-from segnet.train import set_seed, train
+from segnet.training.loop import set_seed, train
 
 CONVOLUTION_OPS = ("aten::mkldnn_convolution", "aten::convolution_backward")  # direct: their self time
-# Those segnet.winograd computes: the whole time of its autograd function's forward and backward, its matrix
+# Those segnet.speed.winograd computes: the whole time of its autograd function's forward and backward, its matrix
 # products included (counting aten::bmm itself would also count the augmentation's small products).
 WINOGRAD_EVENTS = ("_Conv3x3", "_Conv3x3Backward")
 # Repeats per timing of one convolution part, and timings per part (the best is kept).
@@ -107,7 +107,7 @@ def convolution_table(model: SegNet, batch_size: int, image_size: tuple[int, int
 
 
 def winograd_table(model: SegNet, batch_size: int, image_size: tuple[int, int], dtype: torch.dtype) -> None:
-    """Times each 3x3 convolution of `model` that segnet.winograd takes, at the size it runs at in training: forward
+    """Times each 3x3 convolution of `model` that segnet.speed.winograd takes, at the size it runs at in training: forward
     and both gradients together, by PyTorch's direct convolution (under autocast, as training runs it) and by
     F(2x2, 3x3), from the same float32 weights."""
     print(f"\n3x3 convolutions alone, forward + both gradients, {str(dtype).replace('torch.', '')} channels-last, "
@@ -133,14 +133,14 @@ def winograd_table(model: SegNet, batch_size: int, image_size: tuple[int, int], 
 
 
 def input_timing(model_config, images: torch.Tensor, batch_size: int) -> None:
-    """Times the first conv's input from a batch of uint8 panels: scaled by segnet.data.to_input and transformed by
+    """Times the first conv's input from a batch of uint8 panels: scaled by segnet.data.loading.to_input and transformed by
     the model in float arithmetic (before 2026-11-27; float pixels still take that path), against the model's lookup
     of each byte."""
     if images.dtype != torch.uint8:
         print("\nthe first conv's input: not timed, the prepared panels are not stored as bytes")
         return
     model = SegNet(model_config)
-    panels = images[:batch_size].permute(0, 3, 1, 2)  # channels-last (N, 3, H, W), as segnet.data.to_input gives
+    panels = images[:batch_size].permute(0, 3, 1, 2)  # channels-last (N, 3, H, W), as segnet.data.loading.to_input gives
 
     def by_arithmetic():
         return transform_input(panels.float().div_(255.0), model_config.input_transform)

@@ -26,19 +26,19 @@ from collections import Counter
 from pathlib import Path
 
 from benchmarks.common import REPO, read_settings, small_archive
-from segnet.prepare import prepare_dataset
+from segnet.dataset.prepare import prepare_dataset
 
-LOOPS = {"reference": "reference_images_per_second (benchmarks/measure.py", "ours": "train (segnet/train.py"}
+LOOPS = {"reference": "reference_images_per_second (benchmarks/measure.py", "ours": "train (segnet/training/loop.py"}
 # Phases of a step, each named by the frames that mark it: the first phase whose marker is on a sample's
 # stack takes it. Backward comes before forward and loss: the autograd engine calls the backward of the
-# model's own functions (segnet/cpu_kernels.py), whose frames would otherwise look like a forward.
+# model's own functions (segnet/speed/cpu_kernels.py), whose frames would otherwise look like a forward.
 PHASES = (
     ("reading .mat files", ("loadmat (scipy/io",)),
-    ("augmentation", ("(segnet/augment.py",)),
+    ("augmentation", ("(segnet/data/augment.py",)),
     ("backward", ("_engine_run_backward (torch/autograd/graph.py",)),
     ("optimizer", ("step (torch/optim/",)),
-    ("loss", ("cross_entropy (torch/nn/functional.py", "(segnet/losses.py")),
-    ("forward", ("forward (segnet/model.py",)),
+    ("loss", ("cross_entropy (torch/nn/functional.py", "(segnet/training/losses.py")),
+    ("forward", ("forward (segnet/model/network.py",)),
 )
 OTHER = "other"
 IMPORT = "(<frozen importlib._bootstrap"

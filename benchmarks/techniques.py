@@ -17,7 +17,7 @@ from pathlib import Path
 
 from benchmarks.common import GPU_EPOCHS, best_of_rounds, one_epoch, read_settings, small_archive
 from benchmarks.measure import in_fresh_process
-from segnet.prepare import prepare_dataset
+from segnet.dataset.prepare import prepare_dataset
 
 # Fewer rounds than the throughput benchmark's: seventeen variants, each in a fresh process.
 ROUNDS = 3

@@ -2,7 +2,7 @@
 
 Compares, on the same data and the same default SegNet:
   - a reference training loop written like the course's script (per step, scipy.io.loadmat of one .mat
-    file, batch = that file, float32 eager PyTorch, Adam 1e-3) against our training loop (segnet.train
+    file, batch = that file, float32 eager PyTorch, Adam 1e-3) against our training loop (segnet.training.loop
     with params.yaml's train settings), in training images/s;
   - our training's achieved FLOP rate (training FLOPs per image counted by torch.utils.flop_counter)
     against the measured matmul peak of the precision it computes in: counting the model's FLOPs (an effective
@@ -28,10 +28,11 @@ from benchmarks.common import (
     GPU_EPOCHS, ROUNDS, best_seconds_per_call, interleaved_rounds, one_epoch, read_settings, small_archive,
 )
 from benchmarks.measure import in_fresh_process, synchronize
-from segnet.data import load_split
-from segnet.inference import accumulate_confusion
-from segnet.model import SegNet, SegNetConfig, use_cpu_kernels, use_winograd
-from segnet.prepare import prepare_dataset
+from segnet.data.loading import load_split
+from segnet.evaluation.inference import accumulate_confusion
+from segnet.model import SegNet, SegNetConfig
+from segnet.speed import use_cpu_kernels, use_winograd
+from segnet.dataset.prepare import prepare_dataset
 from segnet.cores import available_cores
 from segnet.devices import select_amp_dtype, use_exact_float32
 
@@ -50,7 +51,7 @@ def training_flops_per_image(model_config: SegNetConfig, batch: int = 32, winogr
                              amp_dtype: torch.dtype | None = None) -> float:
     """The model's training FLOPs per image (forward + backward), as its direct convolutions compute them.
 
-    With `winograd_min_channels`, those our loop performs instead: the layers segnet.winograd computes count
+    With `winograd_min_channels`, those our loop performs instead: the layers segnet.speed.winograd computes count
     as the matrix products it runs (its transforms only add), in `amp_dtype` autocast as training runs.
     """
     model = SegNet(model_config).to(memory_format=torch.channels_last)

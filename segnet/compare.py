@@ -1,126 +1,25 @@
 """Whether two runs' test mIoU really differ: `python -m segnet.compare A B`.
 
-A and B are finished evaluate runs in the project's store, named by MLflow run id, by DVC experiment name
-(the latest finished evaluate run of `dvc exp run -n NAME`), or `workspace` (that of the model in data/model).
-Both must have scored the same test panels. Each run's own interval says how far its score could move with
-other test panels; the difference B - A gets a paired bootstrap: every resample draws the same panels for
-both models, so the panels' shared difficulty cancels and the interval of the difference is narrower than
-the two intervals side by side suggest. The resampling settings are params.yaml's `evaluate.bootstrap`.
+A and B are finished evaluate runs, named by MLflow run id, DVC experiment name or `workspace`
+(segnet.tracking.comparison says how each is found and how the paired bootstrap works). The resampling
+settings are params.yaml's `evaluate.bootstrap`.
 """
 
 import argparse
-import dataclasses
-import logging
 import os
 from pathlib import Path
 
-import torch
-from mlflow.entities import Run
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from segnet.bootstrap import BootstrapConfig, percentile_interval, read_bootstrap
 from segnet.cli import run_stage
-from segnet.files import sha256_file
-from segnet.metrics import mean_iou
-from segnet.params import flatten, load_params
-from segnet.tracking import EVALUATE_STAGE, find_run, load_panel_confusions, project_root, use_project_store
-
-# Named, not __name__: run as `python -m segnet.compare` this module is __main__.
-log = logging.getLogger("segnet.compare")
-
-# The name of the model in the workspace, as in `dvc exp show`.
-WORKSPACE = "workspace"
-# Where the train stage writes that model (dvc.yaml's `data/model` output).
-WORKSPACE_MODEL = Path("data") / "model" / "model.pt"
-
-
-def find_evaluate_run(client: MlflowClient, experiment: str, name: str, root: Path) -> Run:
-    """The evaluate run with id `name`; for `workspace`, the latest finished evaluate run of the model in the
-    project `root` (the one `dvc repro` or the last `dvc exp run` left there); else the latest finished evaluate
-    run of DVC experiment `name`.
-
-    Raises:
-        ValueError: None exists, or the run with that id is not a finished evaluate run.
-    """
-    try:
-        run = client.get_run(name)
-    except MlflowException:
-        run = None
-    if run is not None:
-        if run.data.tags.get("stage") != EVALUATE_STAGE:
-            raise ValueError(f"run {name}: a {run.data.tags.get('stage', 'untagged')} run, not an evaluate run; "
-                             "name the evaluate run of the experiment")
-        if run.info.lifecycle_stage != "active" or run.info.status != "FINISHED":
-            raise ValueError(f"run {name}: {run.info.status.lower()}"
-                             f"{' and deleted' if run.info.lifecycle_stage != 'active' else ''}, not a finished "
-                             "evaluate run")
-        return run
-    if name == WORKSPACE:
-        model = root / WORKSPACE_MODEL
-        if not model.is_file():
-            raise ValueError(f"workspace: no {model}; run the pipeline first (dvc repro)")
-        # The evaluate run names the weights it scored by their hash.
-        tag, value = "model_sha256", sha256_file(model)
-        missing = f"workspace: no finished evaluate run scored {model}; run its evaluate stage (dvc repro)"
-    else:
-        tag, value = "dvc_experiment", name
-        missing = (f"{name}: neither a run id nor a DVC experiment with a finished evaluate run in MLflow "
-                   f"experiment '{experiment}' (tracking.experiment)")
-    run_id = find_run(experiment, EVALUATE_STAGE, tag, value, finished=True)
-    if run_id is None:
-        raise ValueError(missing)
-    return client.get_run(run_id)
-
-
-def find_project(start: Path) -> Path:
-    """The project `start` lies in: the nearest folder at or above it with a params.yaml (as DVC's root has).
-
-    Raises:
-        ValueError: There is none.
-    """
-    for folder in (start, *start.parents):
-        if (folder / "params.yaml").is_file():
-            return project_root(folder)
-    raise ValueError(f"{start}: no params.yaml here or above; run from the project")
-
-
-def describe(run: Run) -> str:
-    experiment = run.data.tags.get("dvc_experiment")
-    return f"{experiment} (run {run.info.run_id[:8]})" if experiment else f"run {run.info.run_id[:8]}"
-
-
-def compare(first: Run, second: Run, config: BootstrapConfig) -> list[str]:
-    """The table's lines: each run's test mIoU with its interval, and the paired difference second - first."""
-    if first.data.tags.get("dataset_sha256") != second.data.tags.get("dataset_sha256"):
-        raise ValueError(f"{describe(first)} and {describe(second)} scored different test sets (dataset_sha256 tags "
-                         "differ); a paired comparison needs the same panels")
-    a, b = (torch.from_numpy(load_panel_confusions(run.info.run_id)) for run in (first, second))
-    if a.shape != b.shape:
-        raise ValueError(f"{describe(first)} and {describe(second)}: per-panel matrices of shapes {tuple(a.shape)} "
-                         f"and {tuple(b.shape)}; the same test set gives the same shape")
-    rows = []
-    for label, run, confusions in (("A", first, a), ("B", second, b)):
-        low, high = percentile_interval(confusions, mean_iou, config)
-        rows.append((f"{label}  {describe(run)}", mean_iou(confusions.sum(0)), low, high))
-    # Each panel's two matrices side by side (N, 2, classes, classes): a resample draws them together.
-    gain_low, gain_high = percentile_interval(
-        torch.stack([a, b], dim=1), lambda pair: mean_iou(pair[1]) - mean_iou(pair[0]), config)
-    rows.append(("B - A", rows[1][1] - rows[0][1], gain_low, gain_high))
-    width = max(len(row[0]) for row in rows)
-    lines = [f"test miou on the same {len(a):,} panels; {config.confidence * 100:g}% intervals from "
-             f"{config.resamples} resamples of the panels (B - A: the same panels for both)"]
-    lines += [f"{name:<{width}}  {value:+.4f}  [{low:+.4f}, {high:+.4f}]" if name == "B - A" else
-              f"{name:<{width}}  {value:.4f}   [{low:.4f}, {high:.4f}]" for name, value, low, high in rows]
-    if gain_low > 0 or gain_high < 0:
-        lines.append(f"B is {'above' if gain_low > 0 else 'below'} A: the interval of the difference excludes 0")
-    else:
-        lines.append("the test set does not tell A and B apart: the interval of the difference holds 0")
-    return lines
+from segnet.evaluation.bootstrap import read_bootstrap
+from segnet.params import load_params
+from segnet.tracking.comparison import compare, find_evaluate_run, find_project, warn_of_other_settings
+from segnet.tracking.runs import use_project_store
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m segnet.compare", description=__doc__.splitlines()[0])
     parser.add_argument("first", metavar="A", help="evaluate run id, DVC experiment name, or workspace")
     parser.add_argument("second", metavar="B", help="evaluate run id, DVC experiment name, or workspace")
     arguments = parser.parse_args()
@@ -135,15 +34,7 @@ def main() -> None:
     client = MlflowClient()
     experiment = params["tracking"]["experiment"]
     runs = [find_evaluate_run(client, experiment, name, root) for name in (arguments.first, arguments.second)]
-    # The runs logged the settings their own intervals used (none: the defaults); the resampling here uses
-    # params.yaml's.
-    current, defaults = ({key: str(value) for key, value in flatten({"evaluate.bootstrap": dataclasses.asdict(
-        settings)}).items()} for settings in (config, BootstrapConfig()))
-    for run in runs:
-        logged = {key: run.data.params.get(key, defaults[key]) for key in current}
-        if logged != current:
-            log.warning("%s logged its interval with other settings (%s); these intervals use params.yaml's (%s)",
-                        describe(run), logged, current)
+    warn_of_other_settings(runs, config)
     print("\n".join(compare(*runs, config)))
 
 

@@ -7,17 +7,17 @@ from pathlib import Path
 import mlflow
 import torch
 
-from segnet.bootstrap import panel_confusions, percentile_interval, read_bootstrap
+from segnet.evaluation.bootstrap import panel_confusions, percentile_interval, read_bootstrap
 from segnet.cli import run_stage, stage_paths
-from segnet.data import load_split
+from segnet.data.loading import load_split
 from segnet.devices import select_device, use_exact_float32
 from segnet.files import sha256_file, write_bytes, write_json
-from segnet.inference import EvaluateConfig, predict_batches
-from segnet.metrics import mean_iou, summarize
-from segnet.model import SegNet, SegNetConfig
+from segnet.evaluation.inference import EvaluateConfig, predict_batches
+from segnet.evaluation.metrics import mean_iou, summarize
+from segnet.model.network import SegNet, SegNetConfig
 from segnet.params import build, load_params
-from segnet.plots import confusion_png, predictions_png
-from segnet.tracking import EVALUATE_STAGE, TRAIN_STAGE, find_run, log_metrics, log_panel_confusions, stage_run
+from segnet.evaluation.plots import confusion_png, predictions_png
+from segnet.tracking.runs import EVALUATE_STAGE, TRAIN_STAGE, find_run, log_metrics, log_panel_confusions, stage_run
 
 USAGE = "python -m stages.evaluate PREPARED_DIR MODEL_DIR METRICS_JSON CONFUSION_PNG PREDICTIONS_PNG"
 

@@ -4,9 +4,9 @@ import mlflow
 
 from segnet.cli import run_stage, stage_paths
 from segnet.files import sha256_file
-from segnet.generate import GenerateConfig, build_archive
+from segnet.dataset.generate import GenerateConfig, build_archive
 from segnet.params import build, load_params
-from segnet.tracking import log_metrics, stage_run
+from segnet.tracking.runs import log_metrics, stage_run
 
 USAGE = "python -m stages.generate OUTPUT_ZIP"
 

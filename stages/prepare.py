@@ -6,13 +6,13 @@ from pathlib import Path
 import mlflow
 
 from segnet import CLASS_NAMES
-from segnet.archive import ArchiveLimits
+from segnet.dataset.archive import ArchiveLimits
 from segnet.cli import run_stage, stage_paths
 from segnet.cores import available_cores
 from segnet.files import write_json
 from segnet.params import build, load_params
-from segnet.prepare import prepare_dataset
-from segnet.tracking import log_metrics, stage_run
+from segnet.dataset.prepare import prepare_dataset
+from segnet.tracking.runs import log_metrics, stage_run
 
 USAGE = "python -m stages.prepare OUTPUT_DIR METRICS_JSON"
 

@@ -4,7 +4,7 @@ The test split is not read here: only `evaluate` touches it. The prepared panels
 the panels of each batch are read, so a dataset larger than memory trains too.
 
 Several processes: `train.processes: N` makes this stage launch itself in N processes on this machine
-(segnet.distributed.run_in_processes, DistributedDataParallel); started by `torchrun` (any number of nodes),
+(segnet.training.distributed.run_in_processes, DistributedDataParallel); started by `torchrun` (any number of nodes),
 it joins the job torchrun describes instead. Either way the rank-0 process alone logs to MLflow and writes
 checkpoints and outputs.
 
@@ -29,19 +29,19 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 import segnet
 from segnet import NUM_CLASSES
-from segnet.callbacks import ProgressBar
-from segnet.checkpoint import Checkpointer, fingerprint, load_checkpoint
+from segnet.training.callbacks import EpochLog, ProgressBar
+from segnet.training.checkpoint import Checkpointer, fingerprint, load_checkpoint
 from segnet.cli import run_stage, stage_paths
-from segnet import distributed
-from segnet.data import load_split, split_indices, to_float_input
+from segnet.training import distributed
+from segnet.data.loading import load_split, split_indices, to_float_input
 from segnet.devices import select_device
 from segnet.files import check_replaceable, save_torch, sha256_file, staged_directory, write_bytes, write_json
 from segnet.interrupt import StopSignals
-from segnet.model import SegNet, SegNetConfig
+from segnet.model.network import SegNet, SegNetConfig
 from segnet.params import build, load_params, read_seed
-from segnet.plots import miou_time_png
-from segnet.tracking import TRAIN_STAGE, MLflowCallback, log_metrics, stage_run
-from segnet.train import TrainConfig, set_seed, train
+from segnet.evaluation.plots import miou_time_png
+from segnet.tracking.runs import TRAIN_STAGE, log_metrics, stage_run
+from segnet.training.loop import TrainConfig, set_seed, train
 
 MODEL_FILE = "model.pt"
 # Everything the model folder holds: the weights and their record, which evaluate pairs with them.
@@ -124,7 +124,7 @@ def main() -> None:
                 num_classes=model_config.num_classes,
                 config=train_config,
                 seed=seed,
-                callbacks=[progress, MLflowCallback()] if world.is_main else [],
+                callbacks=[progress, EpochLog(log_metrics)] if world.is_main else [],
                 checkpointer=checkpointer,
                 resume=resume["state"] if resume else None,
                 stop_requested=stop.requested,

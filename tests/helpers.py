@@ -22,7 +22,7 @@ import scipy.io
 import torch
 import yaml
 
-from segnet.generate import compose_panel
+from segnet.dataset.generate import compose_panel
 from segnet.params import load_params
 
 REPO = Path(__file__).resolve().parents[1]

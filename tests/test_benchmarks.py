@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import dropped, gpu, profile, stacks, techniques, winograd_tiles
-from segnet import cpu_kernels
-from segnet.model import SegNet, SegNetConfig
+from benchmarks import gpu, profile, stacks, techniques
+from segnet.speed import cpu_kernels
+from segnet.model.network import SegNet, SegNetConfig
 from tests.helpers import REPO, clean_env, course_zip
 
 
@@ -130,64 +130,6 @@ def test_each_timed_part_of_a_convolution_computes_what_its_column_is_named_afte
     assert grad_weight is None and torch.allclose(grad_input, x.grad, atol=1e-5)
     grad_input, grad_weight, _ = weight_grad()
     assert grad_input is None and torch.allclose(grad_weight, weight.grad, atol=1e-5)
-
-
-@pytest.mark.parametrize("outputs", [2, 4])
-@pytest.mark.parametrize("height, width", [(8, 8), (16, 12)])
-def test_the_emulated_winograd_convolutions_are_the_convolution_when_nothing_is_rounded(outputs, height, width):
-    # The transform matrices and the tiling: in float64 with no rounding between the transforms, F(2x2, 3x3) and
-    # F(4x4, 3x3) give the direct convolution (padding 1) to float64 rounding, borders and non-square planes included.
-    values = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 5, height, width, generator=values, dtype=torch.float64)
-    weight = torch.randn(3, 5, 3, 3, generator=values, dtype=torch.float64)
-    exact = torch.nn.functional.conv2d(x, weight, padding=1)
-    assert torch.allclose(winograd_tiles.winograd_conv3x3(x, weight, outputs, torch.float64), exact, rtol=0, atol=1e-12)
-    # Rounding the transformed tiles and filters to bfloat16 is what the benchmark measures: an error, not a fault.
-    rounded = winograd_tiles.winograd_conv3x3(x, weight, outputs, torch.bfloat16)
-    assert 1e-4 < winograd_tiles.relative_error(rounded, exact) < 0.1
-
-
-@pytest.mark.parametrize("chunks", [1, 2, 4])
-def test_the_chunked_weight_gradient_is_the_whole_batchs(chunks):
-    conv = torch.nn.Conv2d(4, 6, 3, padding=1, bias=False)
-    values = torch.Generator().manual_seed(0)
-    x, grad = torch.randn(4, 4, 8, 8, generator=values), torch.randn(4, 6, 8, 8, generator=values)
-    whole = dropped.chunked_weight_gradient(conv, x, conv.weight.detach(), grad, 1)
-    # Sums of 256 products each, added in another order: equal to float rounding (entries are about 16).
-    assert torch.allclose(dropped.chunked_weight_gradient(conv, x, conv.weight.detach(), grad, chunks), whole,
-                          rtol=1e-5, atol=1e-4)
-
-
-def test_the_stand_in_loss_passes_back_one_fixed_gradient():
-    loss_of = dropped.StandInLoss()
-    logits = torch.randn(2, 11, 4, 4, requires_grad=True)
-    loss_of(logits, None).backward()
-    first = logits.grad.clone()
-    logits.grad = None
-    loss_of(logits * 1, None).backward()
-    assert torch.equal(logits.grad, first) and torch.equal(first, loss_of.fixed)
-
-
-SPY_TARGET = """
-import time
-import torch
-
-def interpreted(seconds):
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        for _ in range(10_000):
-            count += 1
-
-def native(seconds):
-    x = torch.randn(1024, 1024)
-    start = time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        x @ x
-
-torch.set_num_threads(2)
-interpreted(1.5)
-native(1.5)
-"""
 
 
 def test_py_spy_samples_of_a_python_loop_and_of_a_matrix_product_are_told_apart(tmp_path):

@@ -5,7 +5,7 @@ import pytest
 
 from segnet.cli import run_stage
 from segnet.errors import DatasetError
-from segnet.train import TrainingInterrupted
+from segnet.training.loop import TrainingInterrupted
 from tests.helpers import REPO, clean_env
 
 

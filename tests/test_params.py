@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from segnet.params import build, load_params
-from segnet.train import TrainConfig
+from segnet.training.loop import TrainConfig
 from tests.helpers import REPO
 
 

@@ -1,0 +1,173 @@
+"""The comparison a user makes: two runs side by side in `mlflow ui`, read in a real headless Chromium.
+
+Needs Debian's chromium and chromium-driver; the test installs them with apt-get when it runs as root, and
+skips, saying why, where it cannot. Its screenshot, pass or fail, is tests/artifacts/mlflow-compare-runs.png.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.wait import WebDriverWait
+
+from tests.helpers import apt_install_or_skip, free_port
+from tests.test_pipeline import clean_env, project, run, runs_by_stage  # noqa: F401 (project: the fixture)
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+SCREENSHOT = Path(__file__).parents[1] / "artifacts" / "mlflow-compare-runs.png"
+# Without the background-networking flags Chromium keeps calling home, and a closed network refuses it.
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+# One row of a section of the page: the texts after its label, one per run, left to right. Params and run
+# details are tables. Metrics are a virtualized grid: a column of names and a scrolled grid of values that
+# renders only the rows near its view, where a row's name and values share their offset from the top.
+READ_ROW = """
+const [title, label] = arguments;
+const header = [...document.querySelectorAll(".du-bois-light-collapse-header")]
+  .find(element => element.innerText.trim() === title);
+if (!header) return [];
+const section = header.closest(".du-bois-light-collapse-item");
+const name = [...section.querySelectorAll("th, a")].find(element => element.innerText.trim() === label);
+const values = [...section.querySelectorAll("[role=grid]")]
+  .find(grid => getComputedStyle(grid).overflowY === "auto");
+if (!name) {
+  if (values) values.scrollTop += values.clientHeight / 2;  // as a user scrolls down to look for it
+  return [];
+}
+const row = name.closest("tr");
+if (row) return [...row.cells].slice(1).map(cell => cell.innerText.trim());
+const top = name.closest("[style*=top]").style.top;
+values.scrollTop = parseFloat(top);  // the row in view, for the screenshot
+return [...values.querySelectorAll("[style*=top]")].filter(cell => cell.style.top === top)
+  .sort((a, b) => parseFloat(a.style.left) - parseFloat(b.style.left)).map(cell => cell.innerText.trim());
+"""
+# The row labels of one section's table.
+READ_LABELS = """
+const header = [...document.querySelectorAll(".du-bois-light-collapse-header")]
+  .find(element => element.innerText.trim() === arguments[0]);
+return [...header.closest(".du-bois-light-collapse-item").querySelectorAll("th")].map(th => th.innerText.trim());
+"""
+
+
+def _install_chromium_or_skip() -> None:
+    """Installs Debian's chromium and chromium-driver when missing; skips, saying why, when that cannot be done.
+
+    Playwright's and Selenium's own browser downloads need hosts a closed network does not reach; Debian's
+    packages come from apt, which does, and give a browser and a driver of the same version.
+    """
+    if CHROMIUM.is_file() and CHROMEDRIVER.is_file():
+        return
+    missing = f"{CHROMIUM} and {CHROMEDRIVER} (Debian packages chromium, chromium-driver) are not installed"
+    apt_install_or_skip(["chromium", "chromium-driver"], missing)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory) -> Iterator[webdriver.Chrome]:
+    _install_chromium_or_skip()
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in CHROMIUM_FLAGS + [f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"]:
+        options.add_argument(flag)
+    # An explicit driver path: otherwise Selenium Manager tries to download one.
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@contextmanager
+def mlflow_ui(root: Path) -> Iterator[str]:
+    """`make ui`'s command on the project's store, on a free loopback port; yields its URL.
+
+    One worker and no job runner: the page needs neither, and the runner's seven queue consumers would take
+    seconds to start and to stop on two cores.
+    """
+    url = f"http://127.0.0.1:{free_port()}"
+    command = ["mlflow", "ui", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+               "--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1], "--workers", "1"]
+    log = root / "mlflow-ui.log"
+    with log.open("w") as output:
+        # Its own process group: the server's worker processes stop with it.
+        server = subprocess.Popen(command, cwd=root, env=clean_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"),
+                                  stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        # Generous: on two busy cores `mlflow ui` takes 20-40 s to import its server twice (command, then worker).
+        deadline = time.monotonic() + 180
+        while True:
+            assert server.poll() is None, f"mlflow ui exited ({server.returncode}):\n{log.read_text()}"
+            assert time.monotonic() < deadline, f"mlflow ui gave no /health within 180 s:\n{log.read_text()}"
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.2)
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+
+
+def _row(browser: webdriver.Chrome, section: str, label: str) -> list[str]:
+    return browser.execute_script(READ_ROW, section, label)
+
+
+def _compared(browser: webdriver.Chrome) -> bool:
+    """Whether a single page app has rendered both runs' names, the param and the metric."""
+    rows = (("Run details", "Run Name:"), ("Parameters", "train.lr"), ("Metrics", "miou"))
+    return all(len(_row(browser, section, label)) == 2 for section, label in rows)
+
+
+def test_mlflow_ui_compares_two_runs_that_differ_in_one_param(browser, project):
+    run(["dvc", "exp", "run", "-n", "lr-high", "-S", "train.lr=0.01"], project)
+    # The evaluate runs carry the training params next to the test metrics: the pair a user compares.
+    baseline, changed = runs_by_stage(project)["evaluate"]
+    differing = {name for name, value in changed.data.params.items() if baseline.data.params.get(name) != value}
+    assert differing == {"train.lr"} and changed.data.params["train.lr"] == "0.01"
+
+    ids = [baseline.info.run_id, changed.info.run_id]
+    # A desktop screen, tall enough to show the comparison down to the metrics without scrolling the page.
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                            {"width": 1600, "height": 1600, "deviceScaleFactor": 1, "mobile": False})
+    with mlflow_ui(project) as url:
+        browser.get(f"{url}/#/compare-runs?runs={json.dumps(ids)}"
+                    f"&experiments={json.dumps([baseline.info.experiment_id])}")
+        try:
+            WebDriverWait(browser, 180).until(_compared, message="no comparison of both runs rendered within 180 s")
+            for close in browser.find_elements(By.CSS_SELECTOR, "button[aria-label='Close']"):
+                if close.is_displayed():
+                    close.click()  # the assistant's side panel, a third of the width
+            shown = {label: _row(browser, section, label) for section, label in (
+                ("Run details", "Run ID:"), ("Run details", "Run Name:"), ("Parameters", "train.lr"),
+                ("Metrics", "miou"))}
+            # What a user does next: keep only the params that differ between the runs.
+            browser.find_element(By.CSS_SELECTOR, "button[aria-label='Parameters - Show diff only']").click()
+            differing_shown = browser.execute_script(READ_LABELS, "Parameters")
+        finally:
+            SCREENSHOT.parent.mkdir(exist_ok=True)
+            browser.save_screenshot(str(SCREENSHOT))
+
+    assert shown["Run ID:"] == ids
+    assert shown["Run Name:"] == ["evaluate", "evaluate lr-high"]
+    assert shown["train.lr"] == [baseline.data.params["train.lr"], "0.01"]
+    assert differing_shown == ["train.lr"]
+    # The page rounds metrics to three decimals (or three significant digits below 0.001).
+    assert [float(value) for value in shown["miou"]] == pytest.approx(
+        [baseline.data.metrics["miou"], changed.data.metrics["miou"]], abs=5e-4)
