@@ -5,7 +5,7 @@ BIN := $(abspath $(VENV))/bin
 # Stage commands in dvc.yaml call `python`: the venv's must come first on PATH.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: venv repro test ui server bench bench-large clean-venv
+.PHONY: venv repro test readme ui server bench bench-large clean-venv
 
 venv: $(VENV)/.installed
 
@@ -25,6 +25,10 @@ test: venv
 UI_PORT ?= 5000
 ui: venv
 	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(UI_PORT)
+
+# The README's results table, rewritten from the committed metrics files (tests/test_docs.py checks it).
+readme: venv
+	python -m segnet.report
 
 # The shared tracking server's settings live here, not in params.yaml, which drives the stages.
 SERVER_DIR ?= .mlflow-server
