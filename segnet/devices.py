@@ -3,26 +3,26 @@
 import torch
 
 
-def select_device(name: str, local_rank: int | None = None, setting: str = "train.device") -> torch.device:
+def select_device(name: str, local_rank: int | None = None) -> torch.device:
     """`auto` picks CUDA when available, else the CPU. `local_rank` gives each process on a machine its own GPU.
-    `setting` is the params.yaml key that `name` came from, for the error messages."""
+    Errors start with "device: ", for segnet.params.build to name the setting."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if local_rank is not None and name.startswith("cuda:"):
-        raise ValueError(f"{setting}: '{name}' would put every process on one GPU; use cuda or auto, which "
+        raise ValueError(f"device: '{name}' would put every process on one GPU; use cuda or auto, which "
                          "give each process the GPU of its LOCAL_RANK")
     if name == "cuda" and local_rank is not None:
         name = f"cuda:{local_rank}"
     try:
         device = torch.device(name)
     except RuntimeError as error:
-        raise ValueError(f"{setting}: '{name}' is not a device (use auto, cpu, cuda or cuda:N)") from error
+        raise ValueError(f"device: '{name}' is not a device (use auto, cpu, cuda or cuda:N)") from error
     # torch names more devices (mps, xpu, meta...) than this project supports: they would fail later, in the
     # model's transfer or in autocast, with a traceback.
     if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"{setting}: '{name}' is not a device this project runs on (use auto, cpu, cuda or cuda:N)")
+        raise ValueError(f"device: '{name}' is not a device this project runs on (use auto, cpu, cuda or cuda:N)")
     if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
-        raise ValueError(f"{setting}: '{name}' requested but that CUDA device is not available")
+        raise ValueError(f"device: '{name}' requested but that CUDA device is not available")
     return device
 
 

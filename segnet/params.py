@@ -3,6 +3,7 @@
 import dataclasses
 import math
 from pathlib import Path
+from typing import TypeVar
 
 import yaml
 
@@ -10,6 +11,8 @@ try:
     from ruamel.yaml import YAML, YAMLError
 except ImportError:  # benchmarks/gpu.py's machine: PyTorch, SciPy and PyYAML, but no DVC and so no ruamel
     YAML, YAMLError = None, yaml.YAMLError
+
+T = TypeVar("T")
 
 
 def load_params(path: Path = Path("params.yaml")) -> dict:
@@ -51,13 +54,30 @@ def read_seed(params: dict) -> int:
     return value
 
 
-def build(config_class: type, section: str, values: dict):
-    """Builds a settings dataclass from a params.yaml section, turning unknown keys and values of the
-    wrong type into a ValueError that names the section (e.g. `-S train.epochs=1.5`)."""
-    fields = {field.name: field for field in dataclasses.fields(config_class)}
-    unknown = sorted(set(values) - set(fields))
+def read_experiment(params: dict) -> str:
+    """params.yaml's `tracking.experiment`: the MLflow experiment every stage logs its run to."""
+    value = params["tracking"]["experiment"]
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"params.yaml tracking.experiment: must be a non-empty name, got {value!r}")
+    return value
+
+
+def build(config_class: type[T], section: str, values: object, **from_data: object) -> T:
+    """Builds a settings dataclass from the params.yaml section `section` (dotted where nested, such as
+    `evaluate.bootstrap`), plus `from_data`: fields that come from the data, not from params.yaml.
+
+    The one place that names the file: the dataclasses check their own rules and raise ValueError("key:
+    problem"); here that becomes "params.yaml section.key: problem". Unknown and missing keys, values of the
+    wrong type (`-S train.epochs=1.5`) and non-finite numbers are refused here, before the dataclass sees them.
+    """
+    if not isinstance(values, dict):
+        raise ValueError(f"params.yaml {section}: must be a mapping of settings, got {values!r}")
+    fields = {field.name: field for field in dataclasses.fields(config_class) if field.name not in from_data}
+    unknown, missing = sorted(set(values) - set(fields)), sorted(set(fields) - set(values))
     if unknown:
         raise ValueError(f"params.yaml {section}: unknown key(s) {unknown}; known: {sorted(fields)}")
+    if missing:
+        raise ValueError(f"params.yaml {section}: missing key(s) {missing}")
     for name, value in values.items():
         expected = _TYPES.get(fields[name].type)
         if expected and (not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected)):
@@ -65,10 +85,12 @@ def build(config_class: type, section: str, values: dict):
         # `.inf`, `.nan` or `1e400` pass "a number" and every range check written as `lr > 0`.
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"params.yaml {section}.{name}: must be a finite number, got {value!r}")
-    return config_class(**values)
-
+    try:
+        return config_class(**values, **from_data)
+    except ValueError as error:
+        raise ValueError(f"params.yaml {section}.{error}") from None
 
 # What YAML values each annotated field type accepts (an int is a fine float; a bool is not an int).
-_TYPES = {int: (int,), float: (int, float), str: (str,), bool: (bool,)}
+_TYPES: dict[object, tuple[type, ...]] = {int: (int,), float: (int, float), str: (str,), bool: (bool,)}
 # The same types in the words of the error message, which read like read_seed's.
 _WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}

@@ -10,7 +10,7 @@ from segnet.dataset.archive import ArchiveLimits
 from segnet.cli import run_stage, stage_paths
 from segnet.cores import available_cores
 from segnet.files import write_json
-from segnet.params import build, load_params
+from segnet.params import build, load_params, read_experiment
 from segnet.dataset.prepare import prepare_dataset
 from segnet.tracking.runs import log_metrics, stage_run
 
@@ -32,7 +32,7 @@ def main() -> None:
     limits = build(ArchiveLimits, "data", settings)
     # The resolved limits, defaults included, are logged with the run.
     logged = {"data": {"archive": str(archive), "workers": workers, **dataclasses.asdict(limits)}}
-    with stage_run("prepare", params["tracking"]["experiment"], logged):
+    with stage_run("prepare", read_experiment(params), logged):
         summary = prepare_dataset(archive, output_dir, limits=limits, workers=workers)
         # DVC's metrics keep the counts: in `dvc exp show` a text value takes a column as wide as itself (the
         # archive's path, its 64-digit hash) and crowds the scores out of the table. The texts go to MLflow as

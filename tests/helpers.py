@@ -2,6 +2,7 @@
 
 import ast
 import contextlib
+import dataclasses
 import fcntl
 import io
 import os
@@ -15,6 +16,7 @@ import tempfile
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pytest
@@ -22,8 +24,14 @@ import scipy.io
 import torch
 import yaml
 
+from segnet import NUM_CLASSES
 from segnet.dataset.generate import compose_panel
+from segnet.data import AugmentConfig
+from segnet.model import SegNetConfig
+from segnet.training import RuntimeConfig, TrainConfig
 from segnet.params import load_params
+
+T = TypeVar("T")
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -171,9 +179,38 @@ def tree(folder: Path) -> dict[str, bytes | None]:
 TINY = {
     "generate": dict(train_files=4, train_panels_per_file=8, test_files=2, test_panels_per_file=6),
     "model": dict(encoder_channels=[8, 8, 8, 8], decoder_channels=[8, 8, 8, 8]),
-    "train": dict(epochs=2, batch_size=8, val_fraction=0.25, val_batch_size=16, deform_pixels=1.0),
+    "train": dict(epochs=2, batch_size=8, val_fraction=0.25),
+    "runtime": dict(val_batch_size=16),
     "evaluate": dict(batch_size=16, samples=2),
 }
+
+# The repository's params.yaml: the one place that holds every setting's default.
+PARAMS = load_params(REPO / "params.yaml")
+
+
+def settings(config_class: type[T], section: str, **changes: object) -> T:
+    """`config_class` with params.yaml's values for its fields in `section` (dotted where nested), and `changes`."""
+    values = PARAMS
+    for part in section.split("."):
+        values = values[part]
+    names = {field.name for field in dataclasses.fields(config_class)}
+    return config_class(**{**{k: v for k, v in values.items() if k in names}, **changes})
+
+
+def training_settings(**changes: object) -> tuple[TrainConfig, AugmentConfig, RuntimeConfig]:
+    """params.yaml's train, augment and runtime settings, each change put in the section that has its key."""
+    built = []
+    for config_class, section in ((TrainConfig, "train"), (AugmentConfig, "augment"), (RuntimeConfig, "runtime")):
+        names = {field.name for field in dataclasses.fields(config_class)}
+        built.append(settings(config_class, section, **{k: v for k, v in changes.items() if k in names}))
+    unknown = set(changes) - {field.name for config in built for field in dataclasses.fields(config)}
+    assert not unknown, f"no such training setting: {sorted(unknown)}"
+    return built[0], built[1], built[2]
+
+
+def model_config(**changes: object) -> SegNetConfig:
+    """params.yaml's model, with the classes and colour channels of the course's panels, and `changes`."""
+    return settings(SegNetConfig, "model", **{"num_classes": NUM_CLASSES, "in_channels": 3, **changes})
 
 
 def clean_env(**extra: str) -> dict[str, str]:

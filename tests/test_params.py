@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from segnet.params import build, load_params
-from segnet.training.loop import TrainConfig
+from segnet.training import TrainConfig
 from tests.helpers import REPO
 
 
@@ -40,8 +40,9 @@ def test_a_broken_params_file_is_named_with_its_problem(tmp_path, text, problem)
 def test_a_number_that_is_not_finite_is_refused_by_name(tmp_path, text):
     path = tmp_path / "params.yaml"
     path.write_text(f"train:\n  lr: {text}\n")
+    values = {**load_params(REPO / "params.yaml")["train"], **load_params(path)["train"]}
     with pytest.raises(ValueError, match=r"^params.yaml train.lr: must be a finite number, got (-?inf|nan)$"):
-        build(TrainConfig, "train", load_params(path)["train"])
+        build(TrainConfig, "train", values)
 
 
 def test_without_ruamel_the_committed_params_read_the_same(tmp_path):

@@ -1,6 +1,7 @@
 """Training-time augmentation that follows how the panels are built."""
 
 import functools
+from dataclasses import dataclass
 
 import torch
 from torch.nn import functional as F
@@ -107,7 +108,7 @@ def _bicubic_weights(grid: int, size: int) -> torch.Tensor:
 
 
 def deform_sources(
-    count: int, height: int, width: int, pixels: float, grid: int, generator: torch.Generator, affine: float = 0.0
+    count: int, height: int, width: int, pixels: float, grid: int, generator: torch.Generator
 ) -> torch.Tensor:
     """The pixel map of deform_panels for a batch of `count` panels."""
     rows, columns = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
@@ -115,11 +116,6 @@ def deform_sources(
     if pixels > 0:
         control = (torch.rand(count, 2, grid, grid, generator=generator) * 2 - 1) * pixels
         flow += _bicubic_weights(grid, height) @ control @ _bicubic_weights(grid, width).T  # (B, 2, H, W)
-    if affine > 0:
-        # Each output pixel samples the source at M @ (p - centre) + centre, M = identity + noise.
-        noise = (torch.rand(count, 2, 2, generator=generator) * 2 - 1) * affine
-        centred = torch.stack([rows - (height - 1) / 2, columns - (width - 1) / 2]).float()  # (2, H, W)
-        flow += torch.einsum("bij,jhw->bihw", noise, centred)
     source_rows = (rows + flow[:, 0]).round_().long()
     source_columns = (columns + flow[:, 1]).round_().long()
     inside = (source_rows >= 0) & (source_rows < height) & (source_columns >= 0) & (source_columns < width)
@@ -134,7 +130,6 @@ def deform_panels(
     pixels: float,
     grid: int,
     generator: torch.Generator,
-    affine: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Bends each panel with its own smooth random displacement field (elastic distortion, Simard et al. 2003).
 
@@ -151,35 +146,54 @@ def deform_panels(
         pixels: Largest displacement of a control point, in pixels (0 disables).
         grid: Control points per side; the field is interpolated bicubically between them.
         generator: Seeded source of randomness (CPU).
-        affine: Largest change of each entry of the 2x2 linear map (identity plus uniform noise in
-            [-affine, affine]: shear, rotation and scaling of up to about that fraction; 0 disables).
 
     Returns:
         New images and labels; the inputs are not modified.
     """
-    if pixels <= 0 and affine <= 0:
+    if pixels <= 0:
         return images, labels
-    return gather_pixels(images, labels, deform_sources(*labels.shape, pixels, grid, generator, affine))
+    return gather_pixels(images, labels, deform_sources(*labels.shape, pixels, grid, generator))
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """params.yaml's `augment` section.
+
+    Attributes:
+        overlay_probability: Share of panels offered another panel's digits in their free cells, per round.
+        overlay_partners: Overlay rounds per batch (2 makes panels of up to 9 digits, like the test set).
+        deform_pixels: Largest shift of an elastic distortion's control point, in pixels (0: off).
+        deform_grid: Control points per side of the distortion field.
+    """
+
+    overlay_probability: float
+    overlay_partners: int
+    deform_pixels: float
+    deform_grid: int
+
+    def __post_init__(self):
+        rules = {
+            "overlay_probability": (0 <= self.overlay_probability <= 1, "a number in [0, 1]"),
+            "overlay_partners": (self.overlay_partners >= 0, "an integer >= 0"),
+            "deform_pixels": (self.deform_pixels >= 0, "a number >= 0"),
+            "deform_grid": (self.deform_grid >= 2, "an integer >= 2"),
+        }
+        for name, (holds, rule) in rules.items():
+            if not holds:
+                raise ValueError(f"{name}: must be {rule}, got {getattr(self, name)!r}")
 
 
 def augment(
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    generator: torch.Generator,
-    deform_pixels: float,
-    deform_grid: int,
-    deform_affine: float,
-    overlay_partners: int,
-    overlay_probability: float,
+    images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator, config: AugmentConfig
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """deform_panels, then `overlay_partners` rounds of overlay_panels, drawing the same random numbers in
     the same order; the pixels are gathered once at the end."""
-    if (deform_pixels <= 0 and deform_affine <= 0) and (overlay_partners == 0 or overlay_probability <= 0):
+    if config.deform_pixels <= 0 and (config.overlay_partners == 0 or config.overlay_probability <= 0):
         return images, labels
-    if deform_pixels > 0 or deform_affine > 0:
-        sources = deform_sources(*labels.shape, deform_pixels, deform_grid, generator, deform_affine)
+    if config.deform_pixels > 0:
+        sources = deform_sources(*labels.shape, config.deform_pixels, config.deform_grid, generator)
     else:
         sources = identity_sources(*labels.shape)
-    for _ in range(overlay_partners):
-        sources = overlay_sources(sources, labels, overlay_probability, generator)
+    for _ in range(config.overlay_partners):
+        sources = overlay_sources(sources, labels, config.overlay_probability, generator)
     return gather_pixels(images, labels, sources)

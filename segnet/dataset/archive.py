@@ -38,8 +38,8 @@ _READ_ERRORS = (zipfile.BadZipFile, zlib.error, lzma.LZMAError, OSError, EOFErro
 class ArchiveLimits:
     """How far an archive may inflate; anything beyond is refused as a possible zip bomb.
 
-    The defaults accept the full course release (1,000 files of 500 panels, 33-41 MB each
-    uncompressed, 33-41 GB in all) with room to spare; params.yaml's `data` section sets them.
+    params.yaml's `data` section sets them; its values accept the full course release (1,000 files of 500
+    panels, 33-41 MB each uncompressed, 33-41 GB in all) with room to spare.
 
     Attributes:
         max_total_bytes: Uncompressed bytes of all members together.
@@ -48,19 +48,19 @@ class ArchiveLimits:
         max_compression_ratio: Uncompressed size over compressed size of one member.
     """
 
-    max_total_bytes: int = 64 * 2**30
-    max_member_bytes: int = 256 * 2**20
-    max_compression_ratio: float = 500.0
+    max_total_bytes: int
+    max_member_bytes: int
+    max_compression_ratio: float
 
     def __post_init__(self):
         for name in ("max_total_bytes", "max_member_bytes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"data.{name} must be a whole number of bytes >= 1, got {value!r}")
+                raise ValueError(f"{name}: must be a whole number of bytes >= 1, got {value!r}")
         ratio = self.max_compression_ratio
         # A stored (uncompressed) member has ratio 1, so a limit below 1 would refuse every archive.
         if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not ratio >= 1:
-            raise ValueError(f"data.max_compression_ratio must be a number >= 1, got {ratio!r}")
+            raise ValueError(f"max_compression_ratio: must be a number >= 1, got {ratio!r}")
 
 
 @dataclass(frozen=True)

@@ -40,25 +40,25 @@ class SplitSpec:
 @dataclass(frozen=True)
 class GenerateConfig:
     """params.yaml's `generate` section: the built-in archive's shape, and its own seed (so that changing the
-    training seed does not change the data). The defaults are those of params.yaml."""
+    training seed does not change the data)."""
 
-    seed: int = 2026
-    train_files: int = 200
-    train_panels_per_file: int = 32
-    train_min_digits: int = 0
-    train_max_digits: int = 4
-    test_files: int = 200
-    test_panels_per_file: int = 6
-    test_min_digits: int = 0
-    test_max_digits: int = 9
-    test_digit_fraction: float = 0.2
+    seed: int
+    train_files: int
+    train_panels_per_file: int
+    train_min_digits: int
+    train_max_digits: int
+    test_files: int
+    test_panels_per_file: int
+    test_min_digits: int
+    test_max_digits: int
+    test_digit_fraction: float
 
     def __post_init__(self):
         if self.seed < 0:
-            raise ValueError(f"params.yaml generate.seed: must be an integer >= 0, got {self.seed}")
+            raise ValueError(f"seed: must be an integer >= 0, got {self.seed}")
         if not 0.0 < self.test_digit_fraction < 1.0:
             raise ValueError(
-                f"params.yaml generate.test_digit_fraction: must be in (0, 1), got {self.test_digit_fraction}"
+                f"test_digit_fraction: must be in (0, 1), got {self.test_digit_fraction}"
             )
         for name in ("train", "test"):
             self.split(name)  # raises, naming the split's keys, where its numbers are invalid
@@ -69,7 +69,7 @@ class GenerateConfig:
             return SplitSpec(*(getattr(self, f"{name}_{field}")
                                for field in ("files", "panels_per_file", "min_digits", "max_digits")))
         except ValueError as error:
-            raise ValueError(f"params.yaml generate.{name}_*: {error}") from None
+            raise ValueError(f"{name}_*: {error}") from None
 
 
 def load_mnist_digits() -> tuple[np.ndarray, np.ndarray]:

@@ -39,7 +39,7 @@ _CONVERT_ROWS = 4096
 
 
 def prepare_dataset(
-    archive_path: Path, output_dir: Path, *, limits: ArchiveLimits = ArchiveLimits(), workers: int = 1
+    archive_path: Path, output_dir: Path, *, limits: ArchiveLimits, workers: int = 1
 ) -> dict:
     """Reads every .mat file of the archive, validates it and writes the split arrays.
 

@@ -28,30 +28,27 @@ class BootstrapConfig:
         seed: Seeds the resampling, so that the same predictions give the same interval.
     """
 
-    resamples: int = 1000
-    confidence: float = 0.95
-    seed: int = 0
+    resamples: int
+    confidence: float
+    seed: int
 
     def __post_init__(self):
         if self.resamples < 0:
-            raise ValueError(f"params.yaml evaluate.bootstrap.resamples: must be an integer >= 0, got {self.resamples}")
+            raise ValueError(f"resamples: must be an integer >= 0, got {self.resamples}")
         if not 0 < self.confidence < 1:
             raise ValueError(
-                f"params.yaml evaluate.bootstrap.confidence: must lie strictly between 0 and 1, got {self.confidence}")
+                f"confidence: must lie strictly between 0 and 1, got {self.confidence}")
         if self.seed < 0:
-            raise ValueError(f"params.yaml evaluate.bootstrap.seed: must be an integer >= 0, got {self.seed}")
+            raise ValueError(f"seed: must be an integer >= 0, got {self.seed}")
 
 
 def read_bootstrap(evaluate: dict) -> BootstrapConfig:
-    """params.yaml's `evaluate.bootstrap`, from the `evaluate` section (absent: the defaults).
+    """params.yaml's `evaluate.bootstrap`, from the `evaluate` section.
 
     Raises:
         ValueError: It is not a mapping, or holds unknown keys or bad values, naming the key.
     """
-    values = evaluate.get("bootstrap", {})
-    if not isinstance(values, dict):
-        raise ValueError(f"params.yaml evaluate.bootstrap: must be a mapping of settings, got {values!r}")
-    return build(BootstrapConfig, "evaluate.bootstrap", values)
+    return build(BootstrapConfig, "evaluate.bootstrap", evaluate.get("bootstrap"))
 
 
 def panel_confusions(target: torch.Tensor, prediction: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from segnet.data.loading import to_input
+from segnet.devices import select_device
 from segnet.evaluation.metrics import confusion_matrix
 
 
@@ -22,14 +23,15 @@ class EvaluateConfig:
             device: a model trained on a GPU can be scored on a machine without one.
     """
 
-    batch_size: int = 256
-    samples: int = 8
-    device: str = "auto"
+    batch_size: int
+    samples: int
+    device: str
 
     def __post_init__(self):
         for name in ("batch_size", "samples"):
             if getattr(self, name) < 1:
-                raise ValueError(f"params.yaml evaluate.{name}: must be an integer >= 1, got {getattr(self, name)!r}")
+                raise ValueError(f"{name}: must be an integer >= 1, got {getattr(self, name)!r}")
+        select_device(self.device)  # a name torch and this machine take
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):

@@ -27,14 +27,15 @@ def transform_input(x: torch.Tensor, transform: str) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class SegNetConfig:
-    """Widths per level (encoder top-down, decoder bottom-up), kernel size, classes, input channels."""
+    """Widths per level (encoder top-down, decoder bottom-up), kernel size and input transform (params.yaml
+    `model`); classes and input channels (from the data)."""
 
-    encoder_channels: tuple[int, ...] = (32, 64, 128, 512)
-    decoder_channels: tuple[int, ...] = (128, 64, 32, 32)
-    kernel_size: int = 3
-    num_classes: int = 11
-    in_channels: int = 3
-    input_transform: str = "ink_sqrt"
+    encoder_channels: tuple[int, ...]
+    decoder_channels: tuple[int, ...]
+    kernel_size: int
+    input_transform: str
+    num_classes: int
+    in_channels: int
 
     def __post_init__(self):
         # The widths come from params.yaml as YAML lists (and back from config.json as JSON ones): each must be
@@ -44,11 +45,11 @@ class SegNetConfig:
             if not isinstance(widths, (list, tuple)) or not all(
                 isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in widths
             ):
-                raise ValueError(f"params.yaml model.{name}: must be a list of integers >= 1, got {widths!r}")
+                raise ValueError(f"{name}: must be a list of integers >= 1, got {widths!r}")
             object.__setattr__(self, name, tuple(widths))
         if len(self.encoder_channels) == 0 or len(self.encoder_channels) != len(self.decoder_channels):
             raise ValueError(
-                "params.yaml model.encoder_channels and decoder_channels need the same non-zero length (one decoder "
+                "encoder_channels and decoder_channels need the same non-zero length (one decoder "
                 f"level per encoder level), got {self.encoder_channels} and {self.decoder_channels}"
             )
         # Decoder level i unpools with the indices of encoder level L-1-i, so its input width must match that
@@ -56,25 +57,31 @@ class SegNetConfig:
         expected = tuple(reversed(self.encoder_channels))[1:]
         if self.decoder_channels[:-1] != expected:
             raise ValueError(
-                f"params.yaml model.decoder_channels[:-1] must mirror the encoder ({expected}) so that unpooling "
+                f"decoder_channels[:-1] must mirror the encoder ({expected}) so that unpooling "
                 f"indices fit, got {self.decoder_channels}"
             )
         if self.kernel_size < 1 or self.kernel_size % 2 == 0:
             raise ValueError(
-                f"params.yaml model.kernel_size: must be odd and >= 1 (to keep the size), got {self.kernel_size}"
+                f"kernel_size: must be odd and >= 1 (to keep the size), got {self.kernel_size}"
             )
         if self.input_transform not in INPUT_TRANSFORMS:
             raise ValueError(
-                f"params.yaml model.input_transform: must be one of {INPUT_TRANSFORMS}, got {self.input_transform!r}"
+                f"input_transform: must be one of {INPUT_TRANSFORMS}, got {self.input_transform!r}"
             )
         if self.num_classes < 2 or self.in_channels < 1:
-            raise ValueError(f"params.yaml model: need num_classes >= 2 and in_channels >= 1, got "
-                             f"{self.num_classes}, {self.in_channels}")
+            raise ValueError(f"num_classes and in_channels: need >= 2 and >= 1, got {self.num_classes}, "
+                             f"{self.in_channels}")
 
     @property
     def downsampling(self) -> int:
         """Input height and width must be multiples of this."""
         return 2 ** len(self.encoder_channels)
+
+    def check_input_size(self, size: tuple[int, int], source: object) -> None:
+        """Refuses panels of `size` (height, width) from `source` whose sides the levels cannot halve evenly."""
+        if size[0] % self.downsampling or size[1] % self.downsampling:
+            raise ValueError(f"{source}: panels are {tuple(size)}, but a {len(self.encoder_channels)}-level SegNet "
+                             f"(model.encoder_channels) needs sides divisible by {self.downsampling}")
 
 
 class ConvBatchNormReLU(nn.Sequential):
@@ -120,7 +127,7 @@ class DecoderLevel(nn.Module):
 class SegNet(nn.Module):
     """Encoder-decoder segmentation network returning per-pixel class logits (N, classes, H, W)."""
 
-    def __init__(self, config: SegNetConfig = SegNetConfig()):
+    def __init__(self, config: SegNetConfig):
         super().__init__()
         self.config = config
         widths = (config.in_channels,) + config.encoder_channels

@@ -118,11 +118,10 @@ def compare(first: Run, second: Run, config: BootstrapConfig) -> list[str]:
 
 def warn_of_other_settings(runs: list[Run], config: BootstrapConfig) -> None:
     """Warns where a run logged its own interval with other resampling settings than `config`, which the
-    comparison uses (a run that logged none used the defaults)."""
-    current, defaults = ({key: str(value) for key, value in flatten({"evaluate.bootstrap": dataclasses.asdict(
-        settings)}).items()} for settings in (config, BootstrapConfig()))
+    comparison uses."""
+    current = {key: str(value) for key, value in flatten({"evaluate.bootstrap": dataclasses.asdict(config)}).items()}
     for run in runs:
-        logged = {key: run.data.params.get(key, defaults[key]) for key in current}
+        logged = {key: run.data.params.get(key, "not logged") for key in current}
         if logged != current:
             log.warning("%s logged its interval with other settings (%s); these intervals use params.yaml's (%s)",
                         describe(run), logged, current)

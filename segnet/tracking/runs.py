@@ -189,9 +189,9 @@ def stage_run(
     as KILLED. `resume_run_id` reopens that run (a training resumed from its checkpoint) when the store
     still has it; otherwise a new run is started.
     """
-    # From params.yaml: `-S tracking.experiment=2026` arrives as a number, which MLflow refuses with a traceback.
+    # `-S tracking.experiment=2026` arrives as a number, which MLflow refuses with a traceback.
     if not isinstance(experiment, str) or not experiment.strip():
-        raise ValueError(f"params.yaml tracking.experiment: must be a non-empty name, got {experiment!r}")
+        raise ValueError(f"the MLflow experiment must be a non-empty name, got {experiment!r}")
     root = project_root()
     uri = use_project_store(root)
     with _store_lock(uri):

@@ -13,20 +13,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import yaml
 
 from segnet.files import save_torch
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+SOURCES = (".py", ".cpp")
 
 
 def fingerprint(settings: dict, code_files: list[Path]) -> str:
-    """A hex digest of `settings` (JSON-serialisable) and the contents of `code_files`."""
+    """A hex digest of `settings` (JSON-serialisable) and the paths and contents of `code_files`."""
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     for path in sorted(code_files):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+        digest.update(path.as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
+
+
+def stage_code(stage: str, dvc_file: Path = Path("dvc.yaml")) -> list[Path]:
+    """The project source files dvc.yaml lists as `stage`'s deps, folders expanded: exactly the code whose edit
+    reruns the stage (tests/test_stage_deps.py keeps that list equal to what the stage imports)."""
+    deps = yaml.safe_load(dvc_file.read_text())["stages"][stage]["deps"]
+    files = []
+    for dep in map(Path, deps):
+        if dep.parts[0] in ("segnet", "stages"):
+            files += sorted(p for p in dep.rglob("*") if p.suffix in SOURCES) if dep.is_dir() else [dep]
+    return files
 
 
 @dataclass
@@ -78,3 +91,10 @@ def load_checkpoint(path: Path, expected_fingerprint: str) -> dict | None:
         log.warning("%s: written for other settings, data or code; training starts from the beginning", path)
         return None
     return {"state": checkpoint["state"], "extra": checkpoint.get("extra", {})}
+
+
+def run_checkpointer(folder: Path, settings: dict, every_steps: int, extra: dict | None = None) -> Checkpointer:
+    """The checkpoint of the train stage's run with `settings` (all that decides its result) under its code:
+    a file named after their fingerprint, so that a checkpoint of other settings or code is never resumed."""
+    digest = fingerprint(settings, stage_code("train"))
+    return Checkpointer(folder / f"train-{digest[:16]}.pt", every_steps, digest, extra or {})

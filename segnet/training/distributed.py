@@ -5,7 +5,7 @@ averaged across processes after every backward pass, so the replicas stay identi
 `train.batch_size` whatever the number of processes, and batch-norm statistics span the whole global
 batch, so a run in N processes computes what a run in one process computes, up to floating-point
 summation order. (Not with `train.class_weighting: median_frequency`: each process's weighted mean divides by
-its own slice's total weight; nor with `train.soft_iou_weight`: each process's IoU spans its own slice.)
+its own slice's total weight.)
 """
 
 import ctypes
@@ -65,11 +65,11 @@ def launched_world() -> World:
 def start(world: World, backend: str, device: torch.device) -> None:
     """Joins the job's process group (its address from the environment); `auto` picks nccl for CUDA, else gloo."""
     if backend not in BACKENDS:
-        raise ValueError(f"train.distributed_backend: '{backend}' is not one of {', '.join(BACKENDS)}")
+        raise ValueError(f"distributed_backend: '{backend}' is not one of {', '.join(BACKENDS)}")
     if backend == "auto":
         backend = "nccl" if device.type == "cuda" else "gloo"
     if backend == "nccl" and device.type != "cuda":
-        raise ValueError("train.distributed_backend: nccl needs CUDA devices; use gloo on the CPU")
+        raise ValueError("distributed_backend: nccl needs CUDA devices; use gloo on the CPU")
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dist.init_process_group(backend, rank=world.rank, world_size=world.size)
@@ -78,6 +78,17 @@ def start(world: World, backend: str, device: torch.device) -> None:
 def stop() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def relaunch(processes: int, batch_size: int, module: str, arguments: list[str]) -> int | None:
+    """Where `processes` > 1 and no launcher started this process: runs the job (run_in_processes) and returns
+    its exit status. None where this process is to train itself."""
+    if processes == 1 or launched():
+        return None
+    # Checked here too (train() checks any job's size), so that a bad size fails before N processes start.
+    if batch_size % processes:
+        raise ValueError(f"batch_size {batch_size} does not divide among {processes} processes")
+    return run_in_processes(processes, module, arguments)
 
 
 def run_in_processes(processes: int, module: str, arguments: list[str]) -> int:

@@ -75,18 +75,3 @@ def test_deformation_is_seeded_and_zero_pixels_is_the_identity():
     assert torch.equal(same_images, images) and torch.equal(same_labels, labels)
 
 
-def test_an_affine_map_alone_slants_and_scales_panels_under_the_same_rules():
-    images, labels = digit_panels(16, 3)
-    new_images, new_labels = deform_panels(images, labels, 0.0, 5, torch.Generator().manual_seed(0), affine=0.1)
-    assert torch.equal(new_images.amax(-1) > 0, new_labels > 0)
-    assert 0.01 < (new_labels != labels).float().mean() < 0.3
-    for before, after in zip(labels, new_labels):
-        assert set(after.unique().tolist()) <= set(before.unique().tolist())
-    # A linear map about the centre barely moves the centre but moves the corners by up to 0.1 * 32 px.
-    images = torch.zeros(8, 64, 64, 1, dtype=torch.uint8)
-    images[:, 31:33, 31:33] = 255
-    images[:, :3, :3] = 255
-    labels = (images[..., 0] > 0).to(torch.uint8)
-    _, moved = deform_panels(images, labels, 0.0, 5, torch.Generator().manual_seed(1), affine=0.1)
-    assert moved[:, 31:33, 31:33].all()
-    assert not moved[:, :3, :3].all()

@@ -5,14 +5,17 @@ import pytest
 
 from segnet.data.loading import load_split
 from segnet.errors import DatasetError
+from segnet.dataset.archive import ArchiveLimits
 from segnet.dataset.prepare import prepare_dataset
-from tests.helpers import course_zip
+from tests.helpers import course_zip, settings
+
+LIMITS = settings(ArchiveLimits, "data")
 
 
 @pytest.fixture
 def prepared(tmp_path):
     course_zip(tmp_path / "a.zip", np.random.default_rng(0), train_files=2, test_files=1, per_file=3)
-    prepare_dataset(tmp_path / "a.zip", tmp_path / "prepared")
+    prepare_dataset(tmp_path / "a.zip", tmp_path / "prepared", limits=LIMITS)
     return tmp_path / "prepared"
 
 

@@ -11,10 +11,10 @@ from segnet.dataset.archive import ArchiveLimits, index_archive, open_archive, r
 from segnet.errors import DatasetError
 from segnet.dataset.generate import load_mnist_digits, make_panels
 from segnet.dataset.prepare import prepare_dataset
-from tests.helpers import course_mat, course_zip, patch_member, random_panels, write_zip
+from tests.helpers import course_mat, course_zip, patch_member, random_panels, settings, write_zip
 
 MAT = course_mat(*random_panels(2, np.random.default_rng(1)))
-LIMITS = ArchiveLimits()
+LIMITS = settings(ArchiveLimits, "data")
 
 
 @pytest.mark.parametrize("folder", ["", "multi-digit-mnist/", "data/multi-digit-mnist/"])
@@ -123,7 +123,7 @@ def test_encrypted_entry_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "settings",
+    "bad",
     [
         dict(max_total_bytes=0),
         dict(max_member_bytes=-1),
@@ -134,17 +134,17 @@ def test_encrypted_entry_is_refused(tmp_path):
         dict(max_compression_ratio="100"),
     ],
 )
-def test_nonsense_limits_are_refused(settings):
-    with pytest.raises(ValueError, match=next(iter(settings))):
-        ArchiveLimits(**settings)
+def test_nonsense_limits_are_refused(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        settings(ArchiveLimits, "data", **bad)
 
 
 @pytest.mark.parametrize(
     "limits, problem",
     [
-        (ArchiveLimits(max_member_bytes=len(MAT) - 1), f"declares {len(MAT):,} bytes .* data.max_member_bytes"),
-        (ArchiveLimits(max_total_bytes=2 * len(MAT) - 1), "up to this one declare .* more than data.max_total_bytes"),
-        (ArchiveLimits(max_compression_ratio=1), "more than data.max_compression_ratio=1;"),
+        (settings(ArchiveLimits, "data", max_member_bytes=len(MAT) - 1), f"declares {len(MAT):,} bytes .* data.max_member_bytes"),
+        (settings(ArchiveLimits, "data", max_total_bytes=2 * len(MAT) - 1), "up to this one declare .* more than data.max_total_bytes"),
+        (settings(ArchiveLimits, "data", max_compression_ratio=1), "more than data.max_compression_ratio=1;"),
     ],
 )
 def test_an_archive_beyond_a_limit_is_refused_naming_the_member(tmp_path, limits, problem):
@@ -220,7 +220,7 @@ def test_missing_archive_and_non_zip_are_reported(tmp_path):
 def test_a_bad_mat_inside_a_good_archive_names_both(tmp_path):
     write_zip(tmp_path / "a.zip", {"batch00001.mat": MAT, "batch00002.mat": b"garbage" * 50, "testset001.mat": MAT})
     with pytest.raises(DatasetError, match=r"a\.zip:batch00002\.mat: not a readable"):
-        prepare_dataset(tmp_path / "a.zip", tmp_path / "out")
+        prepare_dataset(tmp_path / "a.zip", tmp_path / "out", limits=LIMITS)
     assert not (tmp_path / "out").exists()
 
 
@@ -229,7 +229,7 @@ def test_splits_of_two_panel_sizes_are_refused_naming_a_file_of_each(tmp_path):
     small = course_mat(images[:, ::2, ::2], masks[:, ::2, ::2])
     write_zip(tmp_path / "a.zip", {"batch00001.mat": MAT, "batch00002.mat": MAT, "d/testset001.mat": small})
     with pytest.raises(DatasetError) as caught:
-        prepare_dataset(tmp_path / "a.zip", tmp_path / "out")
+        prepare_dataset(tmp_path / "a.zip", tmp_path / "out", limits=LIMITS)
     assert str(caught.value) == (
         f"{tmp_path / 'a.zip'}:d/testset001.mat: test panels are (32, 32), but training panels (batch00001.mat "
         "and the rest) are (64, 64); both must have one size"
@@ -240,7 +240,7 @@ def test_splits_of_two_panel_sizes_are_refused_naming_a_file_of_each(tmp_path):
 def test_prepare_is_lossless_and_counts_everything(tmp_path):
     contents = course_zip(tmp_path / "c.zip", np.random.default_rng(2), train_files=3, test_files=2, per_file=4)
     before = (tmp_path / "c.zip").read_bytes()
-    summary = prepare_dataset(tmp_path / "c.zip", tmp_path / "out")
+    summary = prepare_dataset(tmp_path / "c.zip", tmp_path / "out", limits=LIMITS)
     assert (tmp_path / "c.zip").read_bytes() == before  # the user's archive is only read
     assert summary["train_files"] == 3 and summary["test_files"] == 2
     assert summary["train_images"] == 12 and summary["test_images"] == 8
@@ -260,7 +260,7 @@ def test_pixels_that_are_not_k_over_255_are_stored_as_float32(tmp_path, caplog):
     images, masks = random_panels(2, np.random.default_rng(3))
     images = (images * 0.999).astype(np.float32)
     write_zip(tmp_path / "f.zip", {"batch00001.mat": course_mat(images, masks), "testset001.mat": MAT})
-    summary = prepare_dataset(tmp_path / "f.zip", tmp_path / "out")
+    summary = prepare_dataset(tmp_path / "f.zip", tmp_path / "out", limits=LIMITS)
     # The warning names the file inside the archive, so that a user can find the odd one among a thousand.
     assert "f.zip:batch00001.mat: pixels are not all multiples of 1/255; storing the train split as float32" \
         in caplog.text

@@ -18,9 +18,9 @@ from segnet.dataset.generate import (
 )
 from segnet.dataset.matfile import read_panels
 from segnet.params import build, load_params, read_seed
-from tests.helpers import REPO
+from tests.helpers import PARAMS, REPO, settings
 
-MAX_BYTES = ArchiveLimits().max_member_bytes
+MAX_BYTES = settings(ArchiveLimits, "data").max_member_bytes
 SMALL = dict(
     train=SplitSpec(files=3, panels_per_file=5, min_digits=0, max_digits=4),
     test=SplitSpec(files=2, panels_per_file=6, min_digits=0, max_digits=9),
@@ -145,12 +145,12 @@ def test_nonsense_split_specs_raise(arguments, message):
 ])
 def test_bad_generate_settings_are_refused_by_name(values, message):
     with pytest.raises(ValueError, match=message):
-        build(GenerateConfig, "generate", values)
+        build(GenerateConfig, "generate", {**PARAMS["generate"], **values})
 
 
 def test_the_generate_defaults_are_params_yaml_s():
     params = load_params(REPO / "params.yaml")
-    assert build(GenerateConfig, "generate", params["generate"]) == GenerateConfig()
+    assert build(GenerateConfig, "generate", params["generate"]) == settings(GenerateConfig, "generate")
 
 
 @pytest.mark.parametrize("value", [1.5, -1, True, "0"])

@@ -15,11 +15,14 @@ import yaml
 
 from segnet.data.loading import load_split
 from segnet.errors import DatasetError
+from segnet.dataset.archive import ArchiveLimits
 from segnet.dataset.prepare import prepare_dataset
 from segnet.params import load_params
 from tests.helpers import (
-    PREPARE_STAGE, course_mat, course_zip, random_panels, run, stage_env, tree, write_params, write_zip,
+    PREPARE_STAGE, course_mat, course_zip, random_panels, run, settings, stage_env, tree, write_params, write_zip,
 )
+
+LIMITS = settings(ArchiveLimits, "data")
 
 
 def _mixed_archive(path: Path) -> list[np.ndarray]:
@@ -39,8 +42,8 @@ def _mixed_archive(path: Path) -> list[np.ndarray]:
 
 def test_parsing_threads_write_exactly_what_one_thread_writes(tmp_path, caplog):
     panels = _mixed_archive(tmp_path / "mixed.zip")
-    one = prepare_dataset(tmp_path / "mixed.zip", tmp_path / "one", workers=1)
-    two = prepare_dataset(tmp_path / "mixed.zip", tmp_path / "two", workers=2)
+    one = prepare_dataset(tmp_path / "mixed.zip", tmp_path / "one", workers=1, limits=LIMITS)
+    two = prepare_dataset(tmp_path / "mixed.zip", tmp_path / "two", workers=2, limits=LIMITS)
     # Each run warns once, naming the file that turned the split to float32.
     warnings = [record.getMessage() for record in caplog.records if "1/255" in record.getMessage()]
     assert warnings == [f"{tmp_path / 'mixed.zip'}:batch00004.mat: pixels are not all multiples of 1/255; "
@@ -56,28 +59,28 @@ def test_parsing_threads_write_exactly_what_one_thread_writes(tmp_path, caplog):
 
 def test_a_bad_file_read_by_a_parsing_thread_is_named_and_the_earlier_output_is_kept(tmp_path):
     course_zip(tmp_path / "good.zip", np.random.default_rng(0), train_files=2, test_files=1, per_file=3)
-    prepare_dataset(tmp_path / "good.zip", tmp_path / "out", workers=2)
+    prepare_dataset(tmp_path / "good.zip", tmp_path / "out", workers=2, limits=LIMITS)
     before = tree(tmp_path / "out")
     mat = course_mat(*random_panels(2, np.random.default_rng(1)))
     members = {f"batch{i:05d}.mat": mat for i in range(1, 6)} | {"batch00003.mat": b"garbage" * 50,
                                                                  "testset001.mat": mat}
     write_zip(tmp_path / "bad.zip", members)
     with pytest.raises(DatasetError, match=r"bad\.zip:batch00003\.mat: not a readable"):
-        prepare_dataset(tmp_path / "bad.zip", tmp_path / "out", workers=2)
+        prepare_dataset(tmp_path / "bad.zip", tmp_path / "out", workers=2, limits=LIMITS)
     assert tree(tmp_path / "out") == before
     assert sorted(path.name for path in tmp_path.iterdir()) == ["bad.zip", "good.zip", "out"]
 
 
 def test_a_failing_prepare_leaves_the_earlier_output_byte_identical(tmp_path):
     course_zip(tmp_path / "good.zip", np.random.default_rng(0), train_files=2, test_files=1, per_file=3)
-    prepare_dataset(tmp_path / "good.zip", tmp_path / "out")
+    prepare_dataset(tmp_path / "good.zip", tmp_path / "out", limits=LIMITS)
     before = tree(tmp_path)
     mat = course_mat(*random_panels(2, np.random.default_rng(1)))
     # The last file is broken: everything before it has been read when prepare fails.
     broken = mat[: len(mat) // 2]
     write_zip(tmp_path / "bad.zip", {"batch00001.mat": mat, "batch00002.mat": mat, "testset001.mat": broken})
     with pytest.raises(DatasetError, match=r"bad\.zip:testset001\.mat: "):
-        prepare_dataset(tmp_path / "bad.zip", tmp_path / "out")
+        prepare_dataset(tmp_path / "bad.zip", tmp_path / "out", limits=LIMITS)
     assert tree(tmp_path) == before | {"bad.zip": (tmp_path / "bad.zip").read_bytes()}
 
 
@@ -144,7 +147,7 @@ def test_a_killed_prepare_stage_leaves_the_earlier_output_or_a_complete_new_one(
     _run_stage(tmp_path)
     first = tree(tmp_path / "out")
     reference = tmp_path / "reference"
-    writing = _write_seconds(reference, lambda: prepare_dataset(tmp_path / "second.zip", reference))
+    writing = _write_seconds(reference, lambda: prepare_dataset(tmp_path / "second.zip", reference, limits=LIMITS))
     second = tree(reference)
     shutil.rmtree(reference)
 
@@ -229,7 +232,7 @@ def test_the_train_stage_refuses_a_model_folder_it_cannot_replace_before_it_trai
                                                                                  message):
     course_zip(tmp_path / "archive.zip", np.random.default_rng(4), train_files=1, test_files=1, per_file=2)
     write_params(tmp_path, archive=tmp_path / "archive.zip")
-    prepare_dataset(tmp_path / "archive.zip", tmp_path / "prepared")
+    prepare_dataset(tmp_path / "archive.zip", tmp_path / "prepared", limits=LIMITS)
     (tmp_path / "own").mkdir()
     (tmp_path / "own" / "weights.pt").write_bytes(b"mine")
     stage = [sys.executable, "-m", "stages.train", "prepared", model, "train.json", "history.csv", checkpoints]

@@ -5,6 +5,7 @@ import torch
 from segnet.evaluation.bootstrap import BootstrapConfig, panel_confusions, percentile_interval
 from segnet.evaluation.metrics import confusion_matrix, mean_iou, pixel_accuracy
 from segnet.params import build
+from tests.helpers import PARAMS, settings
 
 
 def test_panel_confusions_count_each_panel_alone_and_add_up_to_the_whole_set():
@@ -18,7 +19,7 @@ def test_panel_confusions_count_each_panel_alone_and_add_up_to_the_whole_set():
 
 def test_identical_panels_give_an_interval_of_no_width():
     panel = torch.tensor([[5, 1], [2, 8]])
-    low, high = percentile_interval(panel.expand(40, 2, 2), mean_iou, BootstrapConfig(resamples=200))
+    low, high = percentile_interval(panel.expand(40, 2, 2), mean_iou, settings(BootstrapConfig, "evaluate.bootstrap", resamples=200))
     assert low == high == pytest.approx(mean_iou(panel))
 
 
@@ -26,7 +27,7 @@ def test_the_interval_of_two_panels_reaches_from_the_worse_drawn_twice_to_the_be
     # Two panels: a resample holds both (half the resamples), or one of them twice (a quarter each). The 2.5%
     # and 97.5% percentiles therefore fall on the two extremes, the pixel accuracy of each panel alone.
     right, wrong = torch.tensor([[9, 0], [0, 1]]), torch.tensor([[3, 3], [3, 1]])
-    low, high = percentile_interval(torch.stack([right, wrong]), pixel_accuracy, BootstrapConfig(resamples=1000))
+    low, high = percentile_interval(torch.stack([right, wrong]), pixel_accuracy, settings(BootstrapConfig, "evaluate.bootstrap", resamples=1000))
     assert (low, high) == (pytest.approx(4 / 10), pytest.approx(1.0))
 
 
@@ -38,7 +39,7 @@ def test_the_counts_trick_agrees_with_resampling_panel_indices_directly():
     panels = panel_confusions(torch.from_numpy(truth), torch.from_numpy(guess), 4)
     scores = [mean_iou(panels[rng.integers(0, 300, 300)].sum(0)) for _ in range(2000)]
     expected = np.percentile(scores, [2.5, 97.5])
-    low, high = percentile_interval(panels, mean_iou, BootstrapConfig(resamples=2000))
+    low, high = percentile_interval(panels, mean_iou, settings(BootstrapConfig, "evaluate.bootstrap", resamples=2000))
     width = expected[1] - expected[0]
     assert abs(low - expected[0]) < 0.1 * width and abs(high - expected[1]) < 0.1 * width
 
@@ -47,10 +48,10 @@ def test_the_interval_is_seeded_and_narrows_with_a_lower_confidence():
     rng = np.random.default_rng(1)
     panels = panel_confusions(torch.from_numpy(rng.integers(0, 3, (50, 4, 4))),
                               torch.from_numpy(rng.integers(0, 3, (50, 4, 4))), 3)
-    first = percentile_interval(panels, mean_iou, BootstrapConfig(resamples=250, seed=3))
-    assert percentile_interval(panels, mean_iou, BootstrapConfig(resamples=250, seed=3)) == first
-    assert percentile_interval(panels, mean_iou, BootstrapConfig(resamples=250, seed=4)) != first
-    narrower = percentile_interval(panels, mean_iou, BootstrapConfig(resamples=250, seed=3, confidence=0.5))
+    first = percentile_interval(panels, mean_iou, settings(BootstrapConfig, "evaluate.bootstrap", resamples=250, seed=3))
+    assert percentile_interval(panels, mean_iou, settings(BootstrapConfig, "evaluate.bootstrap", resamples=250, seed=3)) == first
+    assert percentile_interval(panels, mean_iou, settings(BootstrapConfig, "evaluate.bootstrap", resamples=250, seed=4)) != first
+    narrower = percentile_interval(panels, mean_iou, settings(BootstrapConfig, "evaluate.bootstrap", resamples=250, seed=3, confidence=0.5))
     assert first[0] < narrower[0] < narrower[1] < first[1]
 
 
@@ -69,12 +70,12 @@ def test_paired_resamples_cancel_what_two_models_share_on_each_panel():
     def gain(pair):
         return mean_iou(pair[1]) - mean_iou(pair[0])
 
-    low, high = percentile_interval(torch.stack([a, b], dim=1), gain, BootstrapConfig())
+    low, high = percentile_interval(torch.stack([a, b], dim=1), gain, settings(BootstrapConfig, "evaluate.bootstrap"))
     assert 0 < low < difference < high
     # Each model's own interval is far wider: it holds the spread of the panels' difficulty, which pairing cancels.
-    a_low, a_high = percentile_interval(a, mean_iou, BootstrapConfig())
+    a_low, a_high = percentile_interval(a, mean_iou, settings(BootstrapConfig, "evaluate.bootstrap"))
     assert high - low < 0.2 * (a_high - a_low)
-    same = percentile_interval(torch.stack([a, a], dim=1), gain, BootstrapConfig())
+    same = percentile_interval(torch.stack([a, a], dim=1), gain, settings(BootstrapConfig, "evaluate.bootstrap"))
     assert same == (0.0, 0.0)
 
 
@@ -88,4 +89,4 @@ def test_paired_resamples_cancel_what_two_models_share_on_each_panel():
 ])
 def test_bad_interval_settings_are_refused_by_name(values, message):
     with pytest.raises(ValueError, match=message):
-        build(BootstrapConfig, "evaluate.bootstrap", values)
+        build(BootstrapConfig, "evaluate.bootstrap", {**PARAMS["evaluate"]["bootstrap"], **values})

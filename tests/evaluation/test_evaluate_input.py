@@ -1,5 +1,6 @@
 """The evaluate stage's checks of the model folder it is given: each fault is one line naming the file."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -11,16 +12,17 @@ import yaml
 from segnet.files import save_torch, write_json
 from segnet.model.network import SegNet, SegNetConfig
 from segnet.params import load_params
-from stages.evaluate import read_model
-from tests.helpers import REPO, clean_env
+from segnet.model.storage import read_model
+from tests.helpers import REPO, clean_env, model_config
 
-SMALL = {"encoder_channels": [4, 4, 4, 4], "decoder_channels": [4, 4, 4, 4]}
+# A small SegNet's whole config, as the train stage records it (JSON: lists, not tuples).
+SMALL = json.loads(json.dumps(dataclasses.asdict(model_config(encoder_channels=[4] * 4, decoder_channels=[4] * 4))))
 
 
 def _model_folder(folder, **record_changes):
     """A model folder as the train stage writes it, of a small SegNet."""
     folder.mkdir()
-    save_torch(folder / "model.pt", SegNet(SegNetConfig(**SMALL)).state_dict())
+    save_torch(folder / "model.pt", SegNet(model_config(**SMALL)).state_dict())
     write_json(folder / "config.json", {"seed": 0, "model": SMALL, "train": {"lr": 0.001}, "dataset_sha256": "ab",
                                         **record_changes})
     return folder
@@ -28,7 +30,7 @@ def _model_folder(folder, **record_changes):
 
 def test_a_model_folder_the_train_stage_wrote_is_read(tmp_path):
     record, weights = read_model(_model_folder(tmp_path / "model"))
-    assert record["model"] == SMALL and set(weights) == set(SegNet(SegNetConfig(**SMALL)).state_dict())
+    assert record["model"] == SMALL and set(weights) == set(SegNet(model_config(**SMALL)).state_dict())
 
 
 @pytest.mark.parametrize("damage, message", [
@@ -73,7 +75,7 @@ def test_model_settings_that_make_no_segnet_are_named(tmp_path, model, message):
 
 def test_the_stage_refuses_weights_of_another_model_before_its_mlflow_run(tmp_path):
     # The record says 8 channels per level, the weights have 4: the weights of another training.
-    model = _model_folder(tmp_path / "model", model={"encoder_channels": [8] * 4, "decoder_channels": [8] * 4})
+    model = _model_folder(tmp_path / "model", model={**SMALL, "encoder_channels": [8] * 4, "decoder_channels": [8] * 4})
     (tmp_path / "params.yaml").write_bytes((REPO / "params.yaml").read_bytes())
     outputs = [str(tmp_path / name) for name in ("evaluate.json", "confusion.png", "predictions.png")]
     store = tmp_path / "mlflow.db"
@@ -90,7 +92,7 @@ def test_the_stage_refuses_weights_of_another_model_before_its_mlflow_run(tmp_pa
 
 @pytest.mark.parametrize("bootstrap, message", [
     (5, "params.yaml evaluate.bootstrap: must be a mapping of settings, got 5"),
-    ({"confidence": 2}, "params.yaml evaluate.bootstrap.confidence: must lie strictly between 0 and 1, got 2"),
+    ({"resamples": 10, "seed": 0, "confidence": 2}, "params.yaml evaluate.bootstrap.confidence: must lie strictly between 0 and 1, got 2"),
 ])
 def test_bad_interval_settings_stop_the_stage_with_one_line_before_its_mlflow_run(tmp_path, bootstrap, message):
     model = _model_folder(tmp_path / "model")

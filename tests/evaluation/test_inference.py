@@ -4,6 +4,7 @@ import torch
 from segnet.evaluation.inference import EvaluateConfig
 from segnet.params import build
 from segnet.devices import select_device
+from tests.helpers import PARAMS
 
 
 @pytest.mark.parametrize("values, message", [
@@ -15,16 +16,18 @@ from segnet.devices import select_device
 ])
 def test_bad_evaluate_settings_are_refused_by_name(values, message):
     with pytest.raises(ValueError, match=message):
-        build(EvaluateConfig, "evaluate", values)
+        build(EvaluateConfig, "evaluate", {**{k: v for k, v in PARAMS["evaluate"].items() if k != "bootstrap"},
+                                           **values})
 
 
 def test_a_device_error_names_the_setting_it_came_from():
-    with pytest.raises(ValueError, match="evaluate.device: 'gpu' is not a device"):
-        select_device("gpu", setting="evaluate.device")
+    evaluate = {k: v for k, v in PARAMS["evaluate"].items() if k != "bootstrap"}
+    with pytest.raises(ValueError, match="^params.yaml evaluate.device: 'gpu' is not a device"):
+        build(EvaluateConfig, "evaluate", {**evaluate, "device": "gpu"})
     if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="evaluate.device: 'cuda' requested but that CUDA device is not available"):
-            select_device("cuda", setting="evaluate.device")
-    assert select_device("cpu", setting="evaluate.device") == torch.device("cpu")
+        with pytest.raises(ValueError, match="^device: 'cuda' requested but that CUDA device is not available"):
+            select_device("cuda")
+    assert select_device("cpu") == torch.device("cpu")
     for name in ("mps", "xpu", "meta"):  # devices torch names but this project does not run on
-        with pytest.raises(ValueError, match=f"^evaluate.device: '{name}' is not a device this project runs on"):
-            select_device(name, setting="evaluate.device")
+        with pytest.raises(ValueError, match=f"^device: '{name}' is not a device this project runs on"):
+            select_device(name)

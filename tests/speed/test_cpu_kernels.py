@@ -14,7 +14,7 @@ from torch.nn import functional as F
 from segnet.speed import cpu_kernels
 from segnet.model import SegNet, SegNetConfig
 from segnet.speed import use_cpu_kernels
-from tests.helpers import REPO
+from tests.helpers import REPO, model_config
 
 pytestmark = pytest.mark.skipif(cpu_kernels.extension() is None, reason="the CPU kernels did not build here")
 
@@ -130,7 +130,7 @@ def test_the_kernels_give_the_same_bits_with_one_thread_and_with_two():
 
 
 def test_a_model_with_the_kernels_computes_what_it_computes_without_them():
-    config = SegNetConfig(encoder_channels=(8, 16, 16, 16), decoder_channels=(16, 16, 8, 8))
+    config = model_config(encoder_channels=(8, 16, 16, 16), decoder_channels=(16, 16, 8, 8))
     torch.manual_seed(0)
     plain = SegNet(config).to(memory_format=torch.channels_last).train()
     fast = copy.deepcopy(plain)
@@ -156,7 +156,7 @@ def test_without_a_compiler_the_kernels_are_off_with_a_warning_and_training_stil
         "import torch\n"
         "from segnet.model import SegNet, SegNetConfig\n"
         "from segnet.speed import use_cpu_kernels\n"
-        "model = SegNet(SegNetConfig(encoder_channels=(4, 4, 4, 4), decoder_channels=(4, 4, 4, 4))).train()\n"
+        "model = SegNet(SegNetConfig((4, 4, 4, 4), (4, 4, 4, 4), 3, 'ink_sqrt', 11, 3)).train()\n"
         "print('kernels on:', use_cpu_kernels(model))\n"
         "model(torch.rand(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)).sum().backward()\n"
     )

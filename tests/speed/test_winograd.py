@@ -10,6 +10,7 @@ from torch.nn import functional as F
 from segnet.speed import cpu_kernels, winograd
 from segnet.model import SegNet, SegNetConfig
 from segnet.speed import use_cpu_kernels, use_winograd
+from tests.helpers import model_config
 
 pytestmark = pytest.mark.skipif(cpu_kernels.extension() is None, reason="the CPU kernels did not build here")
 
@@ -133,7 +134,7 @@ def test_the_layers_wide_enough_use_it_and_training_computes_what_it_computes_wi
     conv3x3 = winograd.conv3x3
     monkeypatch.setattr(winograd, "conv3x3", lambda x, weight: calls.append(tuple(weight.shape)) or conv3x3(x, weight))
     torch.manual_seed(0)
-    plain = SegNet(SegNetConfig()).to(memory_format=torch.channels_last).train()
+    plain = SegNet(model_config()).to(memory_format=torch.channels_last).train()
     use_cpu_kernels(plain)
     fast = copy.deepcopy(plain)
     assert use_winograd(fast, 64) == ["encoder.2.block", "encoder.3.block", "decoder.0.block", "decoder.1.block"]

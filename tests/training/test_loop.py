@@ -14,20 +14,13 @@ from segnet.cores import available_cores
 from segnet.devices import select_amp_dtype
 from segnet.evaluation.inference import accumulate_confusion
 from segnet.evaluation.metrics import mean_iou
-from segnet.model.network import SegNet, SegNetConfig
+from segnet.model import SegNet
 from segnet.params import build
-from segnet.training.loop import (
-    TrainConfig,
-    TrainingInterrupted,
-    class_weights,
-    make_optimizer,
-    make_schedule,
-    set_seed,
-    train,
-    update_average,
-)
-from stages.train import training_code
-from tests.helpers import digit_panels, random_panels
+from segnet.training import RuntimeConfig, TrainConfig, TrainingInterrupted, set_seed, train
+from segnet.training.checkpoint import stage_code
+from segnet.training.losses import class_weights
+from segnet.training.optim import make_optimizer, make_schedule
+from tests.helpers import PARAMS, REPO, digit_panels, model_config, random_panels, settings, training_settings
 
 
 def test_median_frequency_weights_by_hand():
@@ -73,49 +66,57 @@ def test_training_turns_off_tf32_so_float32_on_a_gpu_is_ieee_float32():
     try:
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
         images, labels = digit_panels(8, 2)
-        model = SegNet(SegNetConfig(encoder_channels=(4, 4, 4, 4), decoder_channels=(4, 4, 4, 4)))
-        config = TrainConfig(epochs=1, batch_size=8, precision="float32")
-        train(model, images, labels, torch.arange(8), torch.arange(8), 11, config, seed=0)
+        model = SegNet(model_config(encoder_channels=(4, 4, 4, 4), decoder_channels=(4, 4, 4, 4)))
+        config = training_settings(epochs=1, batch_size=8, precision="float32")
+        train(model, images, labels, torch.arange(8), torch.arange(8), 11, *config, seed=0)
         assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (False, False)
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
 
 
-@pytest.mark.parametrize("bad, message", [
-    (dict(epochs=0), "epochs: must be an integer >= 1, got 0"),
-    (dict(lr=-1.0), "lr: must be a number > 0, got -1.0"),
-    (dict(schedule="step"), "schedule: must be one of onecycle, cosine, constant, got 'step'"),
-    (dict(val_fraction=1.0), r"val_fraction: must be a number in \(0, 1\), got 1.0"),
-    (dict(soft_iou_weight=-0.5), "soft_iou_weight: must be a number >= 0, got -0.5"),
-    (dict(precision="float16"), "precision: must be one of auto, float32, bfloat16, got 'float16'"),
-    (dict(threads=-1), r"threads: must be an integer >= 0 \(0: one per core\), got -1"),
-    (dict(winograd_min_channels=0), "winograd_min_channels: must be an integer >= 1, got 0"),
+@pytest.mark.parametrize("section, bad, message", [
+    ("train", dict(epochs=0), "epochs: must be an integer >= 1, got 0"),
+    ("train", dict(lr=-1.0), "lr: must be a number > 0, got -1.0"),
+    ("train", dict(schedule="step"), "schedule: must be one of onecycle, cosine, constant, got 'step'"),
+    ("train", dict(val_fraction=1.0), r"val_fraction: must be a number in \(0, 1\), got 1.0"),
+    ("runtime", dict(precision="float16"), "precision: must be one of auto, float32, bfloat16, got 'float16'"),
+    ("runtime", dict(threads=-1), r"threads: must be an integer >= 0 \(0: one per core\), got -1"),
+    ("runtime", dict(winograd_min_channels=0), "winograd_min_channels: must be an integer >= 1, got 0"),
+    ("runtime", dict(device="gpu"), r"device: 'gpu' is not a device \(use auto, cpu, cuda or cuda:N\)"),
 ])
-def test_nonsense_train_settings_are_refused_by_name_with_the_rule(bad, message):
-    with pytest.raises(ValueError, match=f"^params.yaml train.{message}$"):
-        TrainConfig(**bad)
+def test_nonsense_train_settings_are_refused_by_name_with_the_rule(section, bad, message):
+    config_class = {"train": TrainConfig, "runtime": RuntimeConfig}[section]
+    with pytest.raises(ValueError, match=f"^params.yaml {section}.{message}$"):
+        build(config_class, section, {**PARAMS[section], **bad})
+    # The library's own message names the key alone; the file and section are added where params are read.
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        settings(config_class, section, **bad)
 
 
 def test_more_threads_than_cores_are_refused_by_name():
     cores = available_cores()
-    with pytest.raises(ValueError, match=f"^params.yaml train.threads: {cores + 1} is more than the {cores} cores"):
-        TrainConfig(threads=cores + 1)
-    assert TrainConfig(threads=cores).threads == cores
+    with pytest.raises(ValueError, match=f"^params.yaml runtime.threads: {cores + 1} is more than the {cores} cores"):
+        build(RuntimeConfig, "runtime", {**PARAMS["runtime"], "threads": cores + 1})
+    assert settings(RuntimeConfig, "runtime", threads=cores).threads == cores
 
 
 # Values of the wrong YAML type (`dvc exp run -S train.channels_last=yes` gives the string "yes"), one per
 # field type; a YAML true is not an integer, and an integer is a fine number.
-@pytest.mark.parametrize("values, message", [
-    ({"epochs": 2.5}, "train.epochs: must be an integer, got 2.5"),
-    ({"epochs": True}, "train.epochs: must be an integer, got True"),
-    ({"lr": "0.1"}, "train.lr: must be a number, got '0.1'"),
-    ({"optimizer": 1}, "train.optimizer: must be a string, got 1"),
-    ({"channels_last": "yes"}, "train.channels_last: must be true or false, got 'yes'"),
+@pytest.mark.parametrize("section, values, message", [
+    ("train", {"epochs": 2.5}, "train.epochs: must be an integer, got 2.5"),
+    ("train", {"epochs": True}, "train.epochs: must be an integer, got True"),
+    ("train", {"lr": "0.1"}, "train.lr: must be a number, got '0.1'"),
+    ("train", {"optimizer": 1}, "train.optimizer: must be a string, got 1"),
+    ("runtime", {"channels_last": "yes"}, "runtime.channels_last: must be true or false, got 'yes'"),
+    ("train", {"ema_decay": 0.9}, r"train: unknown key\(s\) \['ema_decay'\]; known: .*"),
 ])
-def test_train_settings_of_the_wrong_type_are_refused_by_name(values, message):
+def test_train_settings_of_the_wrong_type_are_refused_by_name(section, values, message):
+    config_class = {"train": TrainConfig, "runtime": RuntimeConfig}[section]
     with pytest.raises(ValueError, match=f"^params.yaml {message}$"):
-        build(TrainConfig, "train", values)
-    assert build(TrainConfig, "train", {"lr": 1}).lr == 1
+        build(config_class, section, {**PARAMS[section], **values})
+    assert build(TrainConfig, "train", {**PARAMS["train"], "lr": 1}).lr == 1
+    with pytest.raises(ValueError, match=r"^params.yaml train: missing key\(s\) \['lr'\]$"):
+        build(TrainConfig, "train", {k: v for k, v in PARAMS["train"].items() if k != "lr"})
 
 class Recorder(Callback):
     def __init__(self):
@@ -128,7 +129,7 @@ class Recorder(Callback):
         self.records.append(record)
 
 
-@pytest.mark.parametrize("changes", [{}, dict(ema_decay=0.9), dict(soft_iou_weight=1.0), dict(winograd_min_channels=8)])
+@pytest.mark.parametrize("changes", [{}, dict(class_weighting="median_frequency"), dict(winograd_min_channels=8)])
 def test_training_learns_and_returns_the_best_epochs_weights(changes, monkeypatch):
     winograd_calls = []
     conv3x3 = winograd.conv3x3
@@ -138,10 +139,10 @@ def test_training_learns_and_returns_the_best_epochs_weights(changes, monkeypatc
     images = torch.from_numpy(np.rint(images * 255).astype(np.uint8))
     labels = torch.from_numpy(labels)
     set_seed(0)
-    model = SegNet(SegNetConfig(encoder_channels=(8, 8, 8, 8), decoder_channels=(8, 8, 8, 8)))
-    config = TrainConfig(epochs=4, batch_size=8, lr=0.01, precision="float32", overlay_probability=0.5, **changes)
+    model = SegNet(model_config(encoder_channels=(8, 8, 8, 8), decoder_channels=(8, 8, 8, 8)))
+    config = training_settings(epochs=4, batch_size=8, lr=0.01, precision="float32", overlay_probability=0.5, **changes)
     recorder = Recorder()
-    result = train(model, images, labels, torch.arange(40), torch.arange(40, len(images)), 11, config, seed=0,
+    result = train(model, images, labels, torch.arange(40), torch.arange(40, len(images)), 11, *config, seed=0,
                    callbacks=[recorder])
     assert recorder.steps == 4 * (40 // 8)
     # Winograd's F(2x2, 3x3) only where asked (the default needs 64 channels): then in every conv-bn-relu block
@@ -154,23 +155,10 @@ def test_training_learns_and_returns_the_best_epochs_weights(changes, monkeypatc
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
     best = max(result.history, key=lambda r: r["val_miou"])
     assert result.best_epoch == best["epoch"] and result.best_val_miou == best["val_miou"]
-    # The returned weights are the best epoch's (averaged, with ema_decay): they reproduce its validation mIoU.
+    # The returned weights are the best epoch's: they reproduce its validation mIoU.
     model.load_state_dict(result.best_state)
     confusion = accumulate_confusion(model, images[40:], labels[40:], 11, 16, torch.device("cpu"))
     assert mean_iou(confusion) == pytest.approx(result.best_val_miou)
-
-
-def test_the_weight_average_moves_by_the_decay_after_a_short_ramp():
-    live, averaged = torch.nn.BatchNorm2d(2), torch.nn.BatchNorm2d(2)
-    with torch.no_grad():
-        live.weight.fill_(1.0)
-        averaged.weight.fill_(0.0)
-        live.running_mean.fill_(5.0)
-    update_average(averaged, live, decay=0.9, step=1000)
-    assert averaged.weight.tolist() == pytest.approx([0.1, 0.1])
-    assert averaged.running_mean.tolist() == [5.0, 5.0]  # statistics are copied, not averaged
-    update_average(averaged, live, decay=0.9, step=0)  # ramp: decay (1 + 0) / (10 + 0) = 0.1
-    assert averaged.weight.tolist() == pytest.approx([0.1 + 0.9 * 0.9] * 2)
 
 
 @pytest.mark.parametrize("steps", [1, 2, 5, 10])
@@ -178,9 +166,9 @@ def test_one_cycle_schedule_runs_however_few_steps_there_are(steps):
     # 5 steps with warmup_fraction 0.2 is a one-step warm-up, which OneCycleLR alone divides by zero on.
     images, labels = digit_panels(8 * steps, 2)
     set_seed(0)
-    model = SegNet(SegNetConfig(encoder_channels=(4, 4, 4, 4), decoder_channels=(4, 4, 4, 4)))
-    config = TrainConfig(epochs=1, batch_size=8, lr=0.01, precision="float32", warmup_fraction=0.2)
-    result = train(model, images, labels, torch.arange(len(images)), torch.arange(8), 11, config, seed=0)
+    model = SegNet(model_config(encoder_channels=(4, 4, 4, 4), decoder_channels=(4, 4, 4, 4)))
+    config = training_settings(epochs=1, batch_size=8, lr=0.01, precision="float32", warmup_fraction=0.2)
+    result = train(model, images, labels, torch.arange(len(images)), torch.arange(8), 11, *config, seed=0)
     assert result.history[-1]["step"] == steps
 
 
@@ -189,27 +177,27 @@ def _resume_setup():
     images, labels = random_panels(40, rng)
     images = torch.from_numpy(np.rint(images * 255).astype(np.uint8))
     # bfloat16 autocast where the CPU has it: resuming must be exact in the precision training really uses.
-    config = TrainConfig(epochs=3, batch_size=8, lr=0.01, overlay_probability=0.5, deform_pixels=1.0)
+    config = dict(epochs=3, batch_size=8, lr=0.01, overlay_probability=0.5, deform_pixels=1.0)
     return images, torch.from_numpy(labels), config
 
 
 def _fresh_model():
     set_seed(0)
-    return SegNet(SegNetConfig(encoder_channels=(8, 8, 8, 8), decoder_channels=(8, 8, 8, 8)))
+    return SegNet(model_config(encoder_channels=(8, 8, 8, 8), decoder_channels=(8, 8, 8, 8)))
 
 
 def _fit(images, labels, config, **options):
-    return train(_fresh_model(), images, labels, torch.arange(32), torch.arange(32, len(images)), 11, config, seed=0,
-                 **options)
+    return train(_fresh_model(), images, labels, torch.arange(32), torch.arange(32, len(images)), 11,
+                 *training_settings(**config), seed=0, **options)
 
 
 @pytest.mark.parametrize("stop_after, every, changes", [
-    (1, 3, {}), (4, 3, {}), (8, 0, {}), (9, 2, {}), (11, 5, {}), (6, 0, dict(ema_decay=0.9, deform_affine=0.1)),
+    (1, 3, {}), (4, 3, {}), (8, 0, {}), (9, 2, {}), (11, 5, {}), (6, 0, dict(overlay_partners=1, class_weighting="median_frequency")),
     (5, 2, dict(winograd_min_channels=8)),
 ])
 def test_a_run_stopped_at_any_step_resumes_to_exactly_the_uninterrupted_result(tmp_path, stop_after, every, changes):
     images, labels, config = _resume_setup()  # 4 steps per epoch, 12 in all
-    config = dataclasses.replace(config, **changes)
+    config = {**config, **changes}
     uninterrupted = _fit(images, labels, config)
 
     fingerprint = "f" * 64
@@ -281,19 +269,22 @@ def test_the_fingerprint_follows_settings_and_code(tmp_path):
     assert fingerprint({"lr": 0.1}, [code]) != first
 
 
-def test_the_checkpoint_fingerprint_covers_the_kernels_source_and_every_module():
+def test_the_checkpoint_fingerprint_covers_exactly_the_train_stages_code(monkeypatch):
     # The C++ kernels compute batch norm and pooling in training: a checkpoint made with other kernels must
-    # not resume, or the weights would mix two versions of them.
-    package = Path(segnet.__file__).parent
-    names = {path.relative_to(package.parent).as_posix() for path in training_code()}
-    assert "segnet/speed/cpu_kernels.cpp" in names and "stages/train.py" in names
-    assert {f"segnet/{path.name}" for path in package.glob("*.py")} <= names
+    # not resume, or the weights would mix two versions of them. Code train does not run (the tracking server,
+    # evaluation's bootstrap is run by it though) must not throw a resumable checkpoint away.
+    monkeypatch.chdir(REPO)
+    names = {path.as_posix() for path in stage_code("train")}
+    assert {"segnet/speed/cpu_kernels.cpp", "segnet/speed/winograd.py", "stages/train.py",
+            "segnet/training/loop.py", "segnet/model/network.py"} <= names
+    assert not {"segnet/tracking/server.py", "segnet/tracking/runs.py", "segnet/server.py", "segnet/cli.py",
+                "stages/evaluate.py", "segnet/dataset/generate.py"} & names
 
 
 @pytest.mark.parametrize("schedule", ["onecycle", "cosine", "constant"])
 def test_sgd_keeps_the_momentum_it_is_given_under_every_schedule(schedule):
-    model = SegNet(SegNetConfig(encoder_channels=[4, 4], decoder_channels=[4, 4]))
-    config = TrainConfig(optimizer="sgd", momentum=0.5, schedule=schedule)
+    model = SegNet(model_config(encoder_channels=[4, 4], decoder_channels=[4, 4]))
+    config = settings(TrainConfig, "train", optimizer="sgd", momentum=0.5, schedule=schedule)
     optimizer = make_optimizer(model, config)
     schedule = make_schedule(optimizer, config, total_steps=20)
     for _ in range(10):
@@ -303,8 +294,8 @@ def test_sgd_keeps_the_momentum_it_is_given_under_every_schedule(schedule):
 
 
 def test_adamw_under_one_cycle_cycles_beta1_against_the_learning_rate():
-    model = SegNet(SegNetConfig(encoder_channels=[4, 4], decoder_channels=[4, 4]))
-    config = TrainConfig(warmup_fraction=0.5)
+    model = SegNet(model_config(encoder_channels=[4, 4], decoder_channels=[4, 4]))
+    config = settings(TrainConfig, "train", warmup_fraction=0.5)
     optimizer = make_optimizer(model, config)
     schedule = make_schedule(optimizer, config, total_steps=21)
     beta1 = [optimizer.param_groups[0]["betas"][0]]
@@ -318,8 +309,8 @@ def test_adamw_under_one_cycle_cycles_beta1_against_the_learning_rate():
 
 def test_momentum_outside_zero_to_one_is_refused_by_name():
     with pytest.raises(ValueError, match=r"^params.yaml train.momentum: must be a number in \[0, 1\), got 1.0$"):
-        TrainConfig(optimizer="sgd", momentum=1.0)
+        build(TrainConfig, "train", {**PARAMS["train"], "optimizer": "sgd", "momentum": 1.0})
     # Momentum 0 is plain SGD: Nesterov's look-ahead (which torch refuses without momentum) is off.
-    model = SegNet(SegNetConfig(encoder_channels=[4, 4], decoder_channels=[4, 4]))
-    optimizer = make_optimizer(model, TrainConfig(optimizer="sgd", momentum=0.0))
+    model = SegNet(model_config(encoder_channels=[4, 4], decoder_channels=[4, 4]))
+    optimizer = make_optimizer(model, settings(TrainConfig, "train", optimizer="sgd", momentum=0.0))
     assert [(group["momentum"], group["nesterov"]) for group in optimizer.param_groups] == [(0.0, False)] * 2
