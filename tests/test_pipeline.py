@@ -85,7 +85,7 @@ def test_evaluate_scores_a_model_trained_on_a_gpu_with_its_own_device_setting(pr
     model = tmp_path / "model"
     shutil.copytree(project / "data" / "model", model)
     config = json.loads((model / "config.json").read_text())
-    config["train"]["device"] = "cuda"
+    config["runtime"]["device"] = "cuda"
     (model / "config.json").write_text(json.dumps(config))
     # Run from a folder of its own (the project's params), so that its MLflow run stays out of the project's store.
     shutil.copy(project / "params.yaml", tmp_path / "params.yaml")
@@ -390,7 +390,7 @@ def test_killed_training_resumes_exactly_and_ctrl_c_saves_and_marks_the_run_kill
     run(["dvc", "repro"], project)  # back to the committed params' results, from DVC's run cache
     every = int(np.random.default_rng().integers(2, 12))
     print(f"checkpoint_steps: {every}")  # shown if the test fails, to repeat it
-    set_params(project, {"train": {"epochs": 6, "checkpoint_steps": every}})
+    set_params(project, {"train": {"epochs": 6}, "runtime": {"checkpoint_steps": every}})
     lock_before = (project / "dvc.lock").read_text()
     try:
         # SIGKILL: nothing can be saved at the kill, so training resumes from the last checkpoint.
@@ -405,14 +405,14 @@ def test_killed_training_resumes_exactly_and_ctrl_c_saves_and_marks_the_run_kill
 
         # Resumed with checkpoints at another interval, which does not change the result: the run resumes, and
         # its MLflow run keeps the interval it started with and tags the new one (MLflow refuses to change a param).
-        set_params(project, {"train": {"epochs": 6, "checkpoint_steps": every + 1}})
+        set_params(project, {"train": {"epochs": 6}, "runtime": {"checkpoint_steps": every + 1}})
         resumed = run(["dvc", "repro"], project)
         assert f"resuming at epoch {killed_at // 3 + 1}, step {killed_at} of 18" in resumed.stderr
         assert not list((project / "data" / "checkpoints").glob("*.pt"))  # deleted once finished
         finished = store(project).get_run(killed_run)
         assert finished.info.status == "FINISHED" and finished.data.tags["resumed_from_step"] == str(killed_at)
-        assert finished.data.params["train.checkpoint_steps"] == str(every)
-        assert finished.data.tags["resumed_with.train.checkpoint_steps"] == str(every + 1)
+        assert finished.data.params["runtime.checkpoint_steps"] == str(every)
+        assert finished.data.tags["resumed_with.runtime.checkpoint_steps"] == str(every + 1)
         resumed_weights = (project / "data" / "model" / "model.pt").read_bytes()
         resumed_metrics = (project / "metrics" / "evaluate.json").read_bytes()
 

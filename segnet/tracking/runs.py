@@ -222,7 +222,7 @@ def stage_run(
 
 def _log_params(params: dict, resumed: mlflow.ActiveRun | None) -> None:
     """Logs `params` to the active run. A resumed run keeps the values it was started with: MLflow refuses to
-    change a logged param, and a checkpoint resumes despite a changed `train.checkpoint_steps` (it does not
+    change a logged param, and a checkpoint resumes despite a changed `runtime.checkpoint_steps` (it does not
     change the result), so a changed value is recorded as the tag `resumed_with.<key>` instead."""
     logged = resumed.data.params if resumed else {}
     changed = {key: value for key, value in params.items() if key in logged and logged[key] != str(value)}

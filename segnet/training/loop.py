@@ -62,6 +62,7 @@ class Setup:
     schedule: torch.optim.lr_scheduler.LRScheduler
     weights: torch.Tensor | None  # the cross-entropy's class weights
     steps_per_epoch: int
+    total_steps: int
     local: slice  # this process's panels of each global batch
     cpu_kernels: bool
     winograd_layers: list[str]
@@ -174,7 +175,7 @@ def train(
             raise TrainingInterrupted(state.step, checkpointer.path if checkpointer else None, world)
 
     for callback in callbacks:
-        callback.on_train_start(setup.steps_per_epoch * config.epochs, setup.steps_per_epoch, state.step)
+        callback.on_train_start(setup.total_steps, setup.steps_per_epoch, state.step)
     start = time.perf_counter()
     while state.epoch <= config.epochs:
         model.train()
@@ -246,7 +247,7 @@ def _set_up(
     return Setup(
         model=model, forward=forward, device=device, amp_dtype=amp_dtype, optimizer=optimizer,
         schedule=make_schedule(optimizer, config, steps_per_epoch * config.epochs), weights=weights,
-        steps_per_epoch=steps_per_epoch, cpu_kernels=kernels, winograd_layers=winograd_layers, local=local,
+        steps_per_epoch=steps_per_epoch, total_steps=steps_per_epoch * config.epochs, cpu_kernels=kernels, winograd_layers=winograd_layers, local=local,
     )
 
 
@@ -316,5 +317,5 @@ def _restore(setup: Setup, batch_order: torch.Generator, resume: dict) -> LoopSt
     batch_order.set_state(resume["batch_order"])
     torch.set_rng_state(resume["torch_rng"])
     state = LoopState(**resume["loop"])
-    log.info("resuming at epoch %d, step %d", state.epoch, state.step)
+    log.info("resuming at epoch %d, step %d of %d", state.epoch, state.step, setup.total_steps)
     return state

@@ -62,19 +62,19 @@ def _clean_tracking_env(monkeypatch):
 
 
 def test_a_run_resumed_with_another_checkpoint_interval_keeps_its_params_and_tags_the_change(tmp_path, monkeypatch):
-    # A checkpoint resumes whatever train.checkpoint_steps is now (it does not change the result), but MLflow
+    # A checkpoint resumes whatever runtime.checkpoint_steps is now (it does not change the result), but MLflow
     # refuses to change a logged param: the resumed stage must not fail on it.
     _clean_tracking_env(monkeypatch)
     monkeypatch.chdir(tmp_path)
-    with stage_run("train", "resume", {"train": {"checkpoint_steps": 100, "lr": 0.1}}) as run:
+    with stage_run("train", "resume", {"runtime": {"checkpoint_steps": 100}, "train": {"lr": 0.1}}) as run:
         run_id = run.info.run_id
-    with stage_run("train", "resume", {"train": {"checkpoint_steps": 50, "lr": 0.1}, "seed": 3},
+    with stage_run("train", "resume", {"runtime": {"checkpoint_steps": 50}, "train": {"lr": 0.1}, "seed": 3},
                    resume_run_id=run_id) as resumed:
         assert resumed.info.run_id == run_id
     found = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(run_id)
     assert found.info.status == "FINISHED"
-    assert found.data.params == {"train.checkpoint_steps": "100", "train.lr": "0.1", "seed": "3"}
-    assert found.data.tags["resumed_with.train.checkpoint_steps"] == "50"
+    assert found.data.params == {"runtime.checkpoint_steps": "100", "train.lr": "0.1", "seed": "3"}
+    assert found.data.tags["resumed_with.runtime.checkpoint_steps"] == "50"
     assert "resumed_with.train.lr" not in found.data.tags
 
 

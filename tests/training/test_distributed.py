@@ -24,8 +24,8 @@ from tests.helpers import PREPARE_STAGE, REPO, course_zip, kill_process_group, s
 TRAIN_STAGE = [sys.executable, "-m", "stages.train", "prepared"]
 # SGD: Adam divides each step by the gradient's own running scale, which turns rounding differences in
 # near-zero gradients into whole steps; SGD's steps are linear in the gradient, so the runs must agree closely.
-SETTINGS = dict(epochs=8, batch_size=8, val_fraction=0.25, val_batch_size=16, optimizer="sgd", lr=0.01,
-                precision="float32", checkpoint_steps=0)
+SETTINGS = dict(epochs=8, batch_size=8, val_fraction=0.25, optimizer="sgd", lr=0.01)
+RUNTIME = dict(val_batch_size=16, precision="float32", checkpoint_steps=0)
 STEPS = 24  # 32 panels, a quarter held out for validation: 3 steps of 8 panels in each of 8 epochs
 # Measured: the two runs' weights differ by at most 1.3e-6 (3.6e-6 over 2 epochs without the stop and resume).
 # With batch-norm statistics per process instead of over the global batch, they differ by 0.04.
@@ -41,6 +41,7 @@ def project(tmp_path_factory) -> Path:
     params["data"]["archive"] = "data.zip"
     params["model"].update(encoder_channels=[8, 8, 8, 8], decoder_channels=[8, 8, 8, 8])
     params["train"].update(SETTINGS)
+    params["runtime"].update(RUNTIME)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _run(PREPARE_STAGE[:3] + ["prepared", "prepare.json"], root)
     return root
@@ -59,7 +60,7 @@ def _outputs(name: str) -> list[str]:
 def _train(root: Path, name: str, store: str, processes: int) -> dict:
     """Runs the train stage with train.processes set; returns its weights, history and tracking store."""
     params = load_params(root / "params.yaml")
-    params["train"]["processes"] = processes
+    params["runtime"]["processes"] = processes
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _run(TRAIN_STAGE + _outputs(name), root, MLFLOW_TRACKING_URI=f"sqlite:///{root / store}")
     return {
@@ -93,7 +94,7 @@ def test_two_gloo_processes_stopped_by_ctrl_c_and_resumed_train_what_one_process
 
     # Ctrl-C: both processes stop at one step, rank 0 saves the checkpoint, the run is KILLED, the stage exits 130.
     params = load_params(project / "params.yaml")
-    params["train"].update(processes=2, checkpoint_steps=1)
+    params["runtime"].update(processes=2, checkpoint_steps=1)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     stderr = _stop_at_first_checkpoint(project, "double", "double.db")
     (step,) = re.findall(r"ERROR segnet: interrupted: training stopped at step (\d+); checkpoint saved to", stderr)
@@ -125,7 +126,7 @@ def test_two_gloo_processes_stopped_by_ctrl_c_and_resumed_train_what_one_process
     runs = client.search_runs([experiment.experiment_id])
     assert [run.data.tags["stage"] for run in runs] == ["train"]
     assert runs[0].info.status == "FINISHED"
-    assert runs[0].data.tags["processes"] == "2" and runs[0].data.params["train.processes"] == "2"
+    assert runs[0].data.tags["processes"] == "2" and runs[0].data.params["runtime.processes"] == "2"
     assert runs[0].data.metrics["best_val_miou"] == pytest.approx(
         json.loads((project / "single" / "train.json").read_text())["best_val_miou"], abs=1e-4)
 
