@@ -23,7 +23,7 @@ def _panels(right_share: float, seed: int, truth_seed: int = 0) -> np.ndarray:
     about `right_share` are predicted right (which ones: `seed`)."""
     truth = np.random.default_rng(truth_seed).integers(0, 3, (200, 100))
     guess = np.where(np.random.default_rng(seed).random((200, 100)) < right_share, truth, (truth + 1) % 3)
-    return np.stack([np.bincount(t * 3 + g, minlength=9).reshape(3, 3) for t, g in zip(truth, guess)])
+    return np.stack([np.bincount(t * 3 + g, minlength=9).reshape(3, 3) for t, g in zip(truth, guess, strict=True)])
 
 
 @pytest.fixture
@@ -34,8 +34,9 @@ def store(tmp_path):
     client = mlflow.MlflowClient(uri)
     experiment = client.create_experiment(EXPERIMENT, artifact_location=str(tmp_path / "mlartifacts"))
 
-    def add_run(panels: np.ndarray | None, stage="evaluate", dataset="abc", name=None, status="FINISHED",
-                **more_tags) -> str:
+    def add_run(
+        panels: np.ndarray | None, stage="evaluate", dataset="abc", name=None, status="FINISHED", **more_tags
+    ) -> str:
         """An evaluate run as the stage logs one: its tags, its interval settings and its per-panel matrices."""
         tags = {"stage": stage, "dataset_sha256": dataset, **more_tags} | ({"dvc_experiment": name} if name else {})
         run_id = client.create_run(experiment, tags=tags).info.run_id
@@ -51,8 +52,14 @@ def store(tmp_path):
 
 
 def _compare(folder, uri, *names) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "segnet.compare", *names], cwd=folder, capture_output=True, text=True,
-                          timeout=120, env=clean_env(PYTHONPATH=str(REPO), MLFLOW_TRACKING_URI=uri))
+    return subprocess.run(
+        [sys.executable, "-m", "segnet.compare", *names],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=clean_env(PYTHONPATH=str(REPO), MLFLOW_TRACKING_URI=uri),
+    )
 
 
 def _set_bootstrap(folder, bootstrap) -> None:
@@ -72,14 +79,17 @@ def test_a_clearly_better_run_is_found_better_by_name_or_id(store):
     result = _compare(folder, uri, first, "fixed")
     assert result.returncode == 0 and not result.stderr, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0] == ("test miou on the same 200 panels; 95% intervals from 1000 resamples of the panels "
-                        "(B - A: the same panels for both)")
+    assert lines[0] == (
+        "test miou on the same 200 panels; 95% intervals from 1000 resamples of the panels "
+        "(B - A: the same panels for both)"
+    )
     worse_miou = mean_iou(torch.from_numpy(worse.sum(0)))
     assert lines[1].split()[:5] == ["A", "baseline", "(run", f"{first[:8]})", f"{worse_miou:.4f}"]
     assert lines[2].split()[:2] == ["B", "fixed"] and lines[2].split()[4] == "1.0000"
     assert lines[-1] == "B is above A: the interval of the difference excludes 0"
     assert _compare(folder, uri, "fixed", first).stdout.splitlines()[-1] == (
-        "B is below A: the interval of the difference excludes 0")
+        "B is below A: the interval of the difference excludes 0"
+    )
 
 
 def test_two_runs_that_differ_by_chance_are_not_told_apart(store):
@@ -89,7 +99,8 @@ def test_two_runs_that_differ_by_chance_are_not_told_apart(store):
     result = _compare(folder, uri, first, second)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == (
-        "the test set does not tell A and B apart: the interval of the difference holds 0")
+        "the test set does not tell A and B apart: the interval of the difference holds 0"
+    )
 
 
 def test_the_interval_settings_come_from_params_yaml_and_a_run_that_used_others_is_named(store):
@@ -114,8 +125,9 @@ def test_workspace_names_the_evaluate_run_of_the_model_in_data_model(store):
     model.write_bytes(b"the weights of the workspace")
     result = _compare(folder, uri, "workspace", other)
     assert result.returncode == 1
-    assert result.stderr.strip() == (f"ERROR segnet: workspace: no finished evaluate run scored {model}; run its "
-                                     "evaluate stage (dvc repro)")
+    assert result.stderr.strip() == (
+        f"ERROR segnet: workspace: no finished evaluate run scored {model}; run its evaluate stage (dvc repro)"
+    )
     scored = add_run(_panels(0.9, 2), model_sha256=hashlib.sha256(model.read_bytes()).hexdigest())
     add_run(_panels(0.7, 3), model_sha256=hashlib.sha256(b"other weights").hexdigest())  # later, another model
     result = _compare(folder, uri, "workspace", other)
@@ -123,14 +135,20 @@ def test_workspace_names_the_evaluate_run_of_the_model_in_data_model(store):
     assert result.stdout.splitlines()[1].split()[:3] == ["A", "run", scored[:8]]
 
 
-@pytest.mark.parametrize("case, message", [
-    ("other test set", "scored different test sets (dataset_sha256 tags differ); a paired comparison needs the same"),
-    ("no panels", f"no {PANEL_CONFUSIONS} among its artifacts"),
-    ("train run", "a train run, not an evaluate run"),
-    ("failed run", "failed, not a finished evaluate run"),
-    ("unknown", "nosuch: neither a run id nor a DVC experiment with a finished evaluate run"),
-    ("other size", "per-panel matrices of shapes (200, 3, 3) and (100, 3, 3)"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        (
+            "other test set",
+            "scored different test sets (dataset_sha256 tags differ); a paired comparison needs the same",
+        ),
+        ("no panels", f"no {PANEL_CONFUSIONS} among its artifacts"),
+        ("train run", "a train run, not an evaluate run"),
+        ("failed run", "failed, not a finished evaluate run"),
+        ("unknown", "nosuch: neither a run id nor a DVC experiment with a finished evaluate run"),
+        ("other size", "per-panel matrices of shapes (200, 3, 3) and (100, 3, 3)"),
+    ],
+)
 def test_runs_that_cannot_be_compared_stop_with_one_line(store, case, message):
     folder, uri, add_run = store
     first = add_run(_panels(0.8, 1))
@@ -148,10 +166,13 @@ def test_runs_that_cannot_be_compared_stop_with_one_line(store, case, message):
     assert line.startswith("ERROR segnet: ") and message in line
 
 
-@pytest.mark.parametrize("bootstrap, message", [
-    ({"resamples": 0}, "params.yaml evaluate.bootstrap.resamples: 0 turns the intervals off"),
-    (5, "params.yaml evaluate.bootstrap: must be a mapping of settings, got 5"),
-])
+@pytest.mark.parametrize(
+    "bootstrap, message",
+    [
+        ({"resamples": 0, "confidence": 0.95, "seed": 0}, "params.yaml evaluate.bootstrap.resamples: 0 turns the intervals off"),
+        (5, "params.yaml evaluate.bootstrap: must be a mapping of settings, got 5"),
+    ],
+)
 def test_interval_settings_that_allow_no_comparison_stop_it_with_one_line(store, bootstrap, message):
     folder, uri, add_run = store
     _set_bootstrap(folder, bootstrap)

@@ -7,6 +7,7 @@ import mlflow
 import pytest
 
 from segnet.errors import TrackingError
+from segnet.params import read_experiment
 from segnet.tracking.runs import artifact_location, check_server, project_root, resolve_tracking_uri, stage_run
 from tests.helpers import REPO, dead_server_uri
 
@@ -39,8 +40,12 @@ def test_processes_opening_runs_on_a_fresh_sqlite_store_at_once_all_succeed(tmp_
     # Unserialised, MLflow's table creation races and one process dies ("duplicate column name").
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
     env["PYTHONPATH"] = str(REPO)
-    workers = [subprocess.Popen([sys.executable, "-c", OPEN_A_RUN, str(index)], cwd=tmp_path, env=env,
-                                stderr=subprocess.PIPE, text=True) for index in range(3)]
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", OPEN_A_RUN, str(index)], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True
+        )
+        for index in range(3)
+    ]
     try:
         for worker in workers:
             _, stderr = worker.communicate(timeout=120)  # reads as it waits: a full pipe cannot stall the worker
@@ -68,8 +73,9 @@ def test_a_run_resumed_with_another_checkpoint_interval_keeps_its_params_and_tag
     monkeypatch.chdir(tmp_path)
     with stage_run("train", "resume", {"runtime": {"checkpoint_steps": 100}, "train": {"lr": 0.1}}) as run:
         run_id = run.info.run_id
-    with stage_run("train", "resume", {"runtime": {"checkpoint_steps": 50}, "train": {"lr": 0.1}, "seed": 3},
-                   resume_run_id=run_id) as resumed:
+    with stage_run(
+        "train", "resume", {"runtime": {"checkpoint_steps": 50}, "train": {"lr": 0.1}, "seed": 3}, resume_run_id=run_id
+    ) as resumed:
         assert resumed.info.run_id == run_id
     found = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(run_id)
     assert found.info.status == "FINISHED"
@@ -82,6 +88,8 @@ def test_a_run_resumed_with_another_checkpoint_interval_keeps_its_params_and_tag
 def test_a_bad_experiment_name_is_refused_before_the_store_is_touched(tmp_path, monkeypatch, experiment):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ValueError, match=r"^params.yaml tracking.experiment: must be a non-empty name"):
+        read_experiment({"tracking": {"experiment": experiment}})
+    with pytest.raises(ValueError, match=r"^the MLflow experiment must be a non-empty name"):
         with stage_run("prepare", experiment, {}):
             pass
     assert not (tmp_path / "mlflow.db").exists()
@@ -103,8 +111,14 @@ run_stage(main)
 
 def test_a_stage_stopped_by_sigterm_ends_its_run_as_killed_and_exits_130(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    result = subprocess.run([sys.executable, "-c", STOPPED_BY_KILL], cwd=tmp_path, capture_output=True, text=True,
-                            env=env | {"PYTHONPATH": str(Path(__file__).parents[2])}, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", STOPPED_BY_KILL],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env | {"PYTHONPATH": str(Path(__file__).parents[2])},
+        timeout=120,
+    )
     assert result.returncode == 130, result.stderr
     assert result.stderr.strip().splitlines()[-1] == "ERROR segnet: interrupted: SIGTERM"
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -112,30 +126,36 @@ def test_a_stage_stopped_by_sigterm_ends_its_run_as_killed_and_exits_130(tmp_pat
     assert [run.info.status for run in runs] == ["KILLED"]
 
 
-@pytest.mark.parametrize(("uri", "resolved"), [
-    ("sqlite:///mlflow.db", "sqlite:///{root}/mlflow.db"),
-    ("sqlite:///stores/other.db", "sqlite:///{root}/stores/other.db"),
-    ("sqlite:////elsewhere/other.db", "sqlite:////elsewhere/other.db"),
-    ("mlruns", "{root}/mlruns"),
-    ("/elsewhere/mlruns", "/elsewhere/mlruns"),
-    ("file:///elsewhere/mlruns", "file:///elsewhere/mlruns"),
-    ("file:mlruns", "file://{root}/mlruns"),
-    ("file:./mlruns", "file://{root}/mlruns"),
-    ("sqlite:///:memory:", "sqlite:///:memory:"),
-    ("http://127.0.0.1:5050", "http://127.0.0.1:5050"),
-    ("databricks", "databricks"),
-])
+@pytest.mark.parametrize(
+    ("uri", "resolved"),
+    [
+        ("sqlite:///mlflow.db", "sqlite:///{root}/mlflow.db"),
+        ("sqlite:///stores/other.db", "sqlite:///{root}/stores/other.db"),
+        ("sqlite:////elsewhere/other.db", "sqlite:////elsewhere/other.db"),
+        ("mlruns", "{root}/mlruns"),
+        ("/elsewhere/mlruns", "/elsewhere/mlruns"),
+        ("file:///elsewhere/mlruns", "file:///elsewhere/mlruns"),
+        ("file:mlruns", "file://{root}/mlruns"),
+        ("file:./mlruns", "file://{root}/mlruns"),
+        ("sqlite:///:memory:", "sqlite:///:memory:"),
+        ("http://127.0.0.1:5050", "http://127.0.0.1:5050"),
+        ("databricks", "databricks"),
+    ],
+)
 def test_a_relative_store_path_is_taken_from_the_repository_root(tmp_path, uri, resolved):
     assert resolve_tracking_uri(uri, tmp_path) == resolved.format(root=tmp_path)
 
 
-@pytest.mark.parametrize(("uri", "location"), [
-    ("sqlite:////a/b/other.db", "file:///a/b/mlartifacts"),
-    ("sqlite:///:memory:", None),
-    ("sqlite:///", None),
-    ("http://127.0.0.1:5050", None),
-    ("/a/mlruns", None),
-])
+@pytest.mark.parametrize(
+    ("uri", "location"),
+    [
+        ("sqlite:////a/b/other.db", "file:///a/b/mlartifacts"),
+        ("sqlite:///:memory:", None),
+        ("sqlite:///", None),
+        ("http://127.0.0.1:5050", None),
+        ("/a/mlruns", None),
+    ],
+)
 def test_a_sqlite_store_keeps_its_artifacts_beside_it(uri, location):
     assert artifact_location(uri) == location
 
@@ -170,9 +190,13 @@ def test_a_moved_project_refuses_to_write_artifacts_into_its_old_folder(tmp_path
     monkeypatch.delenv("MLFLOW_TRACKING_URI")  # a new process, as each stage is
     if named:  # the same store named by the user
         monkeypatch.setenv("MLFLOW_TRACKING_URI", named)
-    with pytest.raises(TrackingError, match=(
+    with pytest.raises(
+        TrackingError,
+        match=(
             rf"^{new / 'mlflow.db'}: experiment 'moved' keeps its artifacts in {old.as_uri()}/mlartifacts, not in "
-            rf"{new.as_uri()}/mlartifacts: the store was moved or copied")):
+            rf"{new.as_uri()}/mlartifacts: the store was moved or copied"
+        ),
+    ):
         with stage_run("prepare", "moved", {}):
             pass
     assert not old.exists()
