@@ -5,7 +5,7 @@ BIN := $(abspath $(VENV))/bin
 # Stage commands in dvc.yaml call `python`: the venv's must come first on PATH.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: venv repro test readme ui server bench bench-large clean-venv
+.PHONY: venv lock repro lint test test-fast readme ui server bench bench-large clean-venv
 
 venv: $(VENV)/.installed
 
@@ -14,13 +14,36 @@ $(VENV)/.installed: requirements.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $@
 
+# requirements.txt from pyproject.toml: pip-compile keeps the pins already in requirements.txt and pins only what
+# is new; `make lock LOCK_ARGS='--upgrade-package NAME'` moves one package. The sed drops the local CPU wheel's
+# +cpu label from torch's pin, so that the lock names the version whichever index serves the wheel.
+PIP_COMPILE := pip-compile --quiet --extra=dev --strip-extras --no-emit-index-url --no-emit-find-links \
+	--output-file=requirements.txt pyproject.toml
+TORCH_PIN := s/^torch==\([0-9.]*\)+cpu$$/torch==\1/
+lock: venv
+	CUSTOM_COMPILE_COMMAND="make lock: $(PIP_COMPILE) && sed -i '$(TORCH_PIN)' requirements.txt" \
+		$(PIP_COMPILE) $(LOCK_ARGS)
+	sed -i '$(TORCH_PIN)' requirements.txt
+
 repro: venv
 	dvc repro
 
+# The checks pre-commit runs too (.pre-commit-config.yaml); their settings are in pyproject.toml.
+LINTED := segnet stages benchmarks tests
+lint: venv
+	ruff check $(LINTED)
+	ruff format --check $(LINTED)
+	mypy $(LINTED)
+
 # One worker per core; a test file stays on one worker, since its module fixtures (a tiny project after
 # `dvc repro`) are built once per worker that runs its tests.
-test: venv
-	python -m pytest -rs -n auto --dist loadfile tests
+PYTEST := python -m pytest -rs -n auto --dist loadfile
+test: lint
+	$(PYTEST) tests
+
+# The unit tests alone: the end-to-end ones are marked slow (tests/conftest.py).
+test-fast: venv
+	$(PYTEST) -m 'not slow' tests
 
 UI_PORT ?= 5000
 ui: venv

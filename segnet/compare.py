@@ -27,15 +27,16 @@ def main() -> None:
     params = load_params(root / "params.yaml")
     config = read_bootstrap(params["evaluate"])
     if config.resamples < 1:
-        raise ValueError("params.yaml evaluate.bootstrap.resamples: 0 turns the intervals off; set it (to 1000, say) "
-                         "to compare")
+        raise ValueError(
+            "params.yaml evaluate.bootstrap.resamples: 0 turns the intervals off; set it (to 1000, say) to compare"
+        )
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # two small files: stderr stays clean
     use_project_store(root)
     client = MlflowClient()
     experiment = params["tracking"]["experiment"]
-    runs = [find_evaluate_run(client, experiment, name, root) for name in (arguments.first, arguments.second)]
-    warn_of_other_settings(runs, config)
-    print("\n".join(compare(*runs, config)))
+    first, second = (find_evaluate_run(client, experiment, name, root) for name in (arguments.first, arguments.second))
+    warn_of_other_settings([first, second], config)
+    print("\n".join(compare(first, second, config)))
 
 
 if __name__ == "__main__":

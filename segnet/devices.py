@@ -9,8 +9,10 @@ def select_device(name: str, local_rank: int | None = None) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if local_rank is not None and name.startswith("cuda:"):
-        raise ValueError(f"device: '{name}' would put every process on one GPU; use cuda or auto, which "
-                         "give each process the GPU of its LOCAL_RANK")
+        raise ValueError(
+            f"device: '{name}' would put every process on one GPU; use cuda or auto, which "
+            "give each process the GPU of its LOCAL_RANK"
+        )
     if name == "cuda" and local_rank is not None:
         name = f"cuda:{local_rank}"
     try:

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
 
 def _read_umask() -> int:
@@ -42,7 +43,7 @@ def _fsync(path: Path) -> None:
         os.close(descriptor)
 
 
-def _replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
+def _replace_atomically(path: Path, write: Callable[[Path], object]) -> None:
     """Calls write(temporary) for a new temporary file beside `path`, flushes it and renames it to `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -75,6 +76,7 @@ def write_json(path: Path, value) -> None:
 
 def save_npy(path: Path, array: np.ndarray) -> None:
     """Saves an array as .npy (no pickle) atomically."""
+
     def write(temporary: Path) -> None:
         # Through a file object: given a path, np.save would append ".npy" to the temporary name.
         with open(temporary, "wb") as file:
@@ -95,19 +97,20 @@ class NpyWriter:
     # alignment), with room for any count of rows.
     HEADER_BYTES = 128
 
-    def __init__(self, path: Path, dtype: np.dtype, row_shape: tuple[int, ...]):
+    def __init__(self, path: Path, dtype: npt.DTypeLike, row_shape: tuple[int, ...]):
         self.path = Path(path)
         self.dtype = np.dtype(dtype)
         self.row_shape = tuple(row_shape)
         self.rows = 0
-        self._file = open(self.path, "wb")
+        self._file = open(self.path, "wb")  # noqa: SIM115 - open until close() or discard(), across calls
         self._file.write(self._header())
 
     def append(self, block: np.ndarray) -> None:
         """Appends rows; `block` must have this file's dtype and row shape."""
         if block.dtype != self.dtype or block.shape[1:] != self.row_shape:
-            raise ValueError(f"{self.path}: a block of {block.dtype} {block.shape[1:]} rows, expected "
-                             f"{self.dtype} {self.row_shape}")
+            raise ValueError(
+                f"{self.path}: a block of {block.dtype} {block.shape[1:]} rows, expected {self.dtype} {self.row_shape}"
+            )
         self._file.write(np.ascontiguousarray(block).data)
         self.rows += len(block)
 
@@ -125,8 +128,11 @@ class NpyWriter:
         self.path.unlink(missing_ok=True)
 
     def _header(self) -> bytes:
-        fields = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
-                  "shape": (self.rows, *self.row_shape)}
+        fields = {
+            "descr": np.lib.format.dtype_to_descr(self.dtype),
+            "fortran_order": False,
+            "shape": (self.rows, *self.row_shape),
+        }
         text = repr(fields).encode("latin1")
         if len(text) > self.HEADER_BYTES - 11:  # rewriting a longer header at close would overwrite data
             raise ValueError(f"{self.path}: a .npy header for {fields} does not fit in {self.HEADER_BYTES} bytes")
@@ -159,8 +165,10 @@ def check_replaceable(path: Path, names: frozenset[str]) -> None:
     others = sorted(set(os.listdir(path)) - names)
     if others:
         shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
-        raise ValueError(f"{path}: holds {shown}, which this stage does not write; refusing to replace the folder "
-                         "and delete them: name a new or an empty folder")
+        raise ValueError(
+            f"{path}: holds {shown}, which this stage does not write; refusing to replace the folder "
+            "and delete them: name a new or an empty folder"
+        )
 
 
 @contextlib.contextmanager
@@ -208,7 +216,7 @@ def _remove_abandoned_staging(path: Path) -> None:
     """Deletes staging folders of `path` whose writer (the pid in their name) no longer runs."""
     prefix = _staging_prefix(path)
     for candidate in path.parent.glob(f"{prefix}*"):
-        pid = candidate.name[len(prefix):].split("-", 1)[0]
+        pid = candidate.name[len(prefix) :].split("-", 1)[0]
         if pid.isdigit() and not _is_running(int(pid)):
             _remove(candidate)
 

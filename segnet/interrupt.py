@@ -7,11 +7,15 @@ first signal only sets a flag the training loop polls; a second one stops at onc
 
 import logging
 import signal
+from collections.abc import Callable
 from types import FrameType
 
 log = logging.getLogger(__name__)
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+# What signal.signal takes and returns: a function, SIG_DFL or SIG_IGN, or None for a handler not set from Python.
+Handler = Callable[[int, FrameType | None], object] | int | None
 
 
 def raise_interrupt(signum: int, frame: FrameType | None) -> None:
@@ -23,9 +27,9 @@ def raise_interrupt(signum: int, frame: FrameType | None) -> None:
 class StopSignals:
     """A context manager that records SIGINT/SIGTERM instead of acting on them immediately."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.received: int | None = None
-        self._previous = {}
+        self._previous: dict[int, Handler] = {}
 
     def requested(self) -> bool:
         return self.received is not None
@@ -36,8 +40,10 @@ class StopSignals:
             self._restore()
             raise KeyboardInterrupt
         self.received = signum
-        log.warning("%s received: stopping after this step and saving a checkpoint (again to stop at once)",
-                    signal.Signals(signum).name)
+        log.warning(
+            "%s received: stopping after this step and saving a checkpoint (again to stop at once)",
+            signal.Signals(signum).name,
+        )
 
     def _restore(self) -> None:
         for signum, handler in self._previous.items():

@@ -19,12 +19,19 @@ log = logging.getLogger(__name__)
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m segnet.server", description=__doc__.splitlines()[0])
-    parser.add_argument("--folder", type=Path, default=Path(".mlflow-server"),
-                        help="holds the PostgreSQL cluster, its password file and the artifacts")
+    parser.add_argument(
+        "--folder",
+        type=Path,
+        default=Path(".mlflow-server"),
+        help="holds the PostgreSQL cluster, its password file and the artifacts",
+    )
     parser.add_argument("--port", type=int, default=5050, help="the MLflow server's port on 127.0.0.1")
     parser.add_argument("--postgres-port", type=int, default=5433, help="PostgreSQL's port on 127.0.0.1")
-    parser.add_argument("--database-uri", default=None,
-                        help="an existing database (postgresql://...) to use instead of a cluster in --folder")
+    parser.add_argument(
+        "--database-uri",
+        default=None,
+        help="an existing database (postgresql://...) to use instead of a cluster in --folder",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     # `kill` stops it as cleanly as Ctrl-C does: the server first, then the database. SIGINT too, explicitly:

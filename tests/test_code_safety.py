@@ -13,8 +13,13 @@ SOURCES = sorted(p for folder in ("segnet", "stages", "benchmarks", "tests") for
 def _calls(path: Path, module: str, function: str) -> list[ast.Call]:
     found = []
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == function
-                and isinstance(node.func.value, ast.Name) and node.func.value.id == module):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == function
+            and isinstance(node.func.value, ast.Name)
+            and node.func.value.id == module
+        ):
             found.append(node)
     return found
 
@@ -47,4 +52,6 @@ def test_the_scan_sees_the_loaders_it_checks():
     assert _calls(REPO / "segnet" / "training" / "checkpoint.py", "torch", "load")
     assert _calls(REPO / "segnet" / "model" / "storage.py", "torch", "load")
     assert _calls(REPO / "segnet" / "data" / "loading.py", "np", "load")
-    assert {"torch", "contextlib", "contextlib.contextmanager"} <= _imported(REPO / "segnet" / "speed" / "cpu_kernels.py")
+    assert {"torch", "contextlib", "contextlib.contextmanager"} <= _imported(
+        REPO / "segnet" / "speed" / "cpu_kernels.py"
+    )

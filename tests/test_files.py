@@ -172,4 +172,4 @@ def test_an_npy_written_block_by_block_is_a_plain_npy_of_all_the_blocks(tmp_path
     with open(tmp_path / "b.npy", "wb") as file:
         np.save(file, expected)
     saved, written = (tmp_path / "b.npy").read_bytes(), (tmp_path / "a.npy").read_bytes()
-    assert written[NpyWriter.HEADER_BYTES:] == saved[len(saved) - expected.nbytes:]
+    assert written[NpyWriter.HEADER_BYTES :] == saved[len(saved) - expected.nbytes :]

@@ -17,13 +17,19 @@ import torch
 
 from segnet.params import load_params
 from tests.helpers import (
-    clean_env, course_zip, dead_server_uri, kill_process_group, run, set_params, tiny_project, write_zip,
+    clean_env,
+    course_zip,
+    dead_server_uri,
+    kill_process_group,
+    run,
+    set_params,
+    tiny_project,
+    write_zip,
 )
-
 
 # What the project fixture's `dvc repro` left, read before any test adds experiments: its MLflow runs by
 # stage and its metrics/evaluate.json.
-FIRST_REPRO = {}
+FIRST_REPRO: dict[str, dict] = {}
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +45,11 @@ def store(root: Path) -> mlflow.MlflowClient:
     return mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
 
 
-def runs_by_stage(root: Path) -> dict[str, list]:
+def runs_by_stage(root: Path) -> dict[str, list[mlflow.entities.Run]]:
     client = store(root)
     experiment = client.get_experiment_by_name("segnet-multi-digit-mnist")
-    found = {}
+    assert experiment is not None, f"{root}: no MLflow experiment segnet-multi-digit-mnist"
+    found: dict[str, list[mlflow.entities.Run]] = {}
     for found_run in client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"]):
         found.setdefault(found_run.data.tags["stage"], []).append(found_run)
     return found
@@ -50,14 +57,27 @@ def runs_by_stage(root: Path) -> dict[str, list]:
 
 def test_repro_writes_metrics_model_and_plots(project):
     metrics = json.loads((project / "metrics" / "evaluate.json").read_text())
-    assert list(metrics) == ["miou", "miou_ci_low", "miou_ci_high", "miou_digits", "pixel_accuracy",
-                             "mean_class_accuracy", "per_class_iou"]
+    assert list(metrics) == [
+        "miou",
+        "miou_ci_low",
+        "miou_ci_high",
+        "miou_digits",
+        "pixel_accuracy",
+        "mean_class_accuracy",
+        "per_class_iou",
+    ]
     assert len(metrics["per_class_iou"]) == 11 and 0.0 <= metrics["miou"] <= 1.0
     assert 0 <= metrics["miou_ci_low"] <= metrics["miou_ci_high"] <= 1
     prepared = json.loads((project / "metrics" / "prepare.json").read_text())
     # Numbers only: a text column in `dvc exp show` is as wide as its value and pushes the scores out of view.
-    assert prepared == {"height": 64, "width": 64, "train_files": 4, "train_images": 32, "test_files": 2,
-                        "test_images": 12}
+    assert prepared == {
+        "height": 64,
+        "width": 64,
+        "train_files": 4,
+        "train_images": 32,
+        "test_files": 2,
+        "test_images": 12,
+    }
     history = (project / "metrics" / "train_history.csv").read_text().splitlines()
     assert history[0] == "epoch,step,train_loss,val_miou,lr,elapsed_s" and len(history) == 3
     state = torch.load(project / "data" / "model" / "model.pt", weights_only=True)
@@ -68,13 +88,20 @@ def test_repro_writes_metrics_model_and_plots(project):
     # one must carry its own axes, or it comes out as a default (the file's last column against its rows).
     plots = json.loads(run(["dvc", "plots", "show", "--json"], project).stdout)["data"]
     curves = {
-        (plot["content"]["title"]["text"], plot["content"]["encoding"]["x"]["field"],
-         plot["content"]["layer"][0]["encoding"]["y"]["field"])
-        for drawn in plots.values() for plot in drawn if plot["type"] == "vega"
+        (
+            plot["content"]["title"]["text"],
+            plot["content"]["encoding"]["x"]["field"],
+            plot["content"]["layer"][0]["encoding"]["y"]["field"],
+        )
+        for drawn in plots.values()
+        for plot in drawn
+        if plot["type"] == "vega"
     }
-    assert curves == {("Training loss per epoch", "epoch", "train_loss"),
-                      ("Validation mIoU per epoch", "epoch", "val_miou"),
-                      ("Validation mIoU against wall-clock training time", "elapsed_s", "val_miou")}
+    assert curves == {
+        ("Training loss per epoch", "epoch", "train_loss"),
+        ("Validation mIoU per epoch", "epoch", "val_miou"),
+        ("Validation mIoU against wall-clock training time", "elapsed_s", "val_miou"),
+    }
     assert "pipelines are up to date" in run(["dvc", "repro"], project).stdout
 
 
@@ -90,22 +117,29 @@ def test_evaluate_scores_a_model_trained_on_a_gpu_with_its_own_device_setting(pr
     # Run from a folder of its own (the project's params), so that its MLflow run stays out of the project's store.
     shutil.copy(project / "params.yaml", tmp_path / "params.yaml")
     outputs = [str(tmp_path / name) for name in ("evaluate.json", "confusion.png", "predictions.png")]
-    run([sys.executable, "-m", "stages.evaluate", str(project / "data" / "prepared"), str(model), *outputs], tmp_path,
-        env=clean_env(PYTHONPATH=str(project)))
+    run(
+        [sys.executable, "-m", "stages.evaluate", str(project / "data" / "prepared"), str(model), *outputs],
+        tmp_path,
+        env=clean_env(PYTHONPATH=str(project)),
+    )
     assert (tmp_path / "evaluate.json").read_bytes() == (project / "metrics" / "evaluate.json").read_bytes()
 
 
 def test_every_stage_is_one_linked_mlflow_run_in_the_root_store(project, monkeypatch, tmp_path):
     runs = FIRST_REPRO["runs"]
     assert {stage: len(found) for stage, found in runs.items()} == {
-        "generate": 1, "prepare": 1, "train": 1, "evaluate": 1,
+        "generate": 1,
+        "prepare": 1,
+        "train": 1,
+        "evaluate": 1,
     }
     assert all(found[0].info.status == "FINISHED" for found in runs.values())
     train_run, evaluate_run = runs["train"][0], runs["evaluate"][0]
     prepare_run = runs["prepare"][0]
     dataset = json.loads((project / "data" / "prepared" / "dataset.json").read_text())
     assert {key: prepare_run.data.tags[key] for key in ("archive", "archive_sha256", "train_pixel_dtype")} == {
-        key: dataset[key] for key in ("archive", "archive_sha256", "train_pixel_dtype")}
+        key: dataset[key] for key in ("archive", "archive_sha256", "train_pixel_dtype")
+    }
     assert prepare_run.data.metrics["train_images"] == 32
     pixels = [prepare_run.data.metrics[f"train_class_pixels.{name}"] for name in ["background"] + list("1234567890")]
     assert sum(pixels) == 32 * 64 * 64
@@ -175,7 +209,9 @@ def test_experiments_with_changed_params_are_tracked_in_dvc_and_mlflow(project):
 
     shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
     experiments = {
-        exp["name"]: exp["data"] for baseline in shown for exp in (baseline.get("experiments") or [])
+        exp["name"]: exp["data"]
+        for baseline in shown
+        for exp in (baseline.get("experiments") or [])
         for exp in exp["revs"]
     }
     assert {"lr-high", "lr-low"} <= set(experiments)
@@ -192,18 +228,25 @@ def test_experiments_with_changed_params_are_tracked_in_dvc_and_mlflow(project):
     # The two experiments' test scores, each with the interval its evaluate run logged, and their paired difference.
     compared = run([sys.executable, "-m", "segnet.compare", "lr-low", "lr-high"], project).stdout.splitlines()
     assert compared[0].startswith("test miou on the same 12 panels; 95% intervals from 1000 resamples")
-    for line, side, name in zip(compared[1:3], "AB", ["lr-low", "lr-high"]):
+    for line, side, name in zip(compared[1:3], "AB", ["lr-low", "lr-high"], strict=True):
         metrics = evaluated[name].data.metrics
         assert line.split()[:4] == [side, name, "(run", f"{evaluated[name].info.run_id[:8]})"]
-        assert line.split()[-3:] == [f"{metrics['miou']:.4f}", f"[{metrics['miou_ci_low']:.4f},",
-                                     f"{metrics['miou_ci_high']:.4f}]"]
+        assert line.split()[-3:] == [
+            f"{metrics['miou']:.4f}",
+            f"[{metrics['miou_ci_low']:.4f},",
+            f"{metrics['miou_ci_high']:.4f}]",
+        ]
     difference = evaluated["lr-high"].data.metrics["miou"] - evaluated["lr-low"].data.metrics["miou"]
     assert compared[3].split()[:4] == ["B", "-", "A", f"{difference:+.4f}"]
     low, high = (float(bound.strip("[],")) for bound in compared[3].split()[4:6])
     assert low <= high and min(abs(low), abs(high)) > 1e-4  # printed to 4 decimals: the verdict is legible from them
-    assert compared[4] == ("B is above A: the interval of the difference excludes 0" if low > 0 else
-                           "B is below A: the interval of the difference excludes 0" if high < 0 else
-                           "the test set does not tell A and B apart: the interval of the difference holds 0")
+    assert compared[4] == (
+        "B is above A: the interval of the difference excludes 0"
+        if low > 0
+        else "B is below A: the interval of the difference excludes 0"
+        if high < 0
+        else "the test set does not tell A and B apart: the interval of the difference holds 0"
+    )
     # The workspace holds what the last `dvc exp run` without --temp left there: lr-high's model.
     workspace = run([sys.executable, "-m", "segnet.compare", "lr-low", "workspace"], project).stdout.splitlines()
     assert workspace[1:3] == compared[1:3]
@@ -221,6 +264,7 @@ def stop_queue_workers(root: Path, grace_s: float = 30) -> None:
     and sent a shutdown that the worker never received; the worker then idled forever, deaf to
     `dvc queue stop` too, while every experiment had finished. A signal still ends it.
     """
+
     def running(pid: int) -> bool:  # a queue worker, not an exited one or a recycled pid
         try:
             return b"queue-worker" in Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -242,9 +286,17 @@ def test_two_queued_experiments_on_two_workers_both_land_in_a_fresh_root_store(p
     # A fresh store is where two workers race to create MLflow's tables. A copy of the project (with its
     # DVC cache, without its store) gives one, and leaves the shared project's store alone.
     copy = tmp_path / "project"
-    shutil.copytree(project, copy, ignore=lambda folder, names: (
-        {"mlflow.db", "mlflow.db.lock", "mlartifacts"} if Path(folder) == project else
-        {"tmp"} if Path(folder) == project / ".dvc" else set()))
+    shutil.copytree(
+        project,
+        copy,
+        ignore=lambda folder, names: (
+            {"mlflow.db", "mlflow.db.lock", "mlartifacts"}
+            if Path(folder) == project
+            else {"tmp"}
+            if Path(folder) == project / ".dvc"
+            else set()
+        ),
+    )
     run(["git", "checkout", "--", "params.yaml"], copy)
     # Learning rates no earlier run used: DVC would restore a seen one from its run cache, not train.
     names = {f"queued-{index}": f"0.001{index}" for index in range(1, 3)}
@@ -254,8 +306,15 @@ def test_two_queued_experiments_on_two_workers_both_land_in_a_fresh_root_store(p
         # `dvc queue start` returns at once, but its background workers keep its stdout: capturing that output
         # would wait for the workers to exit, and one may never exit (stop_queue_workers).
         with open(tmp_path / "queue-start.log", "w") as log:
-            subprocess.run(["dvc", "queue", "start", "-j", "2"], cwd=copy, env=clean_env(), stdout=log,
-                           stderr=subprocess.STDOUT, timeout=120, check=True)
+            subprocess.run(
+                ["dvc", "queue", "start", "-j", "2"],
+                cwd=copy,
+                env=clean_env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                timeout=120,
+                check=True,
+            )
         deadline = time.monotonic() + 420
         while time.monotonic() < deadline:
             status = run(["dvc", "queue", "status"], copy).stdout
@@ -268,8 +327,9 @@ def test_two_queued_experiments_on_two_workers_both_land_in_a_fresh_root_store(p
     assert status.count("Success") >= 2, status
     runs = runs_by_stage(copy)
     for stage in ("train", "evaluate"):
-        finished = {found.data.tags.get("dvc_experiment"): found for found in runs[stage]
-                    if found.info.status == "FINISHED"}
+        finished = {
+            found.data.tags.get("dvc_experiment"): found for found in runs[stage] if found.info.status == "FINISHED"
+        }
         assert set(finished) == set(names), (stage, status)
         assert {name: finished[name].data.params["train.lr"] for name in names} == names
     assert not list((copy / ".dvc" / "tmp").rglob("mlflow.db"))
@@ -287,7 +347,9 @@ def test_a_local_dvc_remote_takes_a_push_and_gives_back_every_output_on_pull(pro
     shutil.copytree(project, copy, ignore=lambda folder, names: {"tmp"} if Path(folder) == project / ".dvc" else set())
     assert "up to date" in run(["dvc", "status"], copy).stdout
     outputs = _output_bytes(copy)
-    assert {"data/prepared/train_images.npy", "data/model/model.pt", "data/builtin/multi-digit-mnist.zip"} <= set(outputs)
+    assert {"data/prepared/train_images.npy", "data/model/model.pt", "data/builtin/multi-digit-mnist.zip"} <= set(
+        outputs
+    )
 
     remote = tmp_path / "dvc-storage"
     run(["dvc", "remote", "add", "-d", "storage", str(remote)], copy)
@@ -343,8 +405,14 @@ def test_a_tracking_server_that_is_down_stops_a_stage_at_its_start(project):
     lock_before = (project / "dvc.lock").read_text()
     with dead_server_uri() as dead:
         # The timeout catches MLflow's own minutes-long retrying: the check must fail before any of it.
-        result = subprocess.run(["dvc", "repro", "--force", "--single-item", "train"], cwd=project,
-                                env=clean_env(MLFLOW_TRACKING_URI=dead), capture_output=True, text=True, timeout=120)
+        result = subprocess.run(
+            ["dvc", "repro", "--force", "--single-item", "train"],
+            cwd=project,
+            env=clean_env(MLFLOW_TRACKING_URI=dead),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     assert result.returncode != 0
     assert f"MLFLOW_TRACKING_URI={dead}: the MLflow tracking server does not answer" in result.stderr
     assert "Traceback" not in result.stderr
@@ -356,8 +424,15 @@ def test_a_tracking_server_that_is_down_stops_a_stage_at_its_start(project):
 
 def _start_repro(root: Path, *arguments: str) -> subprocess.Popen:
     """`dvc repro` in its own process group, as a terminal would run it, so a signal reaches every process."""
-    return subprocess.Popen(["dvc", "repro", *arguments], cwd=root, env=clean_env(), start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        ["dvc", "repro", *arguments],
+        cwd=root,
+        env=clean_env(),
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _signal_at_first_checkpoint(process: subprocess.Popen, root: Path, signum: int) -> tuple[str, str]:
@@ -422,8 +497,9 @@ def test_killed_training_resumes_exactly_and_ctrl_c_saves_and_marks_the_run_kill
         assert (project / "metrics" / "evaluate.json").read_bytes() == resumed_metrics
 
         # Ctrl-C (SIGINT to the terminal's process group): the stage saves where it is and stops cleanly.
-        _, stderr = _signal_at_first_checkpoint(_start_repro(project, "--force", "--single-item", "train"),
-                                                project, signal.SIGINT)
+        _, stderr = _signal_at_first_checkpoint(
+            _start_repro(project, "--force", "--single-item", "train"), project, signal.SIGINT
+        )
         interrupted = _checkpoint(project)
         assert "SIGINT received: stopping after this step" in stderr and "Traceback" not in stderr
         assert f"training stopped at step {interrupted['state']['loop']['step']}" in stderr

@@ -77,8 +77,12 @@ def test_the_import_scan_follows_imports_through_other_modules_and_packages():
     # stages/train.py imports neither segnet/cores.py nor segnet/speed/cpu_kernels.py itself: it reaches the first
     # through segnet/training/distributed.py, the second through segnet/speed/__init__.py.
     train = code_of("stages/train.py")
-    assert {"segnet/training/distributed.py", "segnet/cores.py", "segnet/speed/__init__.py",
-            "segnet/speed/cpu_kernels.py"} <= train
+    assert {
+        "segnet/training/distributed.py",
+        "segnet/cores.py",
+        "segnet/speed/__init__.py",
+        "segnet/speed/cpu_kernels.py",
+    } <= train
 
 
 def test_only_training_reaches_the_speed_code():

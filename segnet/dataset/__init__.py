@@ -7,6 +7,14 @@ from segnet.dataset.matfile import read_panels, write_panels
 from segnet.dataset.prepare import prepare_dataset
 
 __all__ = [
-    "ArchiveLimits", "GenerateConfig", "SplitSpec", "build_archive", "index_archive", "open_archive",
-    "prepare_dataset", "read_member", "read_panels", "write_panels",
+    "ArchiveLimits",
+    "GenerateConfig",
+    "SplitSpec",
+    "build_archive",
+    "index_archive",
+    "open_archive",
+    "prepare_dataset",
+    "read_member",
+    "read_panels",
+    "write_panels",
 ]

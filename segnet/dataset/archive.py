@@ -95,7 +95,10 @@ def index_archive(archive: zipfile.ZipFile, source: str, *, limits: ArchiveLimit
         DatasetError: An unsafe member, a member or archive that declares more than `limits` allow,
             two members with the same base name, or no training or no test files.
     """
-    train, test, ignored = {}, {}, []
+    train: dict[str, str] = {}  # base name, lower case -> member name
+    test: dict[str, str] = {}
+    ignored: list[str] = []
+    numeric_order: dict[str, tuple[int, str]] = {}  # base name -> sort key: the file's number, then its name
     total = 0
     for info in archive.infolist():
         name = info.filename
@@ -112,10 +115,11 @@ def index_archive(archive: zipfile.ZipFile, source: str, *, limits: ArchiveLimit
             continue
         key = path.name.lower()
         for pattern, found in ((TRAIN_PATTERN, train), (TEST_PATTERN, test)):
-            if pattern.match(key):
+            if match := pattern.match(key):
                 if key in found:
                     raise DatasetError(f"{source}: '{path.name}' appears twice ({found[key]} and {name})")
                 found[key] = name
+                numeric_order[key] = (int(match.group(1)), key)
                 break
         else:
             ignored.append(name)
@@ -124,10 +128,10 @@ def index_archive(archive: zipfile.ZipFile, source: str, *, limits: ArchiveLimit
     if not test:
         raise DatasetError(f"{source}: no test files (testset*.mat) in the archive{_listing(ignored)}")
 
-    def numeric_order(found: dict[str, str], pattern: re.Pattern) -> list[str]:
-        return [found[key] for key in sorted(found, key=lambda key: (int(pattern.match(key).group(1)), key))]
+    def in_order(found: dict[str, str]) -> list[str]:
+        return [found[key] for key in sorted(found, key=numeric_order.__getitem__)]
 
-    return ArchiveIndex(numeric_order(train, TRAIN_PATTERN), numeric_order(test, TEST_PATTERN), ignored)
+    return ArchiveIndex(in_order(train), in_order(test), ignored)
 
 
 def _listing(ignored: list[str], shown: int = 5) -> str:

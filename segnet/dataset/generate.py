@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from segnet import CELL_OFFSETS, DIGIT_SIZE, PANEL_SIZE
-from segnet.files import write_bytes
 from segnet.dataset.matfile import write_panels
+from segnet.files import write_bytes
 
 ARCHIVE_FOLDER = "multi-digit-mnist"
 # A fixed timestamp for every zip entry: the same params must give a byte-identical archive.
@@ -57,17 +57,19 @@ class GenerateConfig:
         if self.seed < 0:
             raise ValueError(f"seed: must be an integer >= 0, got {self.seed}")
         if not 0.0 < self.test_digit_fraction < 1.0:
-            raise ValueError(
-                f"test_digit_fraction: must be in (0, 1), got {self.test_digit_fraction}"
-            )
+            raise ValueError(f"test_digit_fraction: must be in (0, 1), got {self.test_digit_fraction}")
         for name in ("train", "test"):
             self.split(name)  # raises, naming the split's keys, where its numbers are invalid
 
     def split(self, name: str) -> SplitSpec:
         """The `train` or `test` split's SplitSpec."""
         try:
-            return SplitSpec(*(getattr(self, f"{name}_{field}")
-                               for field in ("files", "panels_per_file", "min_digits", "max_digits")))
+            return SplitSpec(
+                *(
+                    getattr(self, f"{name}_{field}")
+                    for field in ("files", "panels_per_file", "min_digits", "max_digits")
+                )
+            )
         except ValueError as error:
             raise ValueError(f"{name}_*: {error}") from None
 
@@ -114,7 +116,7 @@ def compose_panel(
     """
     image = np.zeros((PANEL_SIZE, PANEL_SIZE), dtype=np.uint8)
     mask = np.zeros((PANEL_SIZE, PANEL_SIZE), dtype=np.uint8)
-    for digit, label, cell in zip(digit_images, digit_labels, cells):
+    for digit, label, cell in zip(digit_images, digit_labels, cells, strict=True):
         top, left = CELL_OFFSETS[cell // 3], CELL_OFFSETS[cell % 3]
         window = (slice(top, top + DIGIT_SIZE), slice(left, left + DIGIT_SIZE))
         ink = digit > 0
@@ -160,13 +162,13 @@ def build_archive(path: Path, seed: int, train: SplitSpec, test: SplitSpec, test
 
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
-        for spec, pool, name_format, rng in (
+        for spec, pool, name_format, split_rng in (
             (train, train_pool, "batch{:05d}.mat", rng),
             (test, test_pool, "testset{:03d}.mat", test_rng),
         ):
             for file_number in range(1, spec.files + 1):
                 grey, masks = make_panels(
-                    spec.panels_per_file, spec.min_digits, spec.max_digits, pool, pixels, digits, rng
+                    spec.panels_per_file, spec.min_digits, spec.max_digits, pool, pixels, digits, split_rng
                 )
                 # The course release is grey: three equal channels, every value k/255.
                 rgb = np.repeat(grey[..., None], 3, axis=-1).astype(np.float32) / np.float32(255)

@@ -46,9 +46,11 @@ def inflate(data: bytes, source: str, *, max_bytes: int) -> bytes:
     """
     order = _byte_order(data, source)
     view = memoryview(data)  # slices of a memoryview share the bytes instead of copying them
-    parts, size, inflated_any = [view[:HEADER_BYTES]], HEADER_BYTES, False
+    parts: list[bytes | memoryview] = [view[:HEADER_BYTES]]
+    size, inflated_any = HEADER_BYTES, False
     elements = _elements(view, HEADER_BYTES, len(view), order, source, padded=False, context="")
     for number, (data_type, start, end) in enumerate(elements, start=1):
+        element: bytes | memoryview
         if data_type == MI_COMPRESSED:
             element = _inflate_variable(view[start:end], order, source, budget=max_bytes - size, max_bytes=max_bytes)
             inflated_any = True
@@ -92,9 +94,18 @@ def _is_matlab_4(data: bytes) -> bool:
     for order in "<>":
         code, rows, columns, imaginary, name_length = struct.unpack(order + "5i", data[:20])
         machine, zero, precision, kind = code // 1000, code // 100 % 10, code // 10 % 10, code % 10
-        if (0 <= code < 5000 and machine <= 4 and zero == 0 and precision <= 5 and kind <= 2 and rows >= 0
-                and columns >= 0 and imaginary in (0, 1) and 1 <= name_length <= len(data) - 20
-                and data[20 + name_length - 1] == 0):
+        if (
+            0 <= code < 5000
+            and machine <= 4
+            and zero == 0
+            and precision <= 5
+            and kind <= 2
+            and rows >= 0
+            and columns >= 0
+            and imaginary in (0, 1)
+            and 1 <= name_length <= len(data) - 20
+            and data[20 + name_length - 1] == 0
+        ):
             return True
     return False
 
@@ -106,7 +117,7 @@ def _major_version(data: bytes) -> int | None:
     return data[125] if data[126:128] == b"IM" else data[124]
 
 
-def _inflate_variable(compressed: bytes, order: str, source: str, budget: int, max_bytes: int) -> bytes:
+def _inflate_variable(compressed: bytes | memoryview, order: str, source: str, budget: int, max_bytes: int) -> bytes:
     """Inflates one miCOMPRESSED element into the miMATRIX element it holds, refusing more than budget bytes."""
     inflater = zlib.decompressobj()
     try:
@@ -125,14 +136,15 @@ def _inflate_variable(compressed: bytes, order: str, source: str, budget: int, m
     return inflated[: _TAG_BYTES + byte_count]
 
 
-def _check_parts(element: bytes, order: str, source: str, context: str) -> None:
+def _check_parts(element: bytes | memoryview, order: str, source: str, context: str) -> None:
     """Checks that the parts of a variable, and of the variables nested in it, tile it exactly and have known types."""
     pending = [(_TAG_BYTES, len(element))]  # a stack, not recursion: nesting depth is the file's choice
     while pending:
         start, end = pending.pop()
         parts = list(_elements(element, start, end, order, source, padded=True, context=context))
         # loadmat reads a part of a numeric array as numbers whatever its type; a nested variable there crashes it.
-        holds_variables = _matlab_class(element, parts, order) not in _LEAF_CLASSES
+        matlab_class = _matlab_class(element, parts, order)
+        holds_variables = matlab_class is None or matlab_class not in _LEAF_CLASSES
         for data_type, part_start, part_end in parts:
             if data_type == MI_MATRIX and holds_variables:
                 pending.append((part_start, part_end))
@@ -141,14 +153,14 @@ def _check_parts(element: bytes, order: str, source: str, context: str) -> None:
                 raise _corrupt(source, f"{part_start}{context}", what)
 
 
-def _matlab_class(element: bytes, parts: list[tuple[int, int, int]], order: str) -> int | None:
+def _matlab_class(element: bytes | memoryview, parts: list[tuple[int, int, int]], order: str) -> int | None:
     """The class number in a variable's first part, its array flags (8 bytes of miUINT32); None without one."""
     if not parts or parts[0][0] != 6 or parts[0][2] - parts[0][1] != 8:
         return None
     return struct.unpack_from(order + "I", element, parts[0][1])[0] & 0xFF
 
 
-def _elements(data: bytes, start: int, end: int, order: str, source: str, padded: bool, context: str):
+def _elements(data: bytes | memoryview, start: int, end: int, order: str, source: str, padded: bool, context: str):
     """Yields (data type, data start, data end) of the elements that must tile data[start:end] exactly.
 
     `context` says in error messages what byte positions count from (" of variable 2"; "": the file).

@@ -71,9 +71,7 @@ def read_panels(data: bytes, source: str, *, max_bytes: int) -> tuple[np.ndarray
     if not np.isfinite(image).all():
         raise DatasetError(f"{source}: '{IMAGE_KEY}' holds NaN or infinite pixels")
     if image.min() < 0.0 or image.max() > 1.0:
-        raise DatasetError(
-            f"{source}: '{IMAGE_KEY}' pixels lie in [{image.min():g}, {image.max():g}], expected [0, 1]"
-        )
+        raise DatasetError(f"{source}: '{IMAGE_KEY}' pixels lie in [{image.min():g}, {image.max():g}], expected [0, 1]")
     if mask.dtype.kind == "f":
         if not np.isfinite(mask).all() or not np.array_equal(mask, np.round(mask)):
             raise DatasetError(f"{source}: '{MASK_KEY}' holds labels that are not integers")

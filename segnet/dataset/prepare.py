@@ -18,16 +18,16 @@ import logging
 import threading
 import zipfile
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from segnet import NUM_CLASSES
 from segnet.dataset.archive import ArchiveLimits, index_archive, open_archive, read_member
+from segnet.dataset.matfile import read_panels
 from segnet.errors import DatasetError
 from segnet.files import NpyWriter, check_replaceable, sha256_file, staged_directory, write_json
-from segnet.dataset.matfile import read_panels
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +38,7 @@ OUTPUT_NAMES = frozenset({"train_images.npy", "train_labels.npy", "test_images.n
 _CONVERT_ROWS = 4096
 
 
-def prepare_dataset(
-    archive_path: Path, output_dir: Path, *, limits: ArchiveLimits, workers: int = 1
-) -> dict:
+def prepare_dataset(archive_path: Path, output_dir: Path, *, limits: ArchiveLimits, workers: int = 1) -> dict:
     """Reads every .mat file of the archive, validates it and writes the split arrays.
 
     Args:
@@ -59,8 +57,10 @@ def prepare_dataset(
         raise ValueError(f"workers must be >= 1, got {workers}")
     archive_path = Path(archive_path)
     if archive_path.resolve().is_relative_to(Path(output_dir).resolve()):
-        raise ValueError(f"{archive_path}: the archive is at or below the output folder {output_dir}, which prepare "
-                         "replaces as a whole; name another output folder")
+        raise ValueError(
+            f"{archive_path}: the archive is at or below the output folder {output_dir}, which prepare "
+            "replaces as a whole; name another output folder"
+        )
     check_replaceable(output_dir, OUTPUT_NAMES)  # now, before the archive is hashed and indexed
     fingerprint = sha256_file(archive_path) if archive_path.is_file() else None
     with open_archive(archive_path) as archive:
@@ -68,9 +68,9 @@ def prepare_dataset(
     for name in index.ignored:
         log.warning("%s:%s: not a batch*.mat or testset*.mat file; ignored", archive_path, name)
 
-    summary = {"archive": str(archive_path), "archive_sha256": fingerprint}
+    summary: dict[str, object] = {"archive": str(archive_path), "archive_sha256": fingerprint}
     with staged_directory(output_dir, OUTPUT_NAMES) as staging:
-        splits = {}
+        splits: dict[str, _SplitWriter] = {}
         with _ParallelReader(archive_path, limits, workers) as read_files:
             for split, members in (("train", index.train), ("test", index.test)):
                 writer = _SplitWriter(staging, split, str(archive_path))
@@ -109,55 +109,73 @@ class _SplitWriter:
 
     def __init__(self, folder: Path, split: str, source: str):
         self.folder, self.split, self.source = folder, split, source
-        self.images: NpyWriter | None = None
-        self.labels: NpyWriter | None = None
-        self.shape: tuple[int, int] | None = None
+        # Opened by the split's first file, whose panels set the split's (H, W).
+        self._images: NpyWriter | None = None
+        self._labels: NpyWriter | None = None
+        self._shape: tuple[int, int] | None = None
         self.histogram = np.zeros(NUM_CLASSES, dtype=np.int64)
 
     @property
+    def shape(self) -> tuple[int, int]:
+        """(H, W) of the split's panels."""
+        return self._opened()[2]
+
+    @property
     def rows(self) -> int:
-        return self.labels.rows
+        return self._opened()[1].rows
 
     @property
     def pixel_dtype(self) -> np.dtype:
-        return self.images.dtype
+        return self._opened()[0].dtype
 
     def append(self, name: str, images: np.ndarray, exact: bool, masks: np.ndarray) -> None:
-        if not exact and (self.images is None or self.images.dtype == np.uint8):
-            log.warning("%s:%s: pixels are not all multiples of 1/255; storing the %s split as float32",
-                        self.source, name, self.split)
-        if self.shape is None:
-            self.shape = images.shape[1:3]
-            self.images = NpyWriter(self._path("images"), np.uint8 if exact else np.float32, images.shape[1:])
-            self.labels = NpyWriter(self._path("labels"), np.uint8, masks.shape[1:])
-        elif images.shape[1:3] != self.shape:
-            raise DatasetError(f"{self.source}:{name}: panels are {images.shape[1:3]}, earlier files had {self.shape}")
-        if self.images.dtype == np.uint8 and not exact:
+        if not exact and (self._images is None or self._images.dtype == np.uint8):
+            log.warning(
+                "%s:%s: pixels are not all multiples of 1/255; storing the %s split as float32",
+                self.source,
+                name,
+                self.split,
+            )
+        if self._shape is None:
+            self._shape = (images.shape[1], images.shape[2])
+            self._images = NpyWriter(self._path("images"), np.uint8 if exact else np.float32, images.shape[1:])
+            self._labels = NpyWriter(self._path("labels"), np.uint8, masks.shape[1:])
+        elif images.shape[1:3] != self._shape:
+            raise DatasetError(f"{self.source}:{name}: panels are {images.shape[1:3]}, earlier files had {self._shape}")
+        if self._opened()[0].dtype == np.uint8 and not exact:
             self._convert_to_float()
-        self.images.append(images if exact == (self.images.dtype == np.uint8) else to_unit_float(images))
-        self.labels.append(masks)
+        image_writer, label_writer, _ = self._opened()
+        image_writer.append(images if exact == (image_writer.dtype == np.uint8) else to_unit_float(images))
+        label_writer.append(masks)
         self.histogram += np.bincount(masks.reshape(-1), minlength=NUM_CLASSES)
 
     def close(self) -> None:
-        self.images.close()
-        self.labels.close()
+        image_writer, label_writer, _ = self._opened()
+        image_writer.close()
+        label_writer.close()
 
     def discard(self) -> None:
-        for writer in (self.images, self.labels):
+        for writer in (self._images, self._labels):
             if writer is not None:
                 writer.discard()
+
+    def _opened(self) -> tuple[NpyWriter, NpyWriter, tuple[int, int]]:
+        """The images' and labels' writers and the panels' (H, W), once the first file has opened them."""
+        if self._images is None or self._labels is None or self._shape is None:
+            raise RuntimeError(f"the {self.split} split has no file yet")
+        return self._images, self._labels, self._shape
 
     def _path(self, kind: str) -> Path:
         return self.folder / f"{self.split}_{kind}.npy"
 
     def _convert_to_float(self) -> None:
         written = self._path("images").with_suffix(".uint8.npy")
-        self.images.close()
+        self._opened()[0].close()
         self._path("images").rename(written)
         quantized = np.load(written, mmap_mode="r")
-        self.images = NpyWriter(self._path("images"), np.float32, quantized.shape[1:])
+        self._images = NpyWriter(self._path("images"), np.float32, quantized.shape[1:])
         for start in range(0, len(quantized), _CONVERT_ROWS):
-            self.images.append(to_unit_float(quantized[start : start + _CONVERT_ROWS]))
+            self._images.append(to_unit_float(quantized[start : start + _CONVERT_ROWS]))
         del quantized
         written.unlink()
 
@@ -178,7 +196,7 @@ class _ParallelReader:
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="prepare")
         self.in_flight = 2 * workers
         self.local = threading.local()
-        self.archives = []
+        self.archives: list[zipfile.ZipFile] = []
 
     def __enter__(self):
         return self._read_files
@@ -189,7 +207,7 @@ class _ParallelReader:
             archive.close()
 
     def _read_files(self, members: list[str]) -> Iterator[tuple[np.ndarray, bool, np.ndarray]]:
-        pending = collections.deque()
+        pending: collections.deque[Future[tuple[np.ndarray, bool, np.ndarray]]] = collections.deque()
         names = iter(members)
         for name in itertools.islice(names, self.in_flight):
             pending.append(self.pool.submit(self._read_file, name))

@@ -36,8 +36,7 @@ class BootstrapConfig:
         if self.resamples < 0:
             raise ValueError(f"resamples: must be an integer >= 0, got {self.resamples}")
         if not 0 < self.confidence < 1:
-            raise ValueError(
-                f"confidence: must lie strictly between 0 and 1, got {self.confidence}")
+            raise ValueError(f"confidence: must lie strictly between 0 and 1, got {self.confidence}")
         if self.seed < 0:
             raise ValueError(f"seed: must be an integer >= 0, got {self.seed}")
 
@@ -71,10 +70,10 @@ def percentile_interval(
         confusions: Per-panel confusion matrices (N, classes, classes) from panel_confusions; or, to compare
             models on the same panels, their matrices stacked per panel (N, models, classes, classes), so that
             every resample draws the same panels for each model (a paired bootstrap).
-        score: A metric of one resample's summed matrices, e.g. segnet.evaluation.metrics.mean_iou, or for a stack of two
-            models `lambda pair: mean_iou(pair[1]) - mean_iou(pair[0])`. (A class absent from a resample's
-            labels counts for a model only if it predicts it, so the two means may then be over different
-            classes; on the built-in test set every class occurs in every resample.)
+        score: A metric of one resample's summed matrices, e.g. segnet.evaluation.metrics.mean_iou, or for a
+            stack of two models `lambda pair: mean_iou(pair[1]) - mean_iou(pair[0])`. (A class absent from a
+            resample's labels counts for a model only if it predicts it, so the two means may then be over
+            different classes; on the built-in test set every class occurs in every resample.)
         config: Resamples, confidence and seed.
 
     Returns:
@@ -85,7 +84,7 @@ def percentile_interval(
     panels = len(confusions)
     generator = torch.Generator().manual_seed(config.seed)
     flat = confusions.reshape(panels, -1).double()  # counts up to 2^53 stay exact in float64
-    scores = []
+    scores: list[float] = []
     # A resample is how often each panel is drawn; those counts times the panels' matrices sum to its matrices.
     # 100 resamples at a time: a (100, panels) table of counts, whatever the number of resamples.
     for start in range(0, config.resamples, 100):

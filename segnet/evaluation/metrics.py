@@ -52,6 +52,6 @@ def summarize(confusion: torch.Tensor) -> dict:
         "pixel_accuracy": pixel_accuracy(confusion),
         "mean_class_accuracy": float(per_class_accuracy(confusion).nanmean()),
         "per_class_iou": {
-            name: (None if math.isnan(iou) else iou) for name, iou in zip(CLASS_NAMES, ious.tolist())
+            name: (None if math.isnan(iou) else iou) for name, iou in zip(CLASS_NAMES, ious.tolist(), strict=True)
         },
     }

@@ -6,12 +6,12 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display on training machines
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.colors import ListedColormap  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.colors import ListedColormap
 
-from segnet import CLASS_NAMES  # noqa: E402
+from segnet import CLASS_NAMES
 
 # Background black, then one distinct colour per class, fixed so pictures compare across runs.
 _LABEL_COLOURS = ListedColormap(["#000000"] + [plt.get_cmap("tab10")(i) for i in range(10)])
@@ -55,7 +55,7 @@ def predictions_png(images: torch.Tensor, labels: torch.Tensor, predictions: tor
         if images.dtype == torch.uint8:
             pixels = pixels / 255.0
         panels = (pixels, labels[row].numpy(), predictions[row].numpy())
-        for column, (panel, title) in enumerate(zip(panels, ("image", "truth", "prediction"))):
+        for column, (panel, title) in enumerate(zip(panels, ("image", "truth", "prediction"), strict=True)):
             axis = axes[row, column]
             if column == 0:
                 axis.imshow(panel, vmin=0, vmax=1)

@@ -1,4 +1,5 @@
-"""C++ kernels for SegNet training on the CPU (segnet/speed/cpu_kernels.cpp): memory-bound layers, and Winograd transforms.
+"""C++ kernels for SegNet training on the CPU (segnet/speed/cpu_kernels.cpp): memory-bound layers, and Winograd
+transforms.
 
 On our 2-core CPU the convolutions run near the machine's bfloat16 matmul peak, and most of the rest of
 a training step went to memory-bound layers that PyTorch runs slower than the memory traffic they need:
@@ -28,6 +29,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
+from typing import TypeGuard
 
 import torch
 
@@ -105,8 +107,10 @@ def extension():
             )
     except Exception as error:  # noqa: BLE001 - any build failure means: run PyTorch's layers instead
         message = str(error).strip().splitlines()
-        log.warning("could not build the CPU kernels (%s); training uses PyTorch's layers",
-                    message[-1] if message else type(error).__name__)
+        log.warning(
+            "could not build the CPU kernels (%s); training uses PyTorch's layers",
+            message[-1] if message else type(error).__name__,
+        )
         return None
 
 
@@ -120,7 +124,7 @@ def applies(x: torch.Tensor) -> bool:
     )
 
 
-def can_fuse(x: torch.Tensor, norm: torch.nn.Module) -> bool:
+def can_fuse(norm: torch.nn.Module, x: torch.Tensor) -> TypeGuard[torch.nn.BatchNorm2d]:
     """Whether batch_norm_relu computes relu(norm(x)): a plain BatchNorm2d (not the synchronised ones of
     distributed training) with affine weights and running statistics, and an input the kernels take."""
     return (
@@ -157,13 +161,21 @@ class _BatchNormReLU(torch.autograd.Function):
 
 def batch_norm_relu(x: torch.Tensor, norm: torch.nn.BatchNorm2d) -> torch.Tensor:
     """relu(norm(x)) in training mode, updating norm's running statistics as nn.BatchNorm2d does."""
+    batches, running_mean, running_var, momentum = (
+        norm.num_batches_tracked,
+        norm.running_mean,
+        norm.running_var,
+        norm.momentum,
+    )
+    if batches is None or running_mean is None or running_var is None or momentum is None:
+        raise ValueError("batch_norm_relu needs a BatchNorm2d with running statistics and a momentum (can_fuse)")
     output, mean, var = _BatchNormReLU.apply(x, norm.weight, norm.bias, norm.eps)
     with torch.no_grad():
         count = x.numel() // x.shape[1]
-        norm.num_batches_tracked.add_(1)
-        norm.running_mean.lerp_(mean, norm.momentum)
+        batches.add_(1)
+        running_mean.lerp_(mean, momentum)
         # Running variance is the unbiased estimate, as in PyTorch.
-        norm.running_var.lerp_(var * (count / (count - 1)), norm.momentum)
+        running_var.lerp_(var * (count / (count - 1)), momentum)
     return output
 
 
@@ -201,4 +213,3 @@ def max_pool(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def max_unpool(values: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
     """The inverse placement of max_pool: each value at its recorded window position, zeros elsewhere."""
     return _MaxUnpool.apply(values, where)
-

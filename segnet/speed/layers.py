@@ -25,7 +25,7 @@ class KernelConvBatchNormReLU(ConvBatchNormReLU):
             x = winograd.conv3x3(x, conv.weight)
         else:
             x = conv(x)
-        if self.training and cpu_kernels.can_fuse(x, norm):
+        if self.training and cpu_kernels.can_fuse(norm, x):
             return cpu_kernels.batch_norm_relu(x, norm)
         return relu(norm(x))
 
@@ -49,21 +49,31 @@ class WindowMaxUnpool2d(nn.MaxUnpool2d):
     def __init__(self):
         super().__init__(2, stride=2)
 
-    def forward(self, x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-        if indices.dtype == torch.uint8:
+    def forward(self, x: torch.Tensor, indices: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        if indices.dtype == torch.uint8 and output_size is None:
             return cpu_kernels.max_unpool(x, indices)
-        return super().forward(x, indices)
+        return super().forward(x, indices, output_size)
 
 
 def _is_window_pool(module: nn.Module) -> bool:
-    return (type(module) is nn.MaxPool2d and module.return_indices and module.kernel_size in (2, (2, 2))
-            and module.stride in (2, (2, 2)) and module.padding in (0, (0, 0)) and module.dilation in (1, (1, 1))
-            and not module.ceil_mode)
+    return (
+        type(module) is nn.MaxPool2d
+        and module.return_indices
+        and module.kernel_size in (2, (2, 2))
+        and module.stride in (2, (2, 2))
+        and module.padding in (0, (0, 0))
+        and module.dilation in (1, (1, 1))
+        and not module.ceil_mode
+    )
 
 
 def _is_window_unpool(module: nn.Module) -> bool:
-    return (type(module) is nn.MaxUnpool2d and module.kernel_size == (2, 2) and module.stride == (2, 2)
-            and module.padding == (0, 0))
+    return (
+        type(module) is nn.MaxUnpool2d
+        and module.kernel_size == (2, 2)
+        and module.stride == (2, 2)
+        and module.padding == (0, 0)
+    )
 
 
 def use_cpu_kernels(model: nn.Module) -> bool:
@@ -79,10 +89,10 @@ def use_cpu_kernels(model: nn.Module) -> bool:
         block.__class__ = KernelConvBatchNormReLU
     for parent in list(model.modules()):
         for name, child in parent.named_children():
-            replacement = (WindowMaxPool2d() if _is_window_pool(child)
-                           else WindowMaxUnpool2d() if _is_window_unpool(child) else None)
-            if replacement is not None:
-                setattr(parent, name, replacement.train(child.training))
+            if _is_window_pool(child):
+                setattr(parent, name, WindowMaxPool2d().train(child.training))
+            elif _is_window_unpool(child):
+                setattr(parent, name, WindowMaxUnpool2d().train(child.training))
     return True
 
 

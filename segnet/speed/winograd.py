@@ -14,6 +14,8 @@ reference is about twice the direct one's (tests/test_winograd.py). It pays wher
 for the products to run near the matmul peak, which on our CPU means the deeper layers (README, Performance).
 """
 
+from typing import TypeGuard
+
 import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
@@ -21,7 +23,7 @@ from torch.autograd.function import once_differentiable
 from segnet.speed import cpu_kernels
 
 
-def takes(conv: nn.Conv2d) -> bool:
+def takes(conv: nn.Module) -> TypeGuard[nn.Conv2d]:
     """Whether F(2x2, 3x3) computes `conv`: a 3x3 convolution with stride 1, padding 1, no dilation, one group
     and no bias."""
     return (
@@ -64,7 +66,8 @@ class _Conv3x3(torch.autograd.Function):
         tiles, filters, weight = ctx.saved_tensors
         n, h, w = ctx.size
         grad_products = kernels.winograd_grad_tiles(
-            grad_output.to(filters.dtype).contiguous(memory_format=torch.channels_last))
+            grad_output.to(filters.dtype).contiguous(memory_format=torch.channels_last)
+        )
         grad_x = None
         if ctx.needs_input_grad[0]:
             grad_x = kernels.winograd_untile_grad(torch.bmm(grad_products, filters.transpose(1, 2)), n, h, w)

@@ -10,7 +10,6 @@ the two intervals side by side suggest. The resampling settings are params.yaml'
 
 import dataclasses
 import logging
-import os
 from pathlib import Path
 
 import torch
@@ -18,11 +17,11 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from segnet.evaluation.bootstrap import BootstrapConfig, percentile_interval, read_bootstrap
-from segnet.files import sha256_file
+from segnet.evaluation.bootstrap import BootstrapConfig, percentile_interval
 from segnet.evaluation.metrics import mean_iou
-from segnet.params import flatten, load_params
-from segnet.tracking.runs import EVALUATE_STAGE, find_run, load_panel_confusions, project_root, use_project_store
+from segnet.files import sha256_file
+from segnet.params import flatten
+from segnet.tracking.runs import EVALUATE_STAGE, find_run, load_panel_confusions, project_root
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +45,16 @@ def find_evaluate_run(client: MlflowClient, experiment: str, name: str, root: Pa
         run = None
     if run is not None:
         if run.data.tags.get("stage") != EVALUATE_STAGE:
-            raise ValueError(f"run {name}: a {run.data.tags.get('stage', 'untagged')} run, not an evaluate run; "
-                             "name the evaluate run of the experiment")
+            raise ValueError(
+                f"run {name}: a {run.data.tags.get('stage', 'untagged')} run, not an evaluate run; "
+                "name the evaluate run of the experiment"
+            )
         if run.info.lifecycle_stage != "active" or run.info.status != "FINISHED":
-            raise ValueError(f"run {name}: {run.info.status.lower()}"
-                             f"{' and deleted' if run.info.lifecycle_stage != 'active' else ''}, not a finished "
-                             "evaluate run")
+            raise ValueError(
+                f"run {name}: {run.info.status.lower()}"
+                f"{' and deleted' if run.info.lifecycle_stage != 'active' else ''}, not a finished "
+                "evaluate run"
+            )
         return run
     if name == WORKSPACE:
         model = root / WORKSPACE_MODEL
@@ -62,8 +65,10 @@ def find_evaluate_run(client: MlflowClient, experiment: str, name: str, root: Pa
         missing = f"workspace: no finished evaluate run scored {model}; run its evaluate stage (dvc repro)"
     else:
         tag, value = "dvc_experiment", name
-        missing = (f"{name}: neither a run id nor a DVC experiment with a finished evaluate run in MLflow "
-                   f"experiment '{experiment}' (tracking.experiment)")
+        missing = (
+            f"{name}: neither a run id nor a DVC experiment with a finished evaluate run in MLflow "
+            f"experiment '{experiment}' (tracking.experiment)"
+        )
     run_id = find_run(experiment, EVALUATE_STAGE, tag, value, finished=True)
     if run_id is None:
         raise ValueError(missing)
@@ -90,25 +95,36 @@ def describe(run: Run) -> str:
 def compare(first: Run, second: Run, config: BootstrapConfig) -> list[str]:
     """The table's lines: each run's test mIoU with its interval, and the paired difference second - first."""
     if first.data.tags.get("dataset_sha256") != second.data.tags.get("dataset_sha256"):
-        raise ValueError(f"{describe(first)} and {describe(second)} scored different test sets (dataset_sha256 tags "
-                         "differ); a paired comparison needs the same panels")
+        raise ValueError(
+            f"{describe(first)} and {describe(second)} scored different test sets (dataset_sha256 tags "
+            "differ); a paired comparison needs the same panels"
+        )
     a, b = (torch.from_numpy(load_panel_confusions(run.info.run_id)) for run in (first, second))
     if a.shape != b.shape:
-        raise ValueError(f"{describe(first)} and {describe(second)}: per-panel matrices of shapes {tuple(a.shape)} "
-                         f"and {tuple(b.shape)}; the same test set gives the same shape")
+        raise ValueError(
+            f"{describe(first)} and {describe(second)}: per-panel matrices of shapes {tuple(a.shape)} "
+            f"and {tuple(b.shape)}; the same test set gives the same shape"
+        )
     rows = []
     for label, run, confusions in (("A", first, a), ("B", second, b)):
         low, high = percentile_interval(confusions, mean_iou, config)
         rows.append((f"{label}  {describe(run)}", mean_iou(confusions.sum(0)), low, high))
     # Each panel's two matrices side by side (N, 2, classes, classes): a resample draws them together.
     gain_low, gain_high = percentile_interval(
-        torch.stack([a, b], dim=1), lambda pair: mean_iou(pair[1]) - mean_iou(pair[0]), config)
+        torch.stack([a, b], dim=1), lambda pair: mean_iou(pair[1]) - mean_iou(pair[0]), config
+    )
     rows.append(("B - A", rows[1][1] - rows[0][1], gain_low, gain_high))
     width = max(len(row[0]) for row in rows)
-    lines = [f"test miou on the same {len(a):,} panels; {config.confidence * 100:g}% intervals from "
-             f"{config.resamples} resamples of the panels (B - A: the same panels for both)"]
-    lines += [f"{name:<{width}}  {value:+.4f}  [{low:+.4f}, {high:+.4f}]" if name == "B - A" else
-              f"{name:<{width}}  {value:.4f}   [{low:.4f}, {high:.4f}]" for name, value, low, high in rows]
+    lines = [
+        f"test miou on the same {len(a):,} panels; {config.confidence * 100:g}% intervals from "
+        f"{config.resamples} resamples of the panels (B - A: the same panels for both)"
+    ]
+    lines += [
+        f"{name:<{width}}  {value:+.4f}  [{low:+.4f}, {high:+.4f}]"
+        if name == "B - A"
+        else f"{name:<{width}}  {value:.4f}   [{low:.4f}, {high:.4f}]"
+        for name, value, low, high in rows
+    ]
     if gain_low > 0 or gain_high < 0:
         lines.append(f"B is {'above' if gain_low > 0 else 'below'} A: the interval of the difference excludes 0")
     else:
@@ -123,5 +139,9 @@ def warn_of_other_settings(runs: list[Run], config: BootstrapConfig) -> None:
     for run in runs:
         logged = {key: run.data.params.get(key, "not logged") for key in current}
         if logged != current:
-            log.warning("%s logged its interval with other settings (%s); these intervals use params.yaml's (%s)",
-                        describe(run), logged, current)
+            log.warning(
+                "%s logged its interval with other settings (%s); these intervals use params.yaml's (%s)",
+                describe(run),
+                logged,
+                current,
+            )

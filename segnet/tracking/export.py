@@ -16,10 +16,16 @@ from segnet.tracking.runs import log_metrics
 def log_training(result, summary: dict, model_file: Path, files: list[Path]) -> None:
     """Logs a finished training (a segnet.training.TrainResult) to the active run: where and how it ran, the
     `summary` metrics, the `files`, and validation mIoU against time as a picture."""
-    mlflow.set_tags({"model_sha256": sha256_file(model_file), "device": result.device,
-                     "precision": result.amp_dtype, "resumed_from_step": result.resumed_from_step,
-                     "cpu_kernels": str(result.cpu_kernels).lower(),
-                     "winograd_layers": " ".join(result.winograd_layers) or "none"})
+    mlflow.set_tags(
+        {
+            "model_sha256": sha256_file(model_file),
+            "device": result.device,
+            "precision": result.amp_dtype,
+            "resumed_from_step": result.resumed_from_step,
+            "cpu_kernels": str(result.cpu_kernels).lower(),
+            "winograd_layers": " ".join(result.winograd_layers) or "none",
+        }
+    )
     log_metrics(summary)
     for path in files:
         mlflow.log_artifact(str(path))
@@ -38,7 +44,8 @@ def log_model(model: torch.nn.Module, state: dict, example_images: torch.Tensor)
     that the exported batch dimension stays dynamic (a batch of one would be specialised to 1).
     """
     model.load_state_dict(state)
-    model.to(device="cpu", memory_format=torch.contiguous_format).eval()
+    # torch's stubs leave out Module.to's memory_format, which it takes.
+    model.to(device="cpu", memory_format=torch.contiguous_format).eval()  # type: ignore[call-overload]
     example = to_float_input(example_images).numpy()
     with torch.inference_mode():
         output = model(torch.from_numpy(example)).numpy()

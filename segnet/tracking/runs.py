@@ -54,9 +54,9 @@ def resolve_tracking_uri(uri: str, root: Path) -> str:
     would be created in that copy and deleted with it, runs and all, without an error.
     """
     if uri.startswith("sqlite:///"):
-        path = uri.removeprefix("sqlite:///")
-        if path and not path.startswith(("/", ":memory:")):
-            return f"sqlite:///{root / path}"
+        database = uri.removeprefix("sqlite:///")
+        if database and not database.startswith(("/", ":memory:")):
+            return f"sqlite:///{root / database}"
         return uri
     if uri.startswith("file:") and not uri.startswith("file://"):  # file:mlruns, file:./mlruns
         path = Path(uri.removeprefix("file:"))
@@ -227,8 +227,13 @@ def _log_params(params: dict, resumed: mlflow.ActiveRun | None) -> None:
     logged = resumed.data.params if resumed else {}
     changed = {key: value for key, value in params.items() if key in logged and logged[key] != str(value)}
     for key, value in changed.items():
-        log.warning("%s was %s when this run started; the resumed part runs with %s (tag resumed_with.%s)",
-                    key, logged[key], value, key)
+        log.warning(
+            "%s was %s when this run started; the resumed part runs with %s (tag resumed_with.%s)",
+            key,
+            logged[key],
+            value,
+            key,
+        )
     mlflow.set_tags({f"resumed_with.{key}": value for key, value in changed.items()})
     mlflow.log_params({key: value for key, value in params.items() if key not in logged})
 
@@ -283,15 +288,19 @@ def load_panel_confusions(run_id: str) -> np.ndarray:
         try:
             path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=PANEL_CONFUSIONS, dst_path=folder)
         except (mlflow.exceptions.MlflowException, OSError) as error:
-            raise ValueError(f"run {run_id}: no {PANEL_CONFUSIONS} among its artifacts ({error}); score its "
-                             "model again with the evaluate stage (in its workspace: "
-                             "dvc repro --force --single-item evaluate)") from error
+            raise ValueError(
+                f"run {run_id}: no {PANEL_CONFUSIONS} among its artifacts ({error}); score its "
+                "model again with the evaluate stage (in its workspace: "
+                "dvc repro --force --single-item evaluate)"
+            ) from error
         try:
             with np.load(path, allow_pickle=False) as archive:
                 confusions = archive["confusions"]
         except (OSError, ValueError, KeyError) as error:
             raise ValueError(f"run {run_id}: {PANEL_CONFUSIONS} is not what evaluate logs ({error})") from error
     if confusions.ndim != 3 or confusions.shape[1] != confusions.shape[2] or confusions.dtype != np.int32:
-        raise ValueError(f"run {run_id}: {PANEL_CONFUSIONS} holds {confusions.dtype} {confusions.shape}, "
-                         "not per-panel confusion matrices")
+        raise ValueError(
+            f"run {run_id}: {PANEL_CONFUSIONS} holds {confusions.dtype} {confusions.shape}, "
+            "not per-panel confusion matrices"
+        )
     return confusions.astype(np.int64)

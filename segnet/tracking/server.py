@@ -13,7 +13,6 @@ Ctrl-C or SIGTERM. Runs survive restarts: the next start reuses the cluster. Wit
 server uses that database instead and starts no PostgreSQL of its own.
 """
 
-import argparse
 import contextlib
 import fcntl
 import logging
@@ -36,7 +35,6 @@ import psycopg
 import sqlalchemy
 
 from segnet.errors import ServerError, TrackingError
-from segnet.interrupt import raise_interrupt
 from segnet.tracking.runs import check_server
 
 log = logging.getLogger(__name__)
@@ -129,8 +127,18 @@ class Postgres:
         if os.geteuid() == 0:
             shutil.chown(initial, SERVICE_USER)
         try:
-            self._run("initdb", "-D", str(self.data_dir), "-U", ROLE, "--auth=scram-sha-256",
-                      f"--pwfile={initial}", "-E", "UTF8", "--locale=C")
+            self._run(
+                "initdb",
+                "-D",
+                str(self.data_dir),
+                "-U",
+                ROLE,
+                "--auth=scram-sha-256",
+                f"--pwfile={initial}",
+                "-E",
+                "UTF8",
+                "--locale=C",
+            )
         finally:
             initial.unlink(missing_ok=True)
         log.info("created a PostgreSQL cluster in %s", self.data_dir)
@@ -221,8 +229,20 @@ def start_mlflow(backend_uri: str, artifacts: Path, port: int, log_file: Path | 
     """
     check_port_free(port, "the MLflow server")
     command = [
-        sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri,
-        "--artifacts-destination", str(artifacts), "--host", HOST, "--port", str(port), "--workers", "1",
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        backend_uri,
+        "--artifacts-destination",
+        str(artifacts),
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
     ]
     # MLflow's job runner (GenAI evaluation and scheduled trace tasks, which no stage uses) would add seven
     # processes beside the server, and they outlast a SIGTERM by half a minute.
@@ -230,8 +250,14 @@ def start_mlflow(backend_uri: str, artifacts: Path, port: int, log_file: Path | 
     output = open(log_file, "ab") if log_file else None  # noqa: SIM115 - the child keeps writing after we return
     try:
         # Its own session: Ctrl-C in the terminal reaches only us, and we stop it after the work in flight.
-        return subprocess.Popen(command, start_new_session=True, env=env, stdin=subprocess.DEVNULL, stdout=output,
-                                stderr=subprocess.STDOUT if output else None)
+        return subprocess.Popen(
+            command,
+            start_new_session=True,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT if output else None,
+        )
     finally:
         if output:
             output.close()
@@ -281,15 +307,18 @@ def claim_folder(folder: Path) -> Iterator[None]:
         # Not through a link someone planted there: as root, truncating it would truncate what it points to.
         descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     except OSError as error:
-        raise ServerError(f"{lock_path}: cannot be opened ({error.strerror}); start the server as the user who "
-                          "owns the folder, or give it another folder") from None
+        raise ServerError(
+            f"{lock_path}: cannot be opened ({error.strerror}); start the server as the user who "
+            "owns the folder, or give it another folder"
+        ) from None
     with open(descriptor, "r+") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = lock.read().strip() or "unknown"
-            raise ServerError(f"{folder}: already served by process {holder}; stop that server first, or give "
-                              "this one another folder") from None
+            raise ServerError(
+                f"{folder}: already served by process {holder}; stop that server first, or give this one another folder"
+            ) from None
         lock.truncate()
         lock.write(f"{os.getpid()}\n")
         lock.flush()

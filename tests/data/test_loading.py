@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from segnet.data.loading import load_split
-from segnet.errors import DatasetError
 from segnet.dataset.archive import ArchiveLimits
 from segnet.dataset.prepare import prepare_dataset
+from segnet.errors import DatasetError
 from tests.helpers import course_zip, settings
 
 LIMITS = settings(ArchiveLimits, "data")

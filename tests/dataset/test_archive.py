@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from segnet.dataset.archive import ArchiveLimits, index_archive, open_archive, read_member
-from segnet.errors import DatasetError
 from segnet.dataset.generate import load_mnist_digits, make_panels
 from segnet.dataset.prepare import prepare_dataset
+from segnet.errors import DatasetError
 from tests.helpers import course_mat, course_zip, patch_member, random_panels, settings, write_zip
 
 MAT = course_mat(*random_panels(2, np.random.default_rng(1)))
@@ -30,7 +30,7 @@ def test_finds_files_in_any_of_the_release_layouts_in_numeric_order(tmp_path, fo
 def test_windows_separators_and_any_case_are_read(tmp_path):
     # As written by Windows tools (PowerShell 5.1's Compress-Archive: backslashes) and case-insensitive systems.
     names = ["multi-digit-mnist\\Batch00002.mat", "multi-digit-mnist\\batch00001.MAT", "TestSet001.mat"]
-    write_zip(tmp_path / "a.zip", {name: MAT for name in names} | {"__MACOSX\\._batch00003.mat": b"junk"})
+    write_zip(tmp_path / "a.zip", dict.fromkeys(names, MAT) | {"__MACOSX\\._batch00003.mat": b"junk"})
     with open_archive(tmp_path / "a.zip") as archive:
         index = index_archive(archive, "a.zip", limits=LIMITS)
     assert index.train == ["multi-digit-mnist\\batch00001.MAT", "multi-digit-mnist\\Batch00002.mat"]
@@ -142,8 +142,14 @@ def test_nonsense_limits_are_refused(bad):
 @pytest.mark.parametrize(
     "limits, problem",
     [
-        (settings(ArchiveLimits, "data", max_member_bytes=len(MAT) - 1), f"declares {len(MAT):,} bytes .* data.max_member_bytes"),
-        (settings(ArchiveLimits, "data", max_total_bytes=2 * len(MAT) - 1), "up to this one declare .* more than data.max_total_bytes"),
+        (
+            settings(ArchiveLimits, "data", max_member_bytes=len(MAT) - 1),
+            f"declares {len(MAT):,} bytes .* data.max_member_bytes",
+        ),
+        (
+            settings(ArchiveLimits, "data", max_total_bytes=2 * len(MAT) - 1),
+            "up to this one declare .* more than data.max_total_bytes",
+        ),
         (settings(ArchiveLimits, "data", max_compression_ratio=1), "more than data.max_compression_ratio=1;"),
     ],
 )
@@ -262,7 +268,8 @@ def test_pixels_that_are_not_k_over_255_are_stored_as_float32(tmp_path, caplog):
     write_zip(tmp_path / "f.zip", {"batch00001.mat": course_mat(images, masks), "testset001.mat": MAT})
     summary = prepare_dataset(tmp_path / "f.zip", tmp_path / "out", limits=LIMITS)
     # The warning names the file inside the archive, so that a user can find the odd one among a thousand.
-    assert "f.zip:batch00001.mat: pixels are not all multiples of 1/255; storing the train split as float32" \
-        in caplog.text
+    assert (
+        "f.zip:batch00001.mat: pixels are not all multiples of 1/255; storing the train split as float32" in caplog.text
+    )
     assert summary["train_pixel_dtype"] == "float32"
     np.testing.assert_array_equal(np.load(tmp_path / "out" / "train_images.npy"), images)

@@ -22,9 +22,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from segnet.dataset.archive import ArchiveLimits, index_archive, open_archive, read_member
-from segnet.errors import DatasetError
 from segnet.dataset.matfile import read_panels
 from segnet.dataset.prepare import prepare_dataset
+from segnet.errors import DatasetError
 from tests.helpers import course_mat, random_panels, write_zip
 
 settings.register_profile(
@@ -106,6 +106,7 @@ ARBITRARY_MAT = st.one_of(st.binary(max_size=2048), st.binary(max_size=2048).map
 @contextlib.contextmanager
 def bounded(seconds: int = SECONDS, peak_bytes: int = PEAK_BYTES):
     """Fails the example if its body runs longer than `seconds` or holds more than `peak_bytes` at once."""
+
     def hang(signum, frame):
         raise TimeoutError(f"still running after {seconds} s: a hang")
 

@@ -89,7 +89,9 @@ def test_archive_matches_the_course_format(tmp_path):
 
 
 def test_same_params_give_a_byte_identical_zip_and_another_seed_does_not(tmp_path):
-    digest = lambda path: hashlib.sha256(path.read_bytes()).hexdigest()  # noqa: E731
+    def digest(path: Path) -> str:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
     build_archive(tmp_path / "a.zip", seed=5, **SMALL)
     build_archive(tmp_path / "b.zip", seed=5, **SMALL)
     build_archive(tmp_path / "c.zip", seed=6, **SMALL)
@@ -124,25 +126,31 @@ def test_digit_counts_stay_within_the_split_range_in_distinct_cells():
     assert set(np.unique(masks)) == set(range(11))
 
 
-@pytest.mark.parametrize("arguments, message", [
-    (dict(files=0), r"files and panels_per_file must be >= 1, got 0, 1"),
-    (dict(min_digits=5, max_digits=4), r"need 0 <= min_digits <= max_digits <= 9, got 5, 4"),
-    (dict(max_digits=10), r"need 0 <= min_digits <= max_digits <= 9, got 0, 10"),
-])
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (dict(files=0), r"files and panels_per_file must be >= 1, got 0, 1"),
+        (dict(min_digits=5, max_digits=4), r"need 0 <= min_digits <= max_digits <= 9, got 5, 4"),
+        (dict(max_digits=10), r"need 0 <= min_digits <= max_digits <= 9, got 0, 10"),
+    ],
+)
 def test_nonsense_split_specs_raise(arguments, message):
     with pytest.raises(ValueError, match=f"^{message}$"):
         SplitSpec(**{**dict(files=1, panels_per_file=1, min_digits=0, max_digits=4), **arguments})
 
 
-@pytest.mark.parametrize("values, message", [
-    ({"seed": 1.5}, "generate.seed: must be an integer, got 1.5"),
-    ({"seed": -1}, "generate.seed: must be an integer >= 0, got -1"),
-    ({"train_files": 1.5}, "generate.train_files: must be an integer, got 1.5"),
-    ({"test_files": 0}, r"generate.test_\*: files and panels_per_file must be >= 1"),
-    ({"train_max_digits": 10}, r"generate.train_\*: need 0 <= min_digits <= max_digits <= 9"),
-    ({"test_digit_fraction": 1.0}, r"generate.test_digit_fraction: must be in \(0, 1\), got 1.0"),
-    ({"test_fraction": 0.2}, r"generate: unknown key\(s\) \['test_fraction'\]"),
-])
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"seed": 1.5}, "generate.seed: must be an integer, got 1.5"),
+        ({"seed": -1}, "generate.seed: must be an integer >= 0, got -1"),
+        ({"train_files": 1.5}, "generate.train_files: must be an integer, got 1.5"),
+        ({"test_files": 0}, r"generate.test_\*: files and panels_per_file must be >= 1"),
+        ({"train_max_digits": 10}, r"generate.train_\*: need 0 <= min_digits <= max_digits <= 9"),
+        ({"test_digit_fraction": 1.0}, r"generate.test_digit_fraction: must be in \(0, 1\), got 1.0"),
+        ({"test_fraction": 0.2}, r"generate: unknown key\(s\) \['test_fraction'\]"),
+    ],
+)
 def test_bad_generate_settings_are_refused_by_name(values, message):
     with pytest.raises(ValueError, match=message):
         build(GenerateConfig, "generate", {**PARAMS["generate"], **values})

@@ -71,7 +71,9 @@ CASES = {
     "encrypted": (_encrypted, "testset001.mat", {}),
     "zip_bomb": (lambda f: _archive(f, GOOD | {"batch00002.mat": bytes(16 << 20)}), "batch00002.mat", {}),
     "mat_bomb": (
-        lambda f: _archive(f, GOOD | {"batch00002.mat": _mat_bomb()}), "batch00002.mat", {"max_member_bytes": 8 << 20}
+        lambda f: _archive(f, GOOD | {"batch00002.mat": _mat_bomb()}),
+        "batch00002.mat",
+        {"max_member_bytes": 8 << 20},
     ),
 }
 
@@ -100,7 +102,7 @@ def runs(tmp_path_factory):
         cases[case] = (folder, tree(folder))
     template_before = tree(template)
     with ThreadPoolExecutor(max_workers=2) as pool:
-        results = dict(zip(cases, pool.map(_run, [folder for folder, _ in cases.values()])))
+        results = dict(zip(cases, pool.map(_run, [folder for folder, _ in cases.values()]), strict=True))
     return template, template_before, {case: (*cases[case], results[case]) for case in cases}
 
 

@@ -28,7 +28,7 @@ def _matlab_5_files() -> list[Path]:
         data = path.read_bytes()
         try:
             _loaded(data)
-        except Exception:  # files scipy itself refuses (its tests of broken input) prove nothing here
+        except Exception:  # noqa: BLE001 - files scipy itself refuses (its tests of broken input) prove nothing here
             continue
         if data[126:128] in (b"IM", b"MI"):  # MATLAB 5 header; MATLAB 4 files have none
             found.append(path)

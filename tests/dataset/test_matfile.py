@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import scipy.sparse
 
-from segnet.errors import DatasetError
 from segnet.dataset.matfile import read_panels, write_panels
+from segnet.errors import DatasetError
 from tests.helpers import course_mat, mat_bytes, random_panels
 
 MAX_BYTES = 2**24
@@ -122,11 +122,14 @@ def test_matlab_4_file_is_refused_by_name_with_the_way_out():
         read_panels(data, "old.mat", max_bytes=MAX_BYTES)
 
 
-@pytest.mark.parametrize("data", [
-    b"\xff\x00\xff\x00" + b"\x01" * 200,  # a type code out of MATLAB 4's range in either byte order
-    b"\x00" * 4096,  # zeros: no name
-    b"\x0a\x00\x00\x00" + b"\x01" * 200,  # a valid type code, then no NUL-terminated name
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\xff\x00\xff\x00" + b"\x01" * 200,  # a type code out of MATLAB 4's range in either byte order
+        b"\x00" * 4096,  # zeros: no name
+        b"\x0a\x00\x00\x00" + b"\x01" * 200,  # a valid type code, then no NUL-terminated name
+    ],
+)
 def test_other_bytes_with_a_zero_up_front_are_not_called_matlab_4(data):
     with pytest.raises(DatasetError, match=r"^x.mat: not a readable MATLAB 5 .mat file \(no MATLAB 5 header\)$"):
         read_panels(data, "x.mat", max_bytes=MAX_BYTES)

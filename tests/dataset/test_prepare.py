@@ -14,12 +14,21 @@ import pytest
 import yaml
 
 from segnet.data.loading import load_split
-from segnet.errors import DatasetError
 from segnet.dataset.archive import ArchiveLimits
 from segnet.dataset.prepare import prepare_dataset
+from segnet.errors import DatasetError
 from segnet.params import load_params
 from tests.helpers import (
-    PREPARE_STAGE, course_mat, course_zip, random_panels, run, settings, stage_env, tree, write_params, write_zip,
+    PREPARE_STAGE,
+    course_mat,
+    course_zip,
+    random_panels,
+    run,
+    settings,
+    stage_env,
+    tree,
+    write_params,
+    write_zip,
 )
 
 LIMITS = settings(ArchiveLimits, "data")
@@ -46,8 +55,14 @@ def test_parsing_threads_write_exactly_what_one_thread_writes(tmp_path, caplog):
     two = prepare_dataset(tmp_path / "mixed.zip", tmp_path / "two", workers=2, limits=LIMITS)
     # Each run warns once, naming the file that turned the split to float32.
     warnings = [record.getMessage() for record in caplog.records if "1/255" in record.getMessage()]
-    assert warnings == [f"{tmp_path / 'mixed.zip'}:batch00004.mat: pixels are not all multiples of 1/255; "
-                        "storing the train split as float32"] * 2
+    assert (
+        warnings
+        == [
+            f"{tmp_path / 'mixed.zip'}:batch00004.mat: pixels are not all multiples of 1/255; "
+            "storing the train split as float32"
+        ]
+        * 2
+    )
     assert one == two and tree(tmp_path / "one") == tree(tmp_path / "two")
     # The fourth file turned the split to float32 after three files had been stored as uint8: those were
     # converted on disk, exactly.
@@ -62,8 +77,10 @@ def test_a_bad_file_read_by_a_parsing_thread_is_named_and_the_earlier_output_is_
     prepare_dataset(tmp_path / "good.zip", tmp_path / "out", workers=2, limits=LIMITS)
     before = tree(tmp_path / "out")
     mat = course_mat(*random_panels(2, np.random.default_rng(1)))
-    members = {f"batch{i:05d}.mat": mat for i in range(1, 6)} | {"batch00003.mat": b"garbage" * 50,
-                                                                 "testset001.mat": mat}
+    members = {f"batch{i:05d}.mat": mat for i in range(1, 6)} | {
+        "batch00003.mat": b"garbage" * 50,
+        "testset001.mat": mat,
+    }
     write_zip(tmp_path / "bad.zip", members)
     with pytest.raises(DatasetError, match=r"bad\.zip:batch00003\.mat: not a readable"):
         prepare_dataset(tmp_path / "bad.zip", tmp_path / "out", workers=2, limits=LIMITS)
@@ -102,7 +119,7 @@ def _wait_for_staging(process: subprocess.Popen, parent: Path) -> None:
 
 def _write_seconds(output: Path, prepare) -> float:
     """Runs prepare() and returns how long its staging folder beside `output` existed: the write phase."""
-    seen = []
+    seen: list[tuple[float, bool]] = []
 
     def watch() -> None:
         while not done.is_set():
@@ -170,11 +187,14 @@ def test_a_killed_prepare_stage_leaves_the_earlier_output_or_a_complete_new_one(
 
 
 # The two keys the stage checks itself; the zip limits go through params.build (its checks: test_generate.py).
-@pytest.mark.parametrize("data, message", [
-    ({"archive": 123}, "params.yaml data.archive: must be the path of a zip file, got 123"),
-    ({"workers": -1}, "params.yaml data.workers: must be an integer >= 0, got -1"),
-    ({"workers": True}, "params.yaml data.workers: must be an integer >= 0, got True"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"archive": 123}, "params.yaml data.archive: must be the path of a zip file, got 123"),
+        ({"workers": -1}, "params.yaml data.workers: must be an integer >= 0, got -1"),
+        ({"workers": True}, "params.yaml data.workers: must be an integer >= 0, got True"),
+    ],
+)
 def test_bad_data_settings_stop_the_stage_with_one_line_naming_the_key(tmp_path, data, message):
     write_params(tmp_path, archive=tmp_path / "unused.zip")
     params = load_params(tmp_path / "params.yaml")
@@ -186,11 +206,14 @@ def test_bad_data_settings_stop_the_stage_with_one_line_naming_the_key(tmp_path,
     assert not (tmp_path / "out").exists() and not (tmp_path / "metrics.json").exists()
 
 
-@pytest.mark.parametrize("output, message", [
-    ("own", "own/archive.zip: the archive is at or below the output folder own, which prepare replaces as a whole"),
-    ("own/archive.zip", "own/archive.zip: the archive is at or below the output folder own/archive.zip"),
-    ("own/notes.txt", "own/notes.txt: is a file, where an output folder goes; refusing to replace it"),
-])
+@pytest.mark.parametrize(
+    "output, message",
+    [
+        ("own", "own/archive.zip: the archive is at or below the output folder own, which prepare replaces as a whole"),
+        ("own/archive.zip", "own/archive.zip: the archive is at or below the output folder own/archive.zip"),
+        ("own/notes.txt", "own/notes.txt: is a file, where an output folder goes; refusing to replace it"),
+    ],
+)
 def test_an_output_path_that_holds_the_users_own_files_is_refused_and_kept(tmp_path, output, message):
     # By hand, `python -m stages.prepare FOLDER ...` with the folder the user keeps the zip in, the zip itself
     # or another file of theirs: replacing it would delete what is there.
@@ -215,7 +238,8 @@ def test_an_output_folder_of_other_files_is_refused_and_an_earlier_output_replac
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
         "ERROR segnet: out: holds results.csv, which this stage does not write; refusing to replace the folder "
-        "and delete them: name a new or an empty folder")
+        "and delete them: name a new or an empty folder"
+    )
     assert tree(tmp_path / "out") == {"results.csv": b"mine"}
     (tmp_path / "out" / "results.csv").unlink()
     _run_stage(tmp_path)  # an empty folder is taken, and the stage's own output replaced the next time
@@ -223,13 +247,17 @@ def test_an_output_folder_of_other_files_is_refused_and_an_earlier_output_replac
     assert (tmp_path / "out" / "dataset.json").is_file()
 
 
-@pytest.mark.parametrize("model, checkpoints, message", [
-    ("own", "checkpoints", "own: holds weights.pt, which this stage does not write"),
-    # Training would make the model folder to hold its checkpoints, and then refuse to replace it at the end.
-    ("model", "model/checkpoints", "model/checkpoints: inside the model folder model, which holds only the model"),
-])
-def test_the_train_stage_refuses_a_model_folder_it_cannot_replace_before_it_trains(tmp_path, model, checkpoints,
-                                                                                 message):
+@pytest.mark.parametrize(
+    "model, checkpoints, message",
+    [
+        ("own", "checkpoints", "own: holds weights.pt, which this stage does not write"),
+        # Training would make the model folder to hold its checkpoints, and then refuse to replace it at the end.
+        ("model", "model/checkpoints", "model/checkpoints: inside the model folder model, which holds only the model"),
+    ],
+)
+def test_the_train_stage_refuses_a_model_folder_it_cannot_replace_before_it_trains(
+    tmp_path, model, checkpoints, message
+):
     course_zip(tmp_path / "archive.zip", np.random.default_rng(4), train_files=1, test_files=1, per_file=2)
     write_params(tmp_path, archive=tmp_path / "archive.zip")
     prepare_dataset(tmp_path / "archive.zip", tmp_path / "prepared", limits=LIMITS)

@@ -19,7 +19,9 @@ def test_panel_confusions_count_each_panel_alone_and_add_up_to_the_whole_set():
 
 def test_identical_panels_give_an_interval_of_no_width():
     panel = torch.tensor([[5, 1], [2, 8]])
-    low, high = percentile_interval(panel.expand(40, 2, 2), mean_iou, settings(BootstrapConfig, "evaluate.bootstrap", resamples=200))
+    low, high = percentile_interval(
+        panel.expand(40, 2, 2), mean_iou, settings(BootstrapConfig, "evaluate.bootstrap", resamples=200)
+    )
     assert low == high == pytest.approx(mean_iou(panel))
 
 
@@ -27,7 +29,9 @@ def test_the_interval_of_two_panels_reaches_from_the_worse_drawn_twice_to_the_be
     # Two panels: a resample holds both (half the resamples), or one of them twice (a quarter each). The 2.5%
     # and 97.5% percentiles therefore fall on the two extremes, the pixel accuracy of each panel alone.
     right, wrong = torch.tensor([[9, 0], [0, 1]]), torch.tensor([[3, 3], [3, 1]])
-    low, high = percentile_interval(torch.stack([right, wrong]), pixel_accuracy, settings(BootstrapConfig, "evaluate.bootstrap", resamples=1000))
+    low, high = percentile_interval(
+        torch.stack([right, wrong]), pixel_accuracy, settings(BootstrapConfig, "evaluate.bootstrap", resamples=1000)
+    )
     assert (low, high) == (pytest.approx(4 / 10), pytest.approx(1.0))
 
 
@@ -46,12 +50,23 @@ def test_the_counts_trick_agrees_with_resampling_panel_indices_directly():
 
 def test_the_interval_is_seeded_and_narrows_with_a_lower_confidence():
     rng = np.random.default_rng(1)
-    panels = panel_confusions(torch.from_numpy(rng.integers(0, 3, (50, 4, 4))),
-                              torch.from_numpy(rng.integers(0, 3, (50, 4, 4))), 3)
-    first = percentile_interval(panels, mean_iou, settings(BootstrapConfig, "evaluate.bootstrap", resamples=250, seed=3))
-    assert percentile_interval(panels, mean_iou, settings(BootstrapConfig, "evaluate.bootstrap", resamples=250, seed=3)) == first
-    assert percentile_interval(panels, mean_iou, settings(BootstrapConfig, "evaluate.bootstrap", resamples=250, seed=4)) != first
-    narrower = percentile_interval(panels, mean_iou, settings(BootstrapConfig, "evaluate.bootstrap", resamples=250, seed=3, confidence=0.5))
+    panels = panel_confusions(
+        torch.from_numpy(rng.integers(0, 3, (50, 4, 4))), torch.from_numpy(rng.integers(0, 3, (50, 4, 4))), 3
+    )
+    first = percentile_interval(
+        panels, mean_iou, settings(BootstrapConfig, "evaluate.bootstrap", resamples=250, seed=3)
+    )
+    assert (
+        percentile_interval(panels, mean_iou, settings(BootstrapConfig, "evaluate.bootstrap", resamples=250, seed=3))
+        == first
+    )
+    assert (
+        percentile_interval(panels, mean_iou, settings(BootstrapConfig, "evaluate.bootstrap", resamples=250, seed=4))
+        != first
+    )
+    narrower = percentile_interval(
+        panels, mean_iou, settings(BootstrapConfig, "evaluate.bootstrap", resamples=250, seed=3, confidence=0.5)
+    )
     assert first[0] < narrower[0] < narrower[1] < first[1]
 
 
@@ -79,14 +94,17 @@ def test_paired_resamples_cancel_what_two_models_share_on_each_panel():
     assert same == (0.0, 0.0)
 
 
-@pytest.mark.parametrize("values, message", [
-    ({"resamples": -1}, "evaluate.bootstrap.resamples: must be an integer >= 0, got -1"),
-    ({"resamples": 10.5}, "evaluate.bootstrap.resamples: must be an integer, got 10.5"),
-    ({"confidence": 1}, "evaluate.bootstrap.confidence: must lie strictly between 0 and 1, got 1"),
-    ({"confidence": 0.0}, "evaluate.bootstrap.confidence: must lie strictly between 0 and 1, got 0.0"),
-    ({"seed": -2}, "evaluate.bootstrap.seed: must be an integer >= 0, got -2"),
-    ({"samples": 5}, r"evaluate.bootstrap: unknown key\(s\) \['samples'\]"),
-])
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"resamples": -1}, "evaluate.bootstrap.resamples: must be an integer >= 0, got -1"),
+        ({"resamples": 10.5}, "evaluate.bootstrap.resamples: must be an integer, got 10.5"),
+        ({"confidence": 1}, "evaluate.bootstrap.confidence: must lie strictly between 0 and 1, got 1"),
+        ({"confidence": 0.0}, "evaluate.bootstrap.confidence: must lie strictly between 0 and 1, got 0.0"),
+        ({"seed": -2}, "evaluate.bootstrap.seed: must be an integer >= 0, got -2"),
+        ({"samples": 5}, r"evaluate.bootstrap: unknown key\(s\) \['samples'\]"),
+    ],
+)
 def test_bad_interval_settings_are_refused_by_name(values, message):
     with pytest.raises(ValueError, match=message):
         build(BootstrapConfig, "evaluate.bootstrap", {**PARAMS["evaluate"]["bootstrap"], **values})

@@ -1,23 +1,27 @@
 import pytest
 import torch
 
+from segnet.devices import select_device
 from segnet.evaluation.inference import EvaluateConfig
 from segnet.params import build
-from segnet.devices import select_device
 from tests.helpers import PARAMS
 
 
-@pytest.mark.parametrize("values, message", [
-    ({"batch_size": 0}, "evaluate.batch_size: must be an integer >= 1, got 0"),
-    ({"samples": -1}, "evaluate.samples: must be an integer >= 1, got -1"),
-    ({"batch_size": 1.5}, "evaluate.batch_size: must be an integer, got 1.5"),
-    ({"device": 0}, "evaluate.device: must be a string, got 0"),
-    ({"bach_size": 8}, r"evaluate: unknown key\(s\) \['bach_size'\]"),
-])
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"batch_size": 0}, "evaluate.batch_size: must be an integer >= 1, got 0"),
+        ({"samples": -1}, "evaluate.samples: must be an integer >= 1, got -1"),
+        ({"batch_size": 1.5}, "evaluate.batch_size: must be an integer, got 1.5"),
+        ({"device": 0}, "evaluate.device: must be a string, got 0"),
+        ({"bach_size": 8}, r"evaluate: unknown key\(s\) \['bach_size'\]"),
+    ],
+)
 def test_bad_evaluate_settings_are_refused_by_name(values, message):
     with pytest.raises(ValueError, match=message):
-        build(EvaluateConfig, "evaluate", {**{k: v for k, v in PARAMS["evaluate"].items() if k != "bootstrap"},
-                                           **values})
+        build(
+            EvaluateConfig, "evaluate", {**{k: v for k, v in PARAMS["evaluate"].items() if k != "bootstrap"}, **values}
+        )
 
 
 def test_a_device_error_names_the_setting_it_came_from():

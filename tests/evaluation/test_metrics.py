@@ -3,7 +3,14 @@ import math
 import pytest
 import torch
 
-from segnet.evaluation.metrics import confusion_matrix, mean_iou, per_class_accuracy, per_class_iou, pixel_accuracy, summarize
+from segnet.evaluation.metrics import (
+    confusion_matrix,
+    mean_iou,
+    per_class_accuracy,
+    per_class_iou,
+    pixel_accuracy,
+    summarize,
+)
 
 
 def test_confusion_matrix_counts_true_rows_and_predicted_columns():

@@ -1,4 +1,5 @@
-"""segnet/speed/cpu_kernels.cpp against the PyTorch layers it replaces in training: the same function, the same gradients."""
+"""segnet/speed/cpu_kernels.cpp against the PyTorch layers it replaces in training: the same function, the same
+gradients."""
 
 import copy
 import os
@@ -11,9 +12,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from segnet.speed import cpu_kernels
-from segnet.model import SegNet, SegNetConfig
-from segnet.speed import use_cpu_kernels
+from segnet.model import SegNet
+from segnet.speed import cpu_kernels, use_cpu_kernels
 from tests.helpers import REPO, model_config
 
 pytestmark = pytest.mark.skipif(cpu_kernels.extension() is None, reason="the CPU kernels did not build here")
@@ -57,8 +57,9 @@ def test_batch_norm_relu_matches_pytorch_forward_backward_and_running_statistics
     # ReLU, each passing gradient as its own forward did. Such elements are left out of the comparison of input
     # gradients. Measured over 1,500 weight draws at the first shape in bfloat16: 10 of 49 million elements,
     # all within 4.2e-7 of zero. With unseeded weights this made the test fail about once in 300 draws.
-    exact = nn.functional.batch_norm(x.double(), None, None, reference.weight.double(), reference.bias.double(),
-                                     training=True)
+    exact = nn.functional.batch_norm(
+        x.double(), None, None, reference.weight.double(), reference.bias.double(), training=True
+    )
     agree = (output > 0) == (expected > 0)
     assert exact[~agree].abs().le(1e-5).all()
     assert close(fused_input.grad[agree], expected_input.grad[agree], expected_input.grad.abs().max().item())
@@ -126,7 +127,7 @@ def test_the_kernels_give_the_same_bits_with_one_thread_and_with_two():
             results.append((output, pooled, where, leaf.grad, norm_copy.weight.grad, norm_copy.running_var))
     finally:
         torch.set_num_threads(threads)
-    assert all(torch.equal(a, b) for a, b in zip(*results))
+    assert all(torch.equal(a, b) for a, b in zip(*results, strict=True))
 
 
 def test_a_model_with_the_kernels_computes_what_it_computes_without_them():
@@ -143,7 +144,7 @@ def test_a_model_with_the_kernels_computes_what_it_computes_without_them():
         loss.backward()
         losses.append(loss.item())
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
-    for (name, a), b in zip(plain.named_parameters(), fast.parameters()):
+    for (name, a), b in zip(plain.named_parameters(), fast.parameters(), strict=True):
         assert torch.allclose(a.grad, b.grad, rtol=1e-3, atol=1e-3 * a.grad.abs().max().item()), name
     # Evaluation runs PyTorch's layers, with the running statistics both updated alike.
     plain.eval(), fast.eval()
@@ -162,8 +163,9 @@ def test_without_a_compiler_the_kernels_are_off_with_a_warning_and_training_stil
     )
     # A fresh build folder (no cached build) and a compiler that does not exist.
     env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path / "build"), "CXX": str(tmp_path / "no-such-compiler")}
-    finished = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
-                              timeout=300)
+    finished = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
     assert finished.returncode == 0, finished.stderr
     assert "kernels on: False" in finished.stdout
     assert "could not build the CPU kernels" in finished.stderr
@@ -183,9 +185,10 @@ HOLD_THE_TURN = (
 
 def _hold_the_turn(folder) -> subprocess.Popen:
     """A process inside build_turn(folder) with torch's build lock present, as in the middle of a build."""
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_THE_TURN, str(folder)], cwd=REPO, stdout=subprocess.PIPE,
-                              text=True)
-    assert holder.stdout.readline() == "holding\n"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_THE_TURN, str(folder)], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout is not None and holder.stdout.readline() == "holding\n"
     return holder
 
 

@@ -1,4 +1,5 @@
-"""segnet/speed/winograd.py against PyTorch's direct convolution: the same function and gradients, rounded differently."""
+"""segnet/speed/winograd.py against PyTorch's direct convolution: the same function and gradients, rounded
+differently."""
 
 import copy
 
@@ -7,9 +8,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from segnet.speed import cpu_kernels, winograd
-from segnet.model import SegNet, SegNetConfig
-from segnet.speed import use_cpu_kernels, use_winograd
+from segnet.model import SegNet
+from segnet.speed import cpu_kernels, use_cpu_kernels, use_winograd, winograd
 from tests.helpers import model_config
 
 pytestmark = pytest.mark.skipif(cpu_kernels.extension() is None, reason="the CPU kernels did not build here")
@@ -52,7 +52,7 @@ def test_in_float32_output_and_both_gradients_equal_the_direct_convolution(shape
     assert grad_x.is_contiguous(memory_format=torch.channels_last)
     # The weight's gradient comes back in the weight's own layout, which the fused optimizer expects.
     assert grad_weight.is_contiguous(memory_format=torch.channels_last)
-    for name, value, expected in zip(("output", "grad x", "grad weight"), ours, exact):
+    for name, value, expected in zip(("output", "grad x", "grad weight"), ours, exact, strict=True):
         assert _relative_error(value, expected) < 2e-6, name
 
 
@@ -68,8 +68,9 @@ def test_in_bfloat16_the_error_stays_within_three_times_the_direct_convolutions(
     direct.backward(_random(direct.shape, 2, torch.bfloat16).contiguous(memory_format=torch.channels_last))
     assert ours[0].dtype == ours[1].dtype == torch.bfloat16 and ours[2].dtype == torch.float32
     # Measured: about 5.5e-3 against the direct bfloat16 convolution's 2.9e-3, for each of the three.
-    for name, value, direct_value, expected in zip(("output", "grad x", "grad weight"), ours,
-                                                   (direct, x.grad, weight.grad), exact):
+    for name, value, direct_value, expected in zip(
+        ("output", "grad x", "grad weight"), ours, (direct, x.grad, weight.grad), exact, strict=True
+    ):
         assert _relative_error(value, expected) < 3 * _relative_error(direct_value, expected), name
 
 
@@ -112,15 +113,19 @@ def test_the_same_bits_with_one_thread_and_with_two():
             results.append(_exact_and_winograd((4, 70, 64, 8, 8), torch.bfloat16)[1])
     finally:
         torch.set_num_threads(threads)
-    assert all(torch.equal(a, b) for a, b in zip(*results))
+    assert all(torch.equal(a, b) for a, b in zip(*results, strict=True))
 
 
 def test_only_3x3_convolutions_with_stride_1_padding_1_and_no_bias_are_taken():
     assert winograd.takes(nn.Conv2d(4, 4, 3, padding=1, bias=False))
-    for conv in (nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 5, padding=2, bias=False),
-                 nn.Conv2d(4, 4, 3, stride=2, padding=1, bias=False), nn.Conv2d(4, 4, 3, bias=False),
-                 nn.Conv2d(4, 4, 3, padding=1, groups=2, bias=False),
-                 nn.Conv2d(4, 4, 3, padding=1, bias=False, padding_mode="reflect")):
+    for conv in (
+        nn.Conv2d(4, 4, 3, padding=1),
+        nn.Conv2d(4, 4, 5, padding=2, bias=False),
+        nn.Conv2d(4, 4, 3, stride=2, padding=1, bias=False),
+        nn.Conv2d(4, 4, 3, bias=False),
+        nn.Conv2d(4, 4, 3, padding=1, groups=2, bias=False),
+        nn.Conv2d(4, 4, 3, padding=1, bias=False, padding_mode="reflect"),
+    ):
         assert not winograd.takes(conv), conv
     plane = torch.zeros(1, 4, 6, 6).contiguous(memory_format=torch.channels_last)
     assert winograd.applies(plane)
@@ -151,7 +156,7 @@ def test_the_layers_wide_enough_use_it_and_training_computes_what_it_computes_wi
     # It ran, in the four blocks and only there: the same values, not the same bits.
     assert calls == [(128, 64, 3, 3), (512, 128, 3, 3), (128, 512, 3, 3), (64, 128, 3, 3)]
     assert not torch.equal(plain.encoder[3].block[0].weight.grad, fast.encoder[3].block[0].weight.grad)
-    for (name, a), b in zip(plain.named_parameters(), fast.parameters()):
+    for (name, a), b in zip(plain.named_parameters(), fast.parameters(), strict=True):
         assert torch.allclose(a.grad, b.grad, rtol=1e-3, atol=1e-4 * a.grad.abs().max().item()), name
     # Evaluation runs PyTorch's convolutions: with the same weights and statistics, the same bits either way.
     fast.load_state_dict(plain.state_dict())

@@ -20,15 +20,26 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.wait import WebDriverWait
 
+from tests import test_pipeline
 from tests.helpers import apt_install_or_skip, free_port
-from tests.test_pipeline import clean_env, project, run, runs_by_stage  # noqa: F401 (project: the fixture)
+from tests.test_pipeline import clean_env, run, runs_by_stage
+
+project = test_pipeline.project  # the fixture: a tiny project after `dvc repro`, built once for this module
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 SCREENSHOT = Path(__file__).parents[1] / "artifacts" / "mlflow-compare-runs.png"
 # Without the background-networking flags Chromium keeps calling home, and a closed network refuses it.
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 # One row of a section of the page: the texts after its label, one per run, left to right. Params and run
 # details are tables. Metrics are a virtualized grid: a column of names and a scrolled grid of values that
@@ -96,13 +107,29 @@ def mlflow_ui(root: Path) -> Iterator[str]:
     seconds to start and to stop on two cores.
     """
     url = f"http://127.0.0.1:{free_port()}"
-    command = ["mlflow", "ui", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-               "--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1], "--workers", "1"]
+    command = [
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        f"sqlite:///{root / 'mlflow.db'}",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        url.rsplit(":", 1)[1],
+        "--workers",
+        "1",
+    ]
     log = root / "mlflow-ui.log"
     with log.open("w") as output:
         # Its own process group: the server's worker processes stop with it.
-        server = subprocess.Popen(command, cwd=root, env=clean_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"),
-                                  stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+        server = subprocess.Popen(
+            command,
+            cwd=root,
+            env=clean_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"),
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         # Generous: on two busy cores `mlflow ui` takes 20-40 s to import its server twice (command, then worker).
         deadline = time.monotonic() + 180
@@ -144,19 +171,27 @@ def test_mlflow_ui_compares_two_runs_that_differ_in_one_param(browser, project):
 
     ids = [baseline.info.run_id, changed.info.run_id]
     # A desktop screen, tall enough to show the comparison down to the metrics without scrolling the page.
-    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
-                            {"width": 1600, "height": 1600, "deviceScaleFactor": 1, "mobile": False})
+    browser.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride", {"width": 1600, "height": 1600, "deviceScaleFactor": 1, "mobile": False}
+    )
     with mlflow_ui(project) as url:
-        browser.get(f"{url}/#/compare-runs?runs={json.dumps(ids)}"
-                    f"&experiments={json.dumps([baseline.info.experiment_id])}")
+        browser.get(
+            f"{url}/#/compare-runs?runs={json.dumps(ids)}&experiments={json.dumps([baseline.info.experiment_id])}"
+        )
         try:
             WebDriverWait(browser, 180).until(_compared, message="no comparison of both runs rendered within 180 s")
             for close in browser.find_elements(By.CSS_SELECTOR, "button[aria-label='Close']"):
                 if close.is_displayed():
                     close.click()  # the assistant's side panel, a third of the width
-            shown = {label: _row(browser, section, label) for section, label in (
-                ("Run details", "Run ID:"), ("Run details", "Run Name:"), ("Parameters", "train.lr"),
-                ("Metrics", "miou"))}
+            shown = {
+                label: _row(browser, section, label)
+                for section, label in (
+                    ("Run details", "Run ID:"),
+                    ("Run details", "Run Name:"),
+                    ("Parameters", "train.lr"),
+                    ("Metrics", "miou"),
+                )
+            }
             # What a user does next: keep only the params that differ between the runs.
             browser.find_element(By.CSS_SELECTOR, "button[aria-label='Parameters - Show diff only']").click()
             differing_shown = browser.execute_script(READ_LABELS, "Parameters")
@@ -170,4 +205,5 @@ def test_mlflow_ui_compares_two_runs_that_differ_in_one_param(browser, project):
     assert differing_shown == ["train.lr"]
     # The page rounds metrics to three decimals (or three significant digits below 0.001).
     assert [float(value) for value in shown["miou"]] == pytest.approx(
-        [baseline.data.metrics["miou"], changed.data.metrics["miou"]], abs=5e-4)
+        [baseline.data.metrics["miou"], changed.data.metrics["miou"]], abs=5e-4
+    )

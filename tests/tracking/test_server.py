@@ -13,8 +13,8 @@ import mlflow
 import psycopg
 import pytest
 
-from segnet.tracking import server
 from segnet.errors import ServerError
+from segnet.tracking import server
 from tests.helpers import REPO, apt_install_or_skip, clean_env, free_port, run, tiny_project
 
 STAGES = {"generate", "prepare", "train", "evaluate"}
@@ -35,7 +35,7 @@ def _install_postgres_or_skip() -> None:
 
 
 def _distinct_free_ports(count: int) -> list[int]:
-    ports = set()
+    ports: set[int] = set()
     while len(ports) < count:
         ports.add(free_port())
     return sorted(ports)
@@ -76,7 +76,9 @@ def test_the_pipeline_tracks_its_runs_in_a_shared_server_with_a_postgresql_datab
             # Artifacts travel through the server into its own folder; the project keeps no store of its own.
             assert runs["evaluate"].info.artifact_uri.startswith("mlflow-artifacts:/")
             downloaded = mlflow.artifacts.download_artifacts(
-                run_id=runs["evaluate"].info.run_id, artifact_path="evaluate.json", dst_path=str(tmp_path),
+                run_id=runs["evaluate"].info.run_id,
+                artifact_path="evaluate.json",
+                dst_path=str(tmp_path),
                 tracking_uri=shared.uri,
             )
             assert json.loads(Path(downloaded).read_text()) == evaluated
@@ -111,8 +113,11 @@ def test_a_folder_is_served_by_one_server_at_a_time(tmp_path):
             with server.claim_folder(tmp_path):
                 pass
     # Released when the first server ends, or its process dies: the next one takes the folder.
-    holder = subprocess.Popen([sys.executable, "-c", CLAIM_AND_WAIT, str(tmp_path)], stdout=subprocess.PIPE,
-                              env=clean_env(PYTHONPATH=str(REPO)))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", CLAIM_AND_WAIT, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        env=clean_env(PYTHONPATH=str(REPO)),
+    )
     try:
         assert holder.stdout.readline() == b"claimed\n"
         with pytest.raises(ServerError, match=f"already served by process {holder.pid}"):

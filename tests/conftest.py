@@ -1,0 +1,59 @@
+"""Marks the end-to-end tests `slow`, so that `make test-fast` (`-m 'not slow'`) runs the unit tests alone.
+
+Slow: what runs the pipeline or a stage in another process (`dvc repro`, a tiny project), a server, a browser,
+several processes at once, a killed process, a benchmark, a fuzzer or a whole training run; `make test` runs all.
+"""
+
+import pytest
+
+SLOW_FILES = {
+    "tests/test_pipeline.py",
+    "tests/test_benchmarks.py",
+    "tests/tracking/test_server.py",
+    "tests/tracking/test_browser.py",
+    "tests/tracking/test_compare.py",
+    "tests/training/test_distributed.py",
+    "tests/dataset/test_fuzz.py",
+    "tests/dataset/test_hostile_input.py",
+}
+"""Files all of whose tests are slow, relative to the repository."""
+
+SLOW_TESTS = {
+    "tests/test_cli.py": {"test_a_stage_run_by_hand_with_the_wrong_paths_prints_its_usage"},
+    "tests/dataset/test_prepare.py": {
+        "test_a_killed_prepare_stage_leaves_the_earlier_output_or_a_complete_new_one",
+        "test_bad_data_settings_stop_the_stage_with_one_line_naming_the_key",
+        "test_an_output_path_that_holds_the_users_own_files_is_refused_and_kept",
+        "test_an_output_folder_of_other_files_is_refused_and_an_earlier_output_replaced",
+        "test_the_train_stage_refuses_a_model_folder_it_cannot_replace_before_it_trains",
+    },
+    "tests/evaluation/test_evaluate_input.py": {
+        "test_model_settings_that_make_no_segnet_are_named",
+        "test_the_stage_refuses_weights_of_another_model_before_its_mlflow_run",
+        "test_bad_interval_settings_stop_the_stage_with_one_line_before_its_mlflow_run",
+    },
+    "tests/speed/test_cpu_kernels.py": {
+        "test_without_a_compiler_the_kernels_are_off_with_a_warning_and_training_still_runs",
+        "test_a_build_in_progress_is_waited_for_and_one_that_was_killed_is_cleared",
+        "test_training_after_a_killed_build_loads_the_kernels_instead_of_waiting_forever",
+    },
+    "tests/tracking/test_runs.py": {
+        "test_processes_opening_runs_on_a_fresh_sqlite_store_at_once_all_succeed",
+        "test_a_stage_stopped_by_sigterm_ends_its_run_as_killed_and_exits_130",
+    },
+    # Whole training runs, in this process.
+    "tests/training/test_loop.py": {
+        "test_a_run_stopped_at_any_step_resumes_to_exactly_the_uninterrupted_result",
+        "test_training_learns_and_returns_the_best_epochs_weights",
+    },
+}
+"""Slow test functions (with all their parameters) in files of unit tests."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    root = config.rootpath
+    for item in items:
+        file = item.path.relative_to(root).as_posix()
+        name = getattr(item, "originalname", item.name)
+        if file in SLOW_FILES or name in SLOW_TESTS.get(file, ()):
+            item.add_marker(pytest.mark.slow)
