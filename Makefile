@@ -5,7 +5,7 @@ BIN := $(abspath $(VENV))/bin
 # Stage commands in dvc.yaml call `python`: the venv's must come first on PATH.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: venv lock repro lint test test-fast readme ui server bench bench-large clean-venv
+.PHONY: venv lock repro lint test test-fast readme ui server bench bench-large profile clean-venv
 
 venv: $(VENV)/.installed
 
@@ -64,10 +64,14 @@ server: venv
 	python -m segnet.server --folder '$(SERVER_DIR)' --port $(SERVER_PORT) --postgres-port $(SERVER_POSTGRES_PORT) \
 		$(if $(SERVER_DATABASE_URI),--database-uri '$(SERVER_DATABASE_URI)')
 
+# The speed figures of docs/performance.md, as tables and JSON in benchmarks/results/. Time to accuracy, the whole
+# pipeline from a fresh clone (about 10 minutes): python -m benchmarks.pipeline
 bench: venv
-	python -m benchmarks.pipeline
 	python -m benchmarks.throughput
 	python -m benchmarks.techniques
+
+# Where a training step's time goes: operators (torch.profiler), each convolution alone, and py-spy's samples.
+profile: venv
 	python -m benchmarks.profile
 	python -m benchmarks.stacks
 

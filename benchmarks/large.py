@@ -6,7 +6,8 @@ Builds two archives with the built-in generator, laid out like the original gene
 and with one per core, and the process's peak resident memory is read from the kernel: streaming keeps it
 the same at 10k and 100k panels. Then training runs for a fixed number of steps on the prepared 100k
 panels, memory-mapped, and its images/s and peak memory (anonymous, and file-backed) are reported.
-Usage: python -m benchmarks.large [--images 100000] [--small 10000] [--steps 40]   (or `make bench-large`)
+Writes benchmarks/results/large.md and .json.
+Usage: make bench-large  (or python -m benchmarks.large [--images 100000] [--small 10000] [--steps 40])
 """
 
 import argparse
@@ -18,9 +19,9 @@ from pathlib import Path
 
 import psutil
 
-from benchmarks.common import REPO
-from segnet.dataset.generate import SplitSpec, build_archive
+from benchmarks.common import REPO, report
 from segnet.cores import available_cores
+from segnet.dataset.generate import SplitSpec, build_archive
 
 PANELS_PER_FILE = 500
 TEST_SHARE = 20  # one file in twenty holds test panels
@@ -30,18 +31,28 @@ def build(folder: Path, images: int) -> Path:
     files = images // PANELS_PER_FILE
     test_files = max(1, files // TEST_SHARE)
     archive = folder / f"archive-{images}.zip"
-    build_archive(archive, seed=0, train=SplitSpec(files - test_files, PANELS_PER_FILE, 0, 4),
-                  test=SplitSpec(test_files, PANELS_PER_FILE, 0, 9), test_digit_fraction=0.2)
+    build_archive(
+        archive,
+        seed=0,
+        train=SplitSpec(files - test_files, PANELS_PER_FILE, 0, 4),
+        test=SplitSpec(test_files, PANELS_PER_FILE, 0, 9),
+        test_digit_fraction=0.2,
+    )
     return archive
 
 
-# Each measurement runs in a new interpreter, so that its peak memory is its own.
+# Each measurement runs in a new interpreter, so that its peak memory is its own. Prepare runs without torch,
+# as the stage does (benchmarks.common would import it).
 PREPARE = """
 import json, sys, time
 from pathlib import Path
+from segnet.dataset import ArchiveLimits
 from segnet.dataset.prepare import prepare_dataset
+from segnet.params import build, load_params
+data = load_params(Path("params.yaml"))["data"]
+limits = build(ArchiveLimits, "data", {k: v for k, v in data.items() if k not in ("archive", "workers")})
 start = time.perf_counter()
-summary = prepare_dataset(Path(sys.argv[1]), Path(sys.argv[2]), workers=int(sys.argv[3]))
+summary = prepare_dataset(Path(sys.argv[1]), Path(sys.argv[2]), limits=limits, workers=int(sys.argv[3]))
 seconds = time.perf_counter() - start
 # The kernel's own high-water mark of this process's resident memory (threads share it): exact, not sampled.
 peak_kib = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
@@ -52,17 +63,15 @@ print(json.dumps({"seconds": seconds, "files": summary["train_files"] + summary[
 TRAIN = """
 import json, sys, time
 from pathlib import Path
-import torch
-from segnet.training.callbacks import Callback
+from benchmarks.common import load_settings, train_model
 from segnet.data.loading import load_split, split_indices
-from segnet.model.network import SegNet, SegNetConfig
-from segnet.params import load_params
-from segnet.training.loop import TrainConfig, TrainingInterrupted, set_seed, train
+from segnet.training.callbacks import Callback
+from segnet.training.loop import TrainingInterrupted
 
 steps = int(sys.argv[2])
-params = load_params(Path(sys.argv[3]))
+settings = load_settings()
 images, labels = load_split(Path(sys.argv[1]), "train", mmap=True)
-train_index, val_index = split_indices(len(images), params["train"]["val_fraction"], 0)
+train_index, val_index = split_indices(len(images), settings["val_fraction"], 0)
 
 class Clock(Callback):
     # The first steps warm up allocators and kernels; the rate is timed from step 5 on.
@@ -72,16 +81,13 @@ class Clock(Callback):
         self.step = step
 
 clock = Clock()
-set_seed(0)
-config = TrainConfig(**{**params["train"], "device": "cpu"})
-model_config = SegNetConfig(**params["model"])
 try:
-    train(SegNet(model_config), images, labels, train_index, val_index, model_config.num_classes, config, seed=0,
-          callbacks=[clock], stop_requested=lambda: clock.step >= steps)
+    train_model(settings, images, labels, train_index, val_index, callbacks=[clock],
+                stop_requested=lambda: clock.step >= steps)
 except TrainingInterrupted:
     pass
 seconds = time.perf_counter() - clock.start
-print(json.dumps({"images_per_second": (clock.step - 5) * config.batch_size / seconds,
+print(json.dumps({"images_per_second": (clock.step - 5) * settings["batch_size"] / seconds,
                   "dataset_mib": (images.nbytes + labels.nbytes) / 2**20}))
 """
 
@@ -124,34 +130,49 @@ def main() -> None:
     arguments = parser.parse_args()
     cores = available_cores()
     rows = []
-    with tempfile.TemporaryDirectory() as folder:
-        folder = Path(folder)
+    with tempfile.TemporaryDirectory() as name:
+        folder = Path(name)
         for images in (arguments.small, arguments.images):
-            start = time.perf_counter()
             archive = build(folder, images)
-            built = time.perf_counter() - start
             for workers in sorted({1, cores}):  # threads that parse .mat files
                 prepared = folder / f"prepared-{images}-{workers}"
                 result = measure(PREPARE, archive, prepared, workers)
-                rows.append((images, workers, built, archive.stat().st_size / 2**20, result))
+                rows.append((images, workers, archive.stat().st_size / 2**20, result))
                 print(f"{images} panels, {workers} thread(s): {result}", flush=True)
-        trained = measure(TRAIN, folder / f"prepared-{arguments.images}-{cores}", arguments.steps, REPO / "params.yaml")
+        trained = measure(TRAIN, folder / f"prepared-{arguments.images}-{cores}", arguments.steps)
 
-    print(f"\nMachine: {cores} cores. Panels per file: {PANELS_PER_FILE}.")
-    print("| panels | files | archive MiB | threads | prepare s | files/s | panels/s | peak RSS MiB |")
-    print("|---|---|---|---|---|---|---|---|")
-    for images, workers, built, size, result in rows:
-        print(f"| {images:,} | {result['files']} | {size:.0f} | {workers} | {result['seconds']:.1f} | "
-              f"{result['files'] / result['seconds']:.1f} | {result['images'] / result['seconds']:.0f} | "
-              f"{result['peak_rss_mib']:.0f} |")
-    small = next(r for i, w, _, _, r in rows if i == arguments.small and w == cores)
-    large = next(r for i, w, _, _, r in rows if i == arguments.images and w == cores)
-    print(f"\nPeak RSS of prepare, {arguments.images:,} against {arguments.small:,} panels ({cores} threads): "
-          f"{large['peak_rss_mib'] / small['peak_rss_mib']:.2f}x")
-    print(f"Training on the prepared {arguments.images:,} panels, memory-mapped ({trained['dataset_mib']:.0f} MiB "
-          f"on disk): {trained['images_per_second']:.1f} images/s over {arguments.steps - 5} steps; peak RSS "
-          f"{trained['rss_mib']:.0f} MiB, of which anonymous {trained['anonymous_mib']:.0f} MiB (the rest: pages of "
-          "the memory-mapped arrays, the page cache's)")
+    small = next(r for i, w, _, r in rows if i == arguments.small and w == cores)
+    large = next(r for i, w, _, r in rows if i == arguments.images and w == cores)
+    lines = [
+        f"Machine: {cores} cores. Panels per file: {PANELS_PER_FILE}.",
+        "",
+        "| panels | files | archive MiB | threads | prepare s | files/s | panels/s | peak RSS MiB |",
+        "|---|---|---|---|---|---|---|---|",
+        *[
+            f"| {images:,} | {result['files']} | {size:.0f} | {workers} | {result['seconds']:.1f} | "
+            f"{result['files'] / result['seconds']:.1f} | {result['images'] / result['seconds']:.0f} | "
+            f"{result['peak_rss_mib']:.0f} |"
+            for images, workers, size, result in rows
+        ],
+        "",
+        f"Peak RSS of prepare, {arguments.images:,} against {arguments.small:,} panels ({cores} threads): "
+        f"{large['peak_rss_mib'] / small['peak_rss_mib']:.2f}x",
+        f"Training on the prepared {arguments.images:,} panels, memory-mapped ({trained['dataset_mib']:.0f} MiB "
+        f"on disk): {trained['images_per_second']:.1f} images/s over {arguments.steps - 5} steps; peak RSS "
+        f"{trained['rss_mib']:.0f} MiB, of which anonymous {trained['anonymous_mib']:.0f} MiB (the rest: pages of "
+        "the memory-mapped arrays, the page cache's)",
+    ]
+    report(
+        "large",
+        lines,
+        {
+            "prepare": [
+                {"panels": images, "threads": workers, "archive_mib": size, **result}
+                for images, workers, size, result in rows
+            ],
+            "train": trained,
+        },
+    )
 
 
 if __name__ == "__main__":

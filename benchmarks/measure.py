@@ -1,9 +1,8 @@
 """One training-speed measurement, run in a fresh process by the throughput and techniques benchmarks.
 
 A fresh process per measurement means none inherits another's state: the memory allocator's settings
-(train.keep_freed_memory changes them process-wide), torch's thread count, oneDNN's kernel caches, and
-what torch.compile has already compiled.
-Usage (by the benchmarks): python -m benchmarks.measure reference|ours DATA [JSON changes to params.yaml's train]
+(keep_freed_memory changes them process-wide), torch's thread count and oneDNN's kernel caches.
+Usage (by the benchmarks): python -m benchmarks.measure reference|ours DATA [JSON changes to params.yaml's settings]
 """
 
 import json
@@ -16,24 +15,23 @@ import scipy.io
 import torch
 from torch.nn import functional as F
 
-from benchmarks.common import REPO, one_epoch
-from segnet.training.callbacks import Callback
+from benchmarks.common import REPO, load_settings, train_model
 from segnet.data.loading import load_split
-from segnet.model.network import SegNet, SegNetConfig
-from segnet.params import load_params
 from segnet.devices import select_device
-from segnet.training.loop import TrainConfig, set_seed, train
+from segnet.model.network import SegNet, SegNetConfig
+from segnet.training.callbacks import Callback
+from segnet.training.loop import set_seed
 
 WARMUP_STEPS = 3
 
 
-def in_fresh_process(kind: str, data: Path, **changes) -> dict:
-    """Runs one measurement (`reference` or `ours`) on `data` in a new Python process; returns its result."""
+def in_fresh_process(kind: str, data: Path, **changes: object) -> float:
+    """Images/s of one measurement (`reference` or `ours`) on `data`, run in a new Python process."""
     command = [sys.executable, "-m", "benchmarks.measure", kind, str(data), json.dumps(changes)]
     finished = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     if finished.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{finished.stderr[-3000:]}")
-    return json.loads(finished.stdout.splitlines()[-1])
+    return json.loads(finished.stdout.splitlines()[-1])["images_per_second"]
 
 
 def reference_images_per_second(mat_files: list[Path], model_config: SegNetConfig, steps: int) -> float:
@@ -41,7 +39,7 @@ def reference_images_per_second(mat_files: list[Path], model_config: SegNetConfi
     set_seed(0)
     model = SegNet(model_config).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    images_seen, start = 0, None
+    images_seen, start = 0, time.perf_counter()
     for step in range(steps + WARMUP_STEPS):
         if step == WARMUP_STEPS:
             start, images_seen = time.perf_counter(), 0
@@ -57,7 +55,7 @@ def reference_images_per_second(mat_files: list[Path], model_config: SegNetConfi
 
 
 class StepClock(Callback):
-    """Reads the clock at the end of the first step, of the warm-up and of the last step.
+    """Reads the clock at the end of the warm-up and of the last step.
 
     Only there: waiting for the GPU at every step would stop the host from preparing the next batch while
     the GPU computes this one, which the training loop otherwise overlaps.
@@ -65,30 +63,26 @@ class StepClock(Callback):
 
     def __init__(self, device: torch.device):
         self.device = device
-        self.times = {}
-        self.start = None
-        self.total_steps = None
+        self.times: dict[int, float] = {}
+        self.total_steps = 0
 
     def on_train_start(self, total_steps: int, steps_per_epoch: int, start_step: int) -> None:
         self.total_steps = total_steps
-        self.start = time.perf_counter()
 
     def on_step_end(self, step: int, loss: torch.Tensor) -> None:
-        if step in (1, WARMUP_STEPS, self.total_steps):
+        if step in (WARMUP_STEPS, self.total_steps):
             synchronize(self.device)
             self.times[step] = time.perf_counter()
 
 
-def our_images_per_second(prepared: Path, model_config: SegNetConfig, train_config: TrainConfig) -> tuple[float, float]:
-    """Our training loop's images/s after the warm-up steps, and the seconds its first step took."""
+def our_images_per_second(prepared: Path, changes: dict) -> float:
+    """Our training loop's images/s after the warm-up steps, with params.yaml's settings and `changes`."""
+    settings = load_settings(**changes)
     images, labels = load_split(prepared, "train")
-    clock = StepClock(select_device(train_config.device))
-    set_seed(0)
-    train(SegNet(model_config), images, labels, torch.arange(len(images)), torch.arange(8), model_config.num_classes,
-          train_config, seed=0, callbacks=[clock])
+    clock = StepClock(select_device(settings["device"]))
+    train_model(settings, images, labels, torch.arange(len(images)), torch.arange(8), callbacks=[clock])
     steps = clock.total_steps - WARMUP_STEPS
-    speed = steps * train_config.batch_size / (clock.times[clock.total_steps] - clock.times[WARMUP_STEPS])
-    return speed, clock.times[1] - clock.start
+    return steps * settings["batch_size"] / (clock.times[clock.total_steps] - clock.times[WARMUP_STEPS])
 
 
 def synchronize(device: torch.device) -> None:
@@ -99,17 +93,14 @@ def synchronize(device: torch.device) -> None:
 def main() -> None:
     kind, data = sys.argv[1], Path(sys.argv[2])
     changes = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
-    params = load_params(REPO / "params.yaml")
-    model_config = SegNetConfig(**params["model"])
     if kind == "reference":
         mat_files = sorted((data / "extracted").rglob("batch*.mat"))
-        result = {"images_per_second": reference_images_per_second(mat_files, model_config, steps=len(mat_files))}
+        speed = reference_images_per_second(mat_files, load_settings().model, steps=len(mat_files))
     elif kind == "ours":
-        speed, first_step = our_images_per_second(data / "prepared", model_config, one_epoch(params, **changes))
-        result = {"images_per_second": speed, "first_step_s": first_step}
+        speed = our_images_per_second(data / "prepared", changes)
     else:
         raise SystemExit(f"unknown measurement {kind!r}: use reference or ours")
-    print(json.dumps(result))
+    print(json.dumps({"images_per_second": speed}))
 
 
 if __name__ == "__main__":

@@ -1,43 +1,29 @@
-"""Benchmark: the default pipeline from scratch, as a new user runs it, timed stage by stage.
+"""Benchmark: the default pipeline from scratch, as a new user runs it, timed stage by stage (about 10 minutes here).
 
 Clones the repository's HEAD into benchmarks/results/clone (no data, no tracking store; replaced on every
 run and kept afterwards for inspection), runs each DVC stage in order with the default params.yaml and
-prints a Markdown table: seconds per stage (process start included), the total, and the test metrics.
-Usage: make bench  (or python -m benchmarks.pipeline)
+writes benchmarks/results/pipeline.md and .json: seconds per stage (process start included), the total, the
+time to accuracy and the test metrics.
+Usage: python -m benchmarks.pipeline
 """
 
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import torch
+from benchmarks.common import REPO, RESULTS, report
 
-REPO = Path(__file__).resolve().parents[1]
 STAGES = ("generate", "prepare", "train", "evaluate")
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}"
 
 
 def main() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    results = REPO / "benchmarks" / "results"
-    clone = results / "clone"
+    clone = RESULTS / "clone"
     shutil.rmtree(clone, ignore_errors=True)
     subprocess.run(["git", "clone", "--quiet", str(REPO), str(clone)], check=True)
     seconds = {}
@@ -49,8 +35,6 @@ def main() -> None:
     training = json.loads((clone / "metrics" / "train.json").read_text())
 
     lines = [
-        f"Machine: {machine()}",
-        "",
         "| stage | seconds |",
         "|---|---:|",
         *[f"| {stage} | {seconds[stage]:.0f} |" for stage in STAGES],
@@ -63,13 +47,13 @@ def main() -> None:
         "",
         "| test metric | value |",
         "|---|---:|",
-        *[f"| {name} | {evaluation[name]:.4f} |" for name in ("miou", "miou_digits", "pixel_accuracy",
-                                                             "mean_class_accuracy")],
+        *[
+            f"| {name} | {evaluation[name]:.4f} |"
+            for name in ("miou", "miou_digits", "pixel_accuracy", "mean_class_accuracy")
+        ],
         *[f"| IoU {name} | {value:.4f} |" for name, value in evaluation["per_class_iou"].items()],
     ]
-    report = "\n".join(lines)
-    print(report)
-    (results / "pipeline.md").write_text(report + "\n")
+    report("pipeline", lines, {"stage_seconds": seconds, "train": training, "evaluate": evaluation})
 
 
 if __name__ == "__main__":

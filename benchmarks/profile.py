@@ -5,10 +5,9 @@ prints the operators by self CPU time, then the share spent in convolutions (for
 their achieved GFLOP/s, and the rest (batch norm, ReLU, pooling, unpooling, loss, optimizer,
 augmentation). Then it times each convolution of the model alone, at the size it runs at in training, in
 its three parts: forward, the gradient of its input and the gradient of its weights, in GFLOP/s, and each
-3x3 one whole by PyTorch's direct convolution and by Winograd's F(2x2, 3x3) (segnet/speed/winograd.py). This is
-the evidence behind the speed discussion in README, Performance. Last, the model's input from a batch of
-uint8 panels, by float arithmetic against the model's byte lookup.
-Usage: python -m benchmarks.profile [--files N]
+3x3 one whole by PyTorch's direct convolution and by Winograd's F(2x2, 3x3) (segnet/speed/winograd.py).
+Last, the model's input from a batch of uint8 panels, by float arithmetic against the model's byte lookup.
+Usage: make profile  (or python -m benchmarks.profile [--files N])
 """
 
 import tempfile
@@ -18,14 +17,19 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.common import best_seconds_per_call, one_epoch, read_settings, small_archive
+from benchmarks.common import (
+    best_seconds_per_call,
+    load_settings,
+    prepare,
+    read_arguments,
+    small_archive,
+    train_model,
+)
 from benchmarks.throughput import matmul_peak, training_flops_per_image
-from segnet.speed import cpu_kernels, winograd
 from segnet.data.loading import load_split
-from segnet.model.network import SegNet, transform_input
-from segnet.dataset.prepare import prepare_dataset
 from segnet.devices import select_amp_dtype
-from segnet.training.loop import set_seed, train
+from segnet.model.network import SegNet, SegNetConfig, transform_input
+from segnet.speed import cpu_kernels, winograd
 
 CONVOLUTION_OPS = ("aten::mkldnn_convolution", "aten::convolution_backward")  # direct: their self time
 # Those segnet.speed.winograd computes: the whole time of its autograd function's forward and backward, its matrix
@@ -40,21 +44,36 @@ def timed_cell(seconds: float, flops: float) -> str:
     return f"{seconds * 1e3:.2f} ({flops / seconds / 1e9:.0f})"
 
 
-def convolution_backward(conv: torch.nn.Conv2d, x: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor,
-                         mask: list[bool]) -> tuple:
+def convolution_backward(
+    conv: torch.nn.Conv2d, x: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor, mask: list[bool]
+) -> tuple:
     """(input gradient, weight gradient, bias gradient) of `conv` with `weight` on input `x`, for output gradient
     `grad`: those `mask` asks for, None for the others (the bias is left out)."""
-    return torch.ops.aten.convolution_backward(grad, x, weight, None, list(conv.stride), list(conv.padding),
-                                               list(conv.dilation), False, [0, 0], conv.groups, mask)
+    return torch.ops.aten.convolution_backward(
+        grad,
+        x,
+        weight,
+        None,
+        list(conv.stride),
+        list(conv.padding),
+        list(conv.dilation),
+        False,
+        [0, 0],
+        conv.groups,
+        mask,
+    )
 
 
-def convolution_parts(conv: torch.nn.Conv2d, x: torch.Tensor, weight: torch.Tensor,
-                      grad: torch.Tensor) -> list[Callable[[], object]]:
+def convolution_parts(
+    conv: torch.nn.Conv2d, x: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor
+) -> list[Callable[[], object]]:
     """The three parts of `conv` on input `x` with `weight` (its bias left out), each a call to time: the forward
     pass, the gradient of the input alone and the gradient of the weight alone, for output gradient `grad`."""
-    return [lambda: torch.nn.functional.conv2d(x, weight, None, conv.stride, conv.padding, conv.dilation, conv.groups),
-            lambda: convolution_backward(conv, x, weight, grad, [True, False, False]),
-            lambda: convolution_backward(conv, x, weight, grad, [False, True, False])]
+    return [
+        lambda: torch.nn.functional.conv2d(x, weight, None, conv.stride, conv.padding, conv.dilation, conv.groups),
+        lambda: convolution_backward(conv, x, weight, grad, [True, False, False]),
+        lambda: convolution_backward(conv, x, weight, grad, [False, True, False]),
+    ]
 
 
 def convolution_shapes(model: SegNet, batch_size: int, image_size: tuple[int, int], dtype: torch.dtype):
@@ -65,8 +84,7 @@ def convolution_shapes(model: SegNet, batch_size: int, image_size: tuple[int, in
     def record_shapes(conv, args, output):
         shapes[conv] = (args[0].shape, output.shape)
 
-    hooks = [conv.register_forward_hook(record_shapes)
-             for conv in model.modules() if isinstance(conv, torch.nn.Conv2d)]
+    hooks = [conv.register_forward_hook(record_shapes) for conv in model.modules() if isinstance(conv, torch.nn.Conv2d)]
     with torch.no_grad():
         model(torch.rand(batch_size, model.config.in_channels, *image_size))
     for hook in hooks:
@@ -100,18 +118,22 @@ def convolution_table(model: SegNet, batch_size: int, image_size: tuple[int, int
             totals[index] += seconds
             total_flops[index] += flops
             cells.append(timed_cell(seconds, flops))
-        print(f"{name:<28} {x.shape[-1]:>5} {f'{conv.in_channels} -> {conv.out_channels}':>11} "
-              + " ".join(f"{cell:>15}" for cell in cells))
-    cells = [timed_cell(seconds, flops) for seconds, flops in zip(totals, total_flops)]
+        print(
+            f"{name:<28} {x.shape[-1]:>5} {f'{conv.in_channels} -> {conv.out_channels}':>11} "
+            + " ".join(f"{cell:>15}" for cell in cells)
+        )
+    cells = [timed_cell(seconds, flops) for seconds, flops in zip(totals, total_flops, strict=True)]
     print(f"{'all':<46} " + " ".join(f"{cell:>15}" for cell in cells))
 
 
 def winograd_table(model: SegNet, batch_size: int, image_size: tuple[int, int], dtype: torch.dtype) -> None:
-    """Times each 3x3 convolution of `model` that segnet.speed.winograd takes, at the size it runs at in training: forward
-    and both gradients together, by PyTorch's direct convolution (under autocast, as training runs it) and by
-    F(2x2, 3x3), from the same float32 weights."""
-    print(f"\n3x3 convolutions alone, forward + both gradients, {str(dtype).replace('torch.', '')} channels-last, "
-          f"batch {batch_size}: ms")
+    """Times each 3x3 convolution of `model` that segnet.speed.winograd takes, at the size it runs at in training:
+    forward and both gradients together, by PyTorch's direct convolution (under autocast, as training runs it)
+    and by F(2x2, 3x3), from the same float32 weights."""
+    print(
+        f"\n3x3 convolutions alone, forward + both gradients, {str(dtype).replace('torch.', '')} channels-last, "
+        f"batch {batch_size}: ms"
+    )
     print(f"{'layer':<28} {'size':>5} {'channels':>11} {'direct':>8} {'Winograd':>9} {'ratio':>6}")
     for number, (name, conv, x, _, grad) in enumerate(convolution_shapes(model, batch_size, image_size, dtype)):
         if not winograd.takes(conv) or number == 0:
@@ -119,28 +141,29 @@ def winograd_table(model: SegNet, batch_size: int, image_size: tuple[int, int], 
         x.requires_grad_()
         weight = conv.weight.detach().float().contiguous(memory_format=torch.channels_last).requires_grad_()
 
-        def direct():
+        def direct(x=x, weight=weight, grad=grad):
             with torch.autocast("cpu", dtype, enabled=dtype != torch.float32):
                 output = torch.nn.functional.conv2d(x, weight, padding=1)
             output.backward(grad)
 
-        def by_winograd():
+        def by_winograd(x=x, weight=weight, grad=grad):
             winograd.conv3x3(x, weight).backward(grad)
 
         milliseconds = [best_seconds_per_call(call, REPEATS, TRIALS) * 1e3 for call in (direct, by_winograd)]
-        print(f"{name:<28} {x.shape[-1]:>5} {f'{conv.in_channels} -> {conv.out_channels}':>11} "
-              f"{milliseconds[0]:>8.2f} {milliseconds[1]:>9.2f} {milliseconds[1] / milliseconds[0]:>5.2f}x")
+        print(
+            f"{name:<28} {x.shape[-1]:>5} {f'{conv.in_channels} -> {conv.out_channels}':>11} "
+            f"{milliseconds[0]:>8.2f} {milliseconds[1]:>9.2f} {milliseconds[1] / milliseconds[0]:>5.2f}x"
+        )
 
 
-def input_timing(model_config, images: torch.Tensor, batch_size: int) -> None:
-    """Times the first conv's input from a batch of uint8 panels: scaled by segnet.data.loading.to_input and transformed by
-    the model in float arithmetic (before 2026-11-27; float pixels still take that path), against the model's lookup
-    of each byte."""
+def input_timing(model_config: SegNetConfig, images: torch.Tensor, batch_size: int) -> None:
+    """Times the first conv's input from a batch of uint8 panels: scaled to [0, 1] and transformed in float
+    arithmetic (the path float pixels take), against the model's lookup of each byte."""
     if images.dtype != torch.uint8:
         print("\nthe first conv's input: not timed, the prepared panels are not stored as bytes")
         return
     model = SegNet(model_config)
-    panels = images[:batch_size].permute(0, 3, 1, 2)  # channels-last (N, 3, H, W), as segnet.data.loading.to_input gives
+    panels = images[:batch_size].permute(0, 3, 1, 2)  # channels-last (N, 3, H, W), as segnet.data.to_input gives
 
     def by_arithmetic():
         return transform_input(panels.float().div_(255.0), model_config.input_transform)
@@ -150,43 +173,48 @@ def input_timing(model_config, images: torch.Tensor, batch_size: int) -> None:
 
     assert torch.equal(by_arithmetic(), by_lookup())
     milliseconds = [best_seconds_per_call(call, REPEATS, TRIALS) * 1e3 for call in (by_arithmetic, by_lookup)]
-    print(f"\nthe first conv's input from {len(panels)} uint8 panels ({model_config.input_transform}): "
-          f"{milliseconds[0]:.2f} ms by float arithmetic, {milliseconds[1]:.2f} ms by the model's byte lookup "
-          "(the same values)")
+    print(
+        f"\nthe first conv's input from {len(panels)} uint8 panels ({model_config.input_transform}): "
+        f"{milliseconds[0]:.2f} ms by float arithmetic, {milliseconds[1]:.2f} ms by the model's byte lookup "
+        "(the same values)"
+    )
 
 
 def main() -> None:
-    params, model_config, arguments = read_settings(__doc__.splitlines()[0], default_files=8)
-    files = arguments.files
-    config = one_epoch(params)
+    arguments = read_arguments(__doc__.splitlines()[0], default_files=8)
+    settings = load_settings()
+    model_config, batch_size = settings.model, settings["batch_size"]
     with tempfile.TemporaryDirectory(prefix="segnet-profile-") as folder:
         prepared = Path(folder) / "prepared"
-        prepare_dataset(small_archive(folder, files, 1), prepared)
+        prepare(small_archive(Path(folder), arguments.files, 1), prepared)
         images, labels = load_split(prepared, "train")
-    set_seed(0)
+    train_index, val_index = torch.arange(len(images)), torch.arange(2)
     # A first epoch outside the profiler warms up oneDNN's kernel choices.
-    classes = model_config.num_classes
-    train(SegNet(model_config), images, labels, torch.arange(len(images)), torch.arange(2), classes, config, seed=0)
-    set_seed(0)
+    train_model(settings, images, labels, train_index, val_index)
     with profile(activities=[ProfilerActivity.CPU]) as profiler:
-        train(SegNet(model_config), images, labels, torch.arange(len(images)), torch.arange(2), classes, config, seed=0)
-    steps = len(images) // config.batch_size
+        train_model(settings, images, labels, train_index, val_index)
+    steps = len(images) // batch_size
     events = profiler.key_averages()
     print(events.table(sort_by="self_cpu_time_total", row_limit=15))
     total = sum(event.self_cpu_time_total for event in events) / 1e6
-    convolution = (sum(event.self_cpu_time_total for event in events if event.key in CONVOLUTION_OPS)
-                   + sum(event.cpu_time_total for event in events if event.key in WINOGRAD_EVENTS)) / 1e6
-    flops = training_flops_per_image(model_config) * config.batch_size * steps
-    print(f"steps: {steps} of {config.batch_size} images; profiled CPU time {total / steps * 1e3:.1f} ms per step")
-    print(f"convolutions (forward + backward, Winograd's included): {convolution / total:.0%} of the time, "
-          f"{flops / convolution / 1e9:.0f} GFLOP/s of the model's FLOPs while they run")
+    convolution = (
+        sum(event.self_cpu_time_total for event in events if event.key in CONVOLUTION_OPS)
+        + sum(event.cpu_time_total for event in events if event.key in WINOGRAD_EVENTS)
+    ) / 1e6
+    flops = training_flops_per_image(model_config) * batch_size * steps
+    print(f"steps: {steps} of {batch_size} images; profiled CPU time {total / steps * 1e3:.1f} ms per step")
+    print(
+        f"convolutions (forward + backward, Winograd's included): {convolution / total:.0%} of the time, "
+        f"{flops / convolution / 1e9:.0f} GFLOP/s of the model's FLOPs while they run"
+    )
     print(f"everything else: {(total - convolution) / steps * 1e3:.1f} ms per step")
-    dtype = select_amp_dtype(config.precision, torch.device("cpu")) or torch.float32
-    convolution_table(SegNet(model_config), config.batch_size, tuple(images.shape[1:3]), dtype)
+    dtype = select_amp_dtype(str(settings["precision"]), torch.device("cpu")) or torch.float32
+    image_size = (images.shape[1], images.shape[2])
+    convolution_table(SegNet(model_config), batch_size, image_size, dtype)
     print(f"matmul peak of {str(dtype).replace('torch.', '')}: {matmul_peak(dtype) / 1e9:.0f} GFLOP/s")
     if cpu_kernels.extension() is not None:
-        winograd_table(SegNet(model_config), config.batch_size, tuple(images.shape[1:3]), dtype)
-    input_timing(model_config, images, config.batch_size)
+        winograd_table(SegNet(model_config), batch_size, image_size, dtype)
+    input_timing(model_config, images, batch_size)
 
 
 if __name__ == "__main__":

@@ -13,10 +13,11 @@ one kind of work:
     its share of a parallel loop and spins or sleeps until the other thread finishes its own), or native
     code (kernels, oneDNN, the memory allocator, system calls).
 py-spy pauses the process at each sample, which slows both loops: the shares, not the speeds, are the result.
-Usage: python -m benchmarks.stacks [--files N] [--rate HZ]
+Usage: make profile  (or python -m benchmarks.stacks [--files N] [--rate HZ])
 """
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -25,8 +26,7 @@ import zipfile
 from collections import Counter
 from pathlib import Path
 
-from benchmarks.common import REPO, read_settings, small_archive
-from segnet.dataset.prepare import prepare_dataset
+from benchmarks.common import REPO, prepare, read_arguments, small_archive
 
 LOOPS = {"reference": "reference_images_per_second (benchmarks/measure.py", "ours": "train (segnet/training/loop.py"}
 # Phases of a step, each named by the frames that mark it: the first phase whose marker is on a sample's
@@ -43,12 +43,14 @@ PHASES = (
 OTHER = "other"
 IMPORT = "(<frozen importlib._bootstrap"
 WORKS = ("Python interpreter", "waiting for the other core", "native code")
+# requirements.txt installs py-spy beside this Python, which is on PATH only in an activated environment.
+PY_SPY = shutil.which("py-spy", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
 
 
 def parse_raw(text: str) -> Counter:
     """py-spy's raw output (one `frame;frame;...;frame count` line per distinct stack, outermost first) as
     a Counter of stacks (tuples of frames) to sample counts."""
-    samples = Counter()
+    samples: Counter[tuple[str, ...]] = Counter()
     for line in text.splitlines():
         stack, _, count = line.rpartition(" ")
         if stack:
@@ -82,7 +84,7 @@ def breakdown(samples: Counter, loop_marker: str) -> tuple[Counter, int]:
     first step (the fused optimizer, for one, imports torch.distributed.tensor), which a longer run would
     spread over more steps.
     """
-    cells = Counter()
+    cells: Counter[tuple[str, str]] = Counter()
     for stack, count in samples.items():
         if any(loop_marker in frame for frame in stack) and not any(IMPORT in frame for frame in stack):
             cells[phase_of(stack), work_of(stack)] += count
@@ -95,8 +97,20 @@ def record(program: list[str], rate: int, output: Path, cwd: Path = REPO, timeou
     Raises:
         RuntimeError: py-spy or the program failed.
     """
-    command = ["py-spy", "record", "--native", "--idle", "--rate", str(rate), "--format", "raw", "--output",
-               str(output), "--", *program]
+    command = [
+        PY_SPY or "py-spy",
+        "record",
+        "--native",
+        "--idle",
+        "--rate",
+        str(rate),
+        "--format",
+        "raw",
+        "--output",
+        str(output),
+        "--",
+        *program,
+    ]
     finished = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     # py-spy 0.4.1 sometimes reports its own child as gone once the child has ended and the samples are
     # written, and exits 1 (github.com/benfred/py-spy/issues/759): that run is complete.
@@ -132,21 +146,23 @@ def table(results: dict[str, tuple[Counter, int]]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
-    _, _, arguments = read_settings(__doc__.splitlines()[0], default_files=60, parser=parser)
-    if shutil.which("py-spy") is None:
+    arguments = read_arguments(__doc__.splitlines()[0], default_files=60, parser=parser)
+    if PY_SPY is None:
         raise SystemExit("py-spy is not installed: make venv installs it from requirements.txt")
-    with tempfile.TemporaryDirectory(prefix="segnet-stacks-") as folder:
-        folder = Path(folder)
+    with tempfile.TemporaryDirectory(prefix="segnet-stacks-") as name:
+        folder = Path(name)
         archive = small_archive(folder, arguments.files, 1)
         with zipfile.ZipFile(archive) as opened:
             opened.extractall(folder / "extracted")  # our own archive, built above: the reference loop reads it
-        prepare_dataset(archive, folder / "prepared")
+        prepare(archive, folder / "prepared")
         results = {}
         for kind, marker in LOOPS.items():
             results[kind] = breakdown(profile_loop(kind, folder, arguments.rate, folder / f"{kind}.txt"), marker)
-    print(f"py-spy, {arguments.rate} samples/s of the main thread, one epoch of {arguments.files} files of 32 "
-          f"panels per loop; samples inside the loop: "
-          + ", ".join(f"{kind} {total}" for kind, (_, total) in results.items()))
+    print(
+        f"py-spy, {arguments.rate} samples/s of the main thread, one epoch of {arguments.files} files of 32 "
+        f"panels per loop; samples inside the loop: "
+        + ", ".join(f"{kind} {total}" for kind, (_, total) in results.items())
+    )
     print("\n".join(table(results)))
 
 

@@ -1,115 +1,110 @@
-"""The benchmark that runs where MLflow and DVC are not installed (`python -m benchmarks.gpu`, here on the CPU),
-which settings the techniques benchmark varies, the profile's per-convolution timings, and how the py-spy
-profile reads real py-spy samples."""
+"""The benchmarks' own logic: settings changed by name, both training measurements in fresh processes, where
+the figures go, the variants the techniques benchmark runs, the profile's timed parts, and how the py-spy
+profile reads real samples."""
 
-import argparse
 import inspect
 import json
-import re
 import subprocess
 import sys
+import zipfile
 
-import numpy as np
 import pytest
 import torch
 
-from benchmarks import gpu, profile, stacks, techniques
+from benchmarks import common, measure, profile, stacks, techniques
+from segnet.dataset import SplitSpec, build_archive
+from segnet.model import SegNet
 from segnet.speed import cpu_kernels
-from segnet.model.network import SegNet, SegNetConfig
-from tests.helpers import REPO, clean_env, course_zip
+from tests.helpers import REPO, clean_env
 
 
-def test_the_gpu_benchmark_prepares_trains_and_scores_the_default_model_without_tracking(tmp_path):
-    # A bare GPU box has none of these: here they are shadowed by packages that refuse to import.
-    absent = tmp_path / "absent"
-    for package in ("mlflow", "dvc", "mlxtend"):
-        (absent / package).mkdir(parents=True)
-        (absent / package / "__init__.py").write_text(f"raise ImportError('{package} is not installed here')\n")
-    archive = tmp_path / "course.zip"
-    # 36 training panels: with params.yaml's validation share and batch of 32, one step per epoch.
-    course_zip(archive, np.random.default_rng(3), train_files=3, test_files=1, per_file=12)
-    results = tmp_path / "gpu.json"
-    # A batch of 16 instead of params.yaml's 32 (as `dvc exp run -S` would set it): two steps per epoch.
-    finished = subprocess.run(
-        [sys.executable, "-m", "benchmarks.gpu", "--archive", str(archive), "--epochs", "2", "--json", str(results),
-         "--set", "train.batch_size=16", "--set", "train.lr=5e-05"],
-        cwd=REPO, env=clean_env(PYTHONPATH=str(absent)), capture_output=True, text=True, timeout=300,
-    )
-    assert finished.returncode == 0, finished.stderr
-    summary = json.loads(results.read_text())
-    assert summary["settings_changed"] == {"epochs": 2, "batch_size": 16, "lr": 5e-05}
-    assert [record["epoch"] for record in summary["history"]] == [1, 2]
-    assert [record["step"] for record in summary["history"]] == [2, 4]
-    assert summary["best_epoch"] in (1, 2)
-    assert summary["best_val_miou"] == max(record["val_miou"] for record in summary["history"])
-    assert 0 < summary["test_miou"] <= 1 and summary["evaluation_images_per_second"] > 0
-    assert f"test miou {summary['test_miou']:.4f} after" in finished.stdout
+def test_a_setting_changes_by_its_name_alone_and_an_unknown_name_is_refused():
+    settings = common.load_settings(batch_size=16, winograd=False, deform_pixels=0.0)
+    assert (settings["batch_size"], settings["winograd"], settings["deform_pixels"]) == (16, False, 0.0)
+    assert (settings["epochs"], settings["device"]) == (1, "cpu")  # a short run on the CPU unless changed
+    assert settings.training()["config"].batch_size == 16
+    with pytest.raises(ValueError, match="params.yaml has no training setting 'no_such_setting'; known: "):
+        common.load_settings(no_such_setting=1)
 
 
-def test_the_gpu_benchmark_reads_train_settings_like_dvc_and_refuses_others():
-    assert gpu.train_setting("train.lr=5e-05") == ("lr", 5e-05)  # a float, where YAML 1.1 would read a string
-    assert gpu.train_setting("train.channels_last=false") == ("channels_last", False)
-    assert gpu.train_setting("train.optimizer=sgd") == ("optimizer", "sgd")
-    with pytest.raises(argparse.ArgumentTypeError, match="'batch_size=16': expected train.KEY=VALUE"):
-        gpu.train_setting("batch_size=16")
-    finished = subprocess.run([sys.executable, "-m", "benchmarks.gpu", "--set", "train.no_such_setting=1"],
-                              cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=120)
-    assert finished.returncode == 2, finished.stderr
-    assert "params.yaml train: unknown key(s) ['no_such_setting']" in finished.stderr
+def test_every_variant_of_the_techniques_benchmark_is_a_valid_setting():
+    for name, value in techniques.VARIANTS:
+        common.load_settings(**{name: value}).training()  # checked as the train stage checks params.yaml
 
 
 def test_the_techniques_benchmark_varies_the_settings_it_is_given_and_refuses_others():
     assert techniques.chosen_variants(on_gpu=False) == techniques.VARIANTS
     on_gpu = techniques.chosen_variants(on_gpu=True)
-    assert on_gpu[0] is None and ("precision", "float32") in on_gpu
-    assert not {name for name, _ in on_gpu[1:]} & set(techniques.CPU_ONLY)  # they do nothing on a GPU
-    assert techniques.chosen_variants(True, ["batch_size", "compile"]) == [
-        None, ("batch_size", 16), ("batch_size", 64), ("compile", True)]
+    assert ("precision", "float32") in on_gpu
+    assert not {name for name, _ in on_gpu} & set(techniques.CPU_ONLY)  # they do nothing on a GPU
+    assert techniques.chosen_variants(True, ["batch_size"]) == [("batch_size", 16), ("batch_size", 64)]
     with pytest.raises(ValueError, match=r"no cuda variant of \['threads'\]; known: \['batch_size', "):
         techniques.chosen_variants(True, ["batch_size", "threads"])
-    with pytest.raises(ValueError, match=r"no cpu variant of \['no_such_setting'\]"):
-        techniques.chosen_variants(False, ["no_such_setting"])
-    finished = subprocess.run([sys.executable, "-m", "benchmarks.techniques", "--only", "no_such_setting"],
-                              cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=120)
+    finished = subprocess.run(
+        [sys.executable, "-m", "benchmarks.techniques", "--only", "no_such_setting"],
+        cwd=REPO,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert finished.returncode == 2 and "--only: no cpu variant of ['no_such_setting']" in finished.stderr
+
+
+def test_both_training_loops_measure_in_a_fresh_process(tmp_path):
+    # Files of 4 panels, not the benchmarks' 32: each loop takes a few steps of a few panels.
+    archive = tmp_path / "archive.zip"
+    build_archive(
+        archive, seed=0, train=SplitSpec(common.MIN_FILES, 4, 0, 4), test=SplitSpec(1, 4, 0, 9), test_digit_fraction=0.2
+    )
+    with zipfile.ZipFile(archive) as opened:
+        opened.extractall(tmp_path / "extracted")
+    common.prepare(archive, tmp_path / "prepared")
+    assert measure.in_fresh_process("reference", tmp_path) > 0
+    assert measure.in_fresh_process("ours", tmp_path, batch_size=4) > 0
+
+
+def test_a_report_is_printed_and_written_as_markdown_and_json(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
+    common.report("example", ["| a | b |", "|---|---:|", "| x | 1.0 |"], {"x": 1.0})
+    assert capsys.readouterr().out == "| a | b |\n|---|---:|\n| x | 1.0 |\n"
+    assert (tmp_path / "results" / "example.md").read_text() == "| a | b |\n|---|---:|\n| x | 1.0 |\n"
+    written = json.loads((tmp_path / "results" / "example.json").read_text())
+    assert written["x"] == 1.0 and written["machine"]["cores"] >= 1
 
 
 def test_the_profile_times_every_convolution_of_the_model_in_its_three_parts(monkeypatch, capsys):
     monkeypatch.setattr(profile, "REPEATS", 1)
     monkeypatch.setattr(profile, "TRIALS", 1)
-    model, batch = SegNet(SegNetConfig()), 2
-    profile.convolution_table(model, batch, (64, 64), torch.float32)
+    model = SegNet(common.load_settings().model)
+    profile.convolution_table(model, 2, (64, 64), torch.float32)
     rows = capsys.readouterr().out.strip().splitlines()[2:]
     convolutions = {name: module for name, module in model.named_modules() if isinstance(module, torch.nn.Conv2d)}
     assert [row.split()[0] for row in rows] == list(convolutions) + ["all"]
     # Each layer at the size it runs at: 64 -> 8 down the encoder, back to 64 up the decoder.
-    sizes = [int(row.split()[1]) for row in rows[:-1]]
-    assert sizes == [64, 32, 16, 8, 8, 16, 32, 64, 64]
-    # The model's input needs no gradient: the first layer's input gradient is not timed.
-    assert rows[0].split()[7] == "-"
-    forward_flops = 0
-    for row, size in zip(rows[:-1], sizes):
+    assert [int(row.split()[1]) for row in rows[:-1]] == [64, 32, 16, 8, 8, 16, 32, 64, 64]
+    assert rows[0].split()[7] == "-"  # the model's input needs no gradient
+    for row in rows[:-1]:
         conv = convolutions[row.split()[0]]
         assert row.split()[2:5] == [str(conv.in_channels), "->", str(conv.out_channels)]
-        forward_flops += 2 * batch * conv.weight.numel() * size * size
-        timed = re.findall(r"(\d+\.\d+) \((\d+)\)", row)  # milliseconds (GFLOP/s) per timed part
-        assert len(timed) == (2 if row is rows[0] else 3) and all(float(ms) > 0 for ms, _ in timed), row
-    # The total row's forward time at its rate makes the model's forward FLOPs, within the printed digits.
-    milliseconds, rate = (float(value) for value in re.findall(r"(\d+\.\d+) \((\d+)\)", rows[-1])[0])
-    rounding = 0.005 / milliseconds + 0.5 / rate
-    assert milliseconds * 1e-3 * rate * 1e9 == pytest.approx(forward_flops, rel=rounding * 1.01)
 
 
 @pytest.mark.skipif(cpu_kernels.extension() is None, reason="the CPU kernels did not build here")
 def test_the_profile_times_each_3x3_convolution_whole_by_direct_and_winograd(monkeypatch, capsys):
     monkeypatch.setattr(profile, "REPEATS", 1)
     monkeypatch.setattr(profile, "TRIALS", 1)
-    profile.winograd_table(SegNet(SegNetConfig()), 2, (64, 64), torch.bfloat16)
+    profile.winograd_table(SegNet(common.load_settings().model), 2, (64, 64), torch.bfloat16)
     rows = capsys.readouterr().out.strip().splitlines()[2:]
     # Every 3x3 convolution but the first, whose 3-channel input needs no gradient; not the 1x1 classifier.
     assert [row.split()[0] for row in rows] == [
-        "encoder.1.block.0", "encoder.2.block.0", "encoder.3.block.0",
-        "decoder.0.block.0", "decoder.1.block.0", "decoder.2.block.0", "decoder.3.block.0"]
+        "encoder.1.block.0",
+        "encoder.2.block.0",
+        "encoder.3.block.0",
+        "decoder.0.block.0",
+        "decoder.1.block.0",
+        "decoder.2.block.0",
+        "decoder.3.block.0",
+    ]
     for row in rows:
         direct, fast, ratio = row.split()[-3:]
         assert float(direct) > 0 and float(fast) > 0
@@ -132,6 +127,28 @@ def test_each_timed_part_of_a_convolution_computes_what_its_column_is_named_afte
     assert grad_input is None and torch.allclose(grad_weight, weight.grad, atol=1e-5)
 
 
+SPY_TARGET = """
+import time
+import torch
+
+def interpreted(seconds):
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for _ in range(10_000):
+            count += 1
+
+def native(seconds):
+    x = torch.randn(1024, 1024)
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        x @ x
+
+torch.set_num_threads(2)
+interpreted(1.5)
+native(1.5)
+"""
+
+
 def test_py_spy_samples_of_a_python_loop_and_of_a_matrix_product_are_told_apart(tmp_path):
     target = tmp_path / "target.py"
     target.write_text(SPY_TARGET)
@@ -152,12 +169,18 @@ def test_py_spy_samples_of_a_python_loop_and_of_a_matrix_product_are_told_apart(
 def test_every_phase_and_loop_marker_names_a_function_where_it_is_defined():
     from scipy import io as scipy_io
     from torch.autograd import graph
-    from benchmarks import measure
-    from segnet import augment, losses, model, train
+
+    from segnet.data import augment
+    from segnet.model import network
+    from segnet.training import loop, losses
+
     defined = {
-        "loadmat": scipy_io.loadmat, "_engine_run_backward": graph._engine_run_backward,
-        "step": torch.optim.AdamW.step, "cross_entropy": torch.nn.functional.cross_entropy,
-        "forward": model.SegNet.forward, "train": train.train,
+        "loadmat": scipy_io.loadmat,
+        "_engine_run_backward": graph._engine_run_backward,
+        "step": torch.optim.AdamW.step,
+        "cross_entropy": torch.nn.functional.cross_entropy,
+        "forward": network.SegNet.forward,
+        "train": loop.train,
         "reference_images_per_second": measure.reference_images_per_second,
     }
     frames = [f"{name} ({inspect.getsourcefile(function)}:1)" for name, function in defined.items()]
