@@ -3,16 +3,14 @@
 import dataclasses
 import math
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-import yaml
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
-try:
-    from ruamel.yaml import YAML, YAMLError
-except ImportError:  # benchmarks/gpu.py's machine: PyTorch, SciPy and PyYAML, but no DVC and so no ruamel
-    YAML, YAMLError = None, yaml.YAMLError
+from ruamel.yaml import YAML, YAMLError
 
-T = TypeVar("T")
+T = TypeVar("T", bound="DataclassInstance")
 
 
 def load_params(path: Path = Path("params.yaml")) -> dict:
@@ -21,13 +19,12 @@ def load_params(path: Path = Path("params.yaml")) -> dict:
 
     Read as YAML 1.2, as DVC reads and writes it (with ruamel.yaml): `dvc exp run -S train.lr=0.00005` writes
     `5e-05`, which is a number in YAML 1.2 and a string in PyYAML's YAML 1.1 (which needs a dot), and
-    `yes`/`no` stay strings. The pure-Python loader, since ruamel's C loader speaks YAML 1.1. Where ruamel is
-    not installed, PyYAML reads it, which gives the same values for the committed params.yaml.
+    `yes`/`no` stay strings. The pure-Python loader, since ruamel's C loader speaks YAML 1.1.
     """
     try:
         text = Path(path).read_text()
-        params = YAML(typ="safe", pure=True).load(text) if YAML else yaml.safe_load(text)
-    except (YAMLError, yaml.YAMLError) as error:
+        params = YAML(typ="safe", pure=True).load(text)
+    except YAMLError as error:
         raise ValueError(f"{path}: not valid YAML ({error})") from error
     if not isinstance(params, dict):
         raise ValueError(f"{path}: must hold a mapping of sections, got {type(params).__name__}")
@@ -90,7 +87,8 @@ def build(config_class: type[T], section: str, values: object, **from_data: obje
     except ValueError as error:
         raise ValueError(f"params.yaml {section}.{error}") from None
 
+
 # What YAML values each annotated field type accepts (an int is a fine float; a bool is not an int).
 _TYPES: dict[object, tuple[type, ...]] = {int: (int,), float: (int, float), str: (str,), bool: (bool,)}
 # The same types in the words of the error message, which read like read_seed's.
-_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+_WORDS: dict[object, str] = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}

@@ -42,23 +42,37 @@ def results_table(metrics: Path) -> str:
     if not isinstance(per_class, dict) or set(per_class) != set(CLASS_NAMES):
         raise ValueError(f"{files['evaluate']} per_class_iou: must map each of {list(CLASS_NAMES)} to a number")
     weakest = min(CLASS_NAMES, key=lambda name: _number(per_class, files["evaluate"], name))
-    score = {key: f"{number('evaluate', key):.4f}" for key in
-             ("miou", "miou_ci_low", "miou_ci_high", "miou_digits", "pixel_accuracy", "mean_class_accuracy")}
+    score = {
+        key: f"{number('evaluate', key):.4f}"
+        for key in ("miou", "miou_ci_low", "miou_ci_high", "miou_digits", "pixel_accuracy", "mean_class_accuracy")
+    }
     rows = [
-        ("test mIoU, 11 classes (95% interval)",
-         f"**{score['miou']}** [{score['miou_ci_low']}, {score['miou_ci_high']}]"),
+        (
+            "test mIoU, 11 classes (95% interval)",
+            f"**{score['miou']}** [{score['miou_ci_low']}, {score['miou_ci_high']}]",
+        ),
         ("test mIoU, the 10 digit classes", score["miou_digits"]),
         ("test pixel accuracy", score["pixel_accuracy"]),
         ("test mean class accuracy", score["mean_class_accuracy"]),
         ("lowest class IoU", f"{per_class[weakest]:.4f} ({'' if weakest == 'background' else 'digit '}{weakest})"),
-        ("best validation mIoU",
-         (f"{number('train', 'best_val_miou'):.4f} (epoch {number('train', 'best_epoch'):.0f} of "
-          f"{number('train', 'epochs'):.0f})")),
-        ("training, validation included",
-         f"{number('train', 'train_seconds'):,.0f} s, {number('train', 'train_images_per_second'):,.0f} images/s"),
-        ("panels: training / test",
-         (f"{number('prepare', 'train_images'):,.0f} / {number('prepare', 'test_images'):,.0f} "
-          f"({number('prepare', 'height'):.0f}x{number('prepare', 'width'):.0f})")),
+        (
+            "best validation mIoU",
+            (
+                f"{number('train', 'best_val_miou'):.4f} (epoch {number('train', 'best_epoch'):.0f} of "
+                f"{number('train', 'epochs'):.0f})"
+            ),
+        ),
+        (
+            "training, validation included",
+            f"{number('train', 'train_seconds'):,.0f} s, {number('train', 'train_images_per_second'):,.0f} images/s",
+        ),
+        (
+            "panels: training / test",
+            (
+                f"{number('prepare', 'train_images'):,.0f} / {number('prepare', 'test_images'):,.0f} "
+                f"({number('prepare', 'height'):.0f}x{number('prepare', 'width'):.0f})"
+            ),
+        ),
     ]
     lines = ["| metric | value |", "|---|---:|", *(f"| {name} | {value} |" for name, value in rows)]
     return "".join(line + "\n" for line in lines)
@@ -95,8 +109,10 @@ def _marker_span(readme: str, name: str) -> tuple[int, int]:
     starts = [index for index, line in enumerate(lines) if line.strip() == START]
     ends = [index for index, line in enumerate(lines) if line.strip() == END]
     if len(starts) != 1 or len(ends) != 1 or ends[0] < starts[0]:
-        raise ValueError(f"{name}: needs one line {START} followed by one line {END} around the results table; "
-                         f"found {len(starts)} and {len(ends)}")
+        raise ValueError(
+            f"{name}: needs one line {START} followed by one line {END} around the results table; "
+            f"found {len(starts)} and {len(ends)}"
+        )
     offsets = [0]
     for line in lines:
         offsets.append(offsets[-1] + len(line))
@@ -126,8 +142,11 @@ def _number(data: dict, path: Path, key: str) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m segnet.report", description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true",
-                        help="change nothing; exit with 1 when the README's table differs from the metrics")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="change nothing; exit with 1 when the README's table differs from the metrics",
+    )
     parser.add_argument("--readme", type=Path, default=ROOT / "README.md", help="the file holding the table")
     parser.add_argument("--metrics", type=Path, default=ROOT / "metrics", help="the folder of metrics files")
     args = parser.parse_args(argv)
@@ -139,8 +158,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.check:
         problem = difference(read_table(text, readme), table)
         if problem:
-            print(f"{readme}: the results table differs from {metrics}/: {problem}; rewrite it with `make readme`",
-                  file=sys.stderr)
+            print(
+                f"{readme}: the results table differs from {metrics}/: {problem}; rewrite it with `make readme`",
+                file=sys.stderr,
+            )
             sys.exit(1)
         print(f"{readme}: the results table matches {metrics}/")
         return

@@ -6,16 +6,16 @@ import logging
 import mlflow
 import torch
 
-from segnet.evaluation.bootstrap import panel_confusions, percentile_interval, read_bootstrap
 from segnet.cli import run_stage, stage_paths
 from segnet.data.loading import load_split
 from segnet.devices import select_device, use_exact_float32
-from segnet.files import sha256_file, write_bytes, write_json
+from segnet.evaluation.bootstrap import panel_confusions, percentile_interval, read_bootstrap
 from segnet.evaluation.inference import EvaluateConfig, predict_batches
 from segnet.evaluation.metrics import mean_iou, summarize
+from segnet.evaluation.plots import confusion_png, predictions_png
+from segnet.files import sha256_file, write_bytes, write_json
 from segnet.model import MODEL_FILE, load_model
 from segnet.params import build, load_params, read_experiment
-from segnet.evaluation.plots import confusion_png, predictions_png
 from segnet.tracking.runs import EVALUATE_STAGE, TRAIN_STAGE, find_run, log_metrics, log_panel_confusions, stage_run
 
 USAGE = "python -m stages.evaluate PREPARED_DIR MODEL_DIR METRICS_JSON CONFUSION_PNG PREDICTIONS_PNG"
@@ -50,12 +50,16 @@ def main() -> None:
         else:
             log.warning("no train run with this model's hash in the tracking store; the evaluate run is unlinked")
         device = select_device(config.device)
-        model.to(device=device, memory_format=torch.channels_last)
+        model.to(device=device, memory_format=torch.channels_last)  # type: ignore[call-overload]  # stubs omit it
         # Evaluation runs in float32 whatever training used: the reported numbers must not depend on it.
         use_exact_float32()
         # One confusion matrix per test panel: their sum scores the set, their resamples give the interval.
-        panels = torch.cat([panel_confusions(labels[window], prediction, model.config.num_classes)
-                            for window, prediction in predict_batches(model, images, config.batch_size, device)])
+        panels = torch.cat(
+            [
+                panel_confusions(labels[window], prediction, model.config.num_classes)
+                for window, prediction in predict_batches(model, images, config.batch_size, device)
+            ]
+        )
         confusion = panels.sum(0)
         metrics = summarize(confusion)
         if interval.resamples:
@@ -70,7 +74,7 @@ def main() -> None:
 
         per_class = {f"iou_{name}": value for name, value in metrics.pop("per_class_iou").items()}
         log_metrics({**metrics, **per_class})
-        mlflow.log_dict(confusion.tolist(), "confusion_matrix.json")
+        mlflow.log_text(json.dumps(confusion.tolist(), indent=2), "confusion_matrix.json")
         log_panel_confusions(panels.numpy())
         for path in (metrics_path, confusion_path, predictions_path):
             mlflow.log_artifact(str(path))

@@ -6,12 +6,12 @@ from pathlib import Path
 import mlflow
 
 from segnet import CLASS_NAMES
-from segnet.dataset.archive import ArchiveLimits
 from segnet.cli import run_stage, stage_paths
 from segnet.cores import available_cores
+from segnet.dataset.archive import ArchiveLimits
+from segnet.dataset.prepare import prepare_dataset
 from segnet.files import write_json
 from segnet.params import build, load_params, read_experiment
-from segnet.dataset.prepare import prepare_dataset
 from segnet.tracking.runs import log_metrics, stage_run
 
 USAGE = "python -m stages.prepare OUTPUT_DIR METRICS_JSON"
@@ -38,7 +38,8 @@ def main() -> None:
         # archive's path, its 64-digit hash) and crowds the scores out of the table. The texts go to MLflow as
         # tags, the class histograms as metrics, and both stay in dataset.json.
         histograms = {
-            split: dict(zip(CLASS_NAMES, summary.pop(f"{split}_class_pixels"))) for split in ("train", "test")
+            split: dict(zip(CLASS_NAMES, summary.pop(f"{split}_class_pixels"), strict=True))
+            for split in ("train", "test")
         }
         counts = {key: value for key, value in summary.items() if isinstance(value, int)}
         mlflow.set_tags({key: value for key, value in summary.items() if key not in counts})

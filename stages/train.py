@@ -1,19 +1,16 @@
 """DVC stage `train`: trains SegNet on the prepared training split, selecting the epoch by validation mIoU.
 
-The test split is not read here: only `evaluate` touches it. The prepared panels are memory-mapped: only
-the panels of each batch are read, so a dataset larger than memory trains too.
-
-`runtime.processes: N` makes this stage launch itself in N processes on this machine; started by `torchrun`,
-it joins the job torchrun describes instead. Either way the rank-0 process alone logs to MLflow and writes
-checkpoints and outputs. Interrupted training resumes: the loop state is saved to CHECKPOINT_DIR every
-`runtime.checkpoint_steps` steps and at every epoch's end, and the next run with the same settings, data and
-code continues from it (into the same MLflow run), ending with exactly the weights of an uninterrupted run.
-Ctrl-C saves a checkpoint, marks the MLflow run KILLED and exits with 130.
+Only the panels of each batch are read (memory-mapped), and never the test split. `runtime.processes: N`
+launches the stage in N processes (or it joins the job `torchrun` started); rank 0 alone logs to MLflow and
+writes checkpoints and outputs. The loop state is saved to CHECKPOINT_DIR every `runtime.checkpoint_steps`
+steps and every epoch's end; a rerun with the same settings, data and code resumes from it (into the same
+MLflow run) to exactly the weights of an uninterrupted run. Ctrl-C saves, marks the run KILLED, exits 130.
 """
 
 import contextlib
 import json
 import sys
+from typing import Any
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -51,36 +48,35 @@ def main() -> None:
         sys.exit(status)
     world = distributed.launched_world()
     logged = {key: params[key] for key in ("seed", "model", "train", "augment", "runtime")}
-    # All that decides the result, so a checkpoint resumes only into the same run: how often it is saved
-    # does not; the number of processes does (a checkpoint of N processes resumes only in N).
-    decisive = {**logged, "runtime": {k: v for k, v in params["runtime"].items() if k != "checkpoint_steps"},
-                "dataset": dataset, "processes": world.size}
-    checkpointer = run_checkpointer(checkpoint_dir, decisive, runtime.checkpoint_steps)
+    checkpointer = run_checkpointer(checkpoint_dir, logged, dataset, world.size, runtime.checkpoint_steps)
     if world.is_distributed:
         distributed.start(world, runtime.distributed_backend, select_device(runtime.device, world.local_rank))
     # Rank 0 writes checkpoints, so it alone reads them; on several nodes the others could not see the file.
-    resume = distributed.from_main(load_checkpoint(checkpointer.path, checkpointer.fingerprint)
-                                   if world.is_main else None)
+    resume = distributed.from_main(
+        load_checkpoint(checkpointer.path, checkpointer.fingerprint) if world.is_main else None
+    )
     tags = {"dataset_sha256": dataset["archive_sha256"], "processes": str(world.size)}
     # Only the main process tracks: one MLflow run for the whole job.
-    tracked = (stage_run(TRAIN_STAGE, experiment, logged, tags, resume["extra"].get("mlflow_run_id") if resume else None)
-               if world.is_main else contextlib.nullcontext())
+    tracked = (
+        stage_run(TRAIN_STAGE, experiment, logged, tags, resume["extra"].get("mlflow_run_id") if resume else None)
+        if world.is_main
+        else contextlib.nullcontext()
+    )
     with tracked as run:
         train_index, val_index = split_indices(len(images), config.val_fraction, seed)
         set_seed(seed)
         model = SegNet(model_config)
-        if world.is_main:
+        if run is not None:  # the main process's
             checkpointer.extra["mlflow_run_id"] = run.info.run_id
         progress = ProgressBar(config.epochs)
         # While the bar is shown, log lines (Ctrl-C's notice) print above it; when training stops or fails, the
         # bar is closed before the stage reports why, so neither message lands on the bar's line.
         with StopSignals() as stop, logging_redirect_tqdm(), contextlib.closing(progress):
-            result = train(
-                model, images, labels, train_index, val_index, model_config.num_classes, config, augmentation,
-                runtime, seed, callbacks=[progress, EpochLog(log_metrics)] if world.is_main else [],
-                checkpointer=checkpointer if world.is_main else None, resume=resume["state"] if resume else None,
-                stop_requested=stop.requested, world=world,
-            )
+            hooks: dict[str, Any] = {"resume": resume["state"] if resume else None, "stop_requested": stop.requested}
+            if world.is_main:  # rank 0 alone shows progress, logs and checkpoints
+                hooks |= {"callbacks": [progress, EpochLog(log_metrics)], "checkpointer": checkpointer}
+            split = (images, labels, train_index, val_index, model_config.num_classes)
+            result = train(model, *split, config, augmentation, runtime, seed, world=world, **hooks)
         distributed.stop()
         if not world.is_main:
             return

@@ -6,9 +6,9 @@ import dataclasses
 import fcntl
 import io
 import os
+import shutil
 import signal
 import socket
-import shutil
 import struct
 import subprocess
 import sys
@@ -16,7 +16,7 @@ import tempfile
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import pytest
@@ -25,13 +25,16 @@ import torch
 import yaml
 
 from segnet import NUM_CLASSES
-from segnet.dataset.generate import compose_panel
 from segnet.data import AugmentConfig
+from segnet.dataset.generate import compose_panel
 from segnet.model import SegNetConfig
-from segnet.training import RuntimeConfig, TrainConfig
 from segnet.params import load_params
+from segnet.training import RuntimeConfig, TrainConfig
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -199,13 +202,18 @@ def settings(config_class: type[T], section: str, **changes: object) -> T:
 
 def training_settings(**changes: object) -> tuple[TrainConfig, AugmentConfig, RuntimeConfig]:
     """params.yaml's train, augment and runtime settings, each change put in the section that has its key."""
-    built = []
-    for config_class, section in ((TrainConfig, "train"), (AugmentConfig, "augment"), (RuntimeConfig, "runtime")):
+
+    def pick(config_class: type) -> dict:
         names = {field.name for field in dataclasses.fields(config_class)}
-        built.append(settings(config_class, section, **{k: v for k, v in changes.items() if k in names}))
-    unknown = set(changes) - {field.name for config in built for field in dataclasses.fields(config)}
-    assert not unknown, f"no such training setting: {sorted(unknown)}"
-    return built[0], built[1], built[2]
+        return {key: value for key, value in changes.items() if key in names}
+
+    train, augment, runtime = pick(TrainConfig), pick(AugmentConfig), pick(RuntimeConfig)
+    assert len(train) + len(augment) + len(runtime) == len(changes), f"no such training setting in {changes}"
+    return (
+        settings(TrainConfig, "train", **train),
+        settings(AugmentConfig, "augment", **augment),
+        settings(RuntimeConfig, "runtime", **runtime),
+    )
 
 
 def model_config(**changes: object) -> SegNetConfig:
@@ -235,8 +243,15 @@ def run(
     After `timeout` seconds it is killed with everything it started: its own process group, so that a stage's Python
     under a timed-out `dvc repro` does not train on beside the tests that follow.
     """
-    with subprocess.Popen(command, cwd=cwd, env=env or clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True, start_new_session=True) as process:
+    with subprocess.Popen(
+        command,
+        cwd=cwd,
+        env=env or clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    ) as process:
         try:
             stdout, stderr = process.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -297,5 +312,6 @@ def apt_install_or_skip(packages: list[str], missing: str) -> None:
             except subprocess.TimeoutExpired:
                 pytest.skip(f"{missing}, and `{' '.join(command)}` did not finish within 600 s")
             if result.returncode != 0:
-                pytest.skip(f"{missing}, and `{' '.join(command)}` failed ({result.returncode}): "
-                            f"{result.stderr[-800:]}")
+                pytest.skip(
+                    f"{missing}, and `{' '.join(command)}` failed ({result.returncode}): {result.stderr[-800:]}"
+                )

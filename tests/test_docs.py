@@ -24,8 +24,9 @@ def pages() -> list[Path]:
 
 
 def report(*arguments: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "segnet.report", *arguments], cwd=ROOT, capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "segnet.report", *arguments], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_the_readme_table_is_what_the_report_writes_from_the_committed_metrics():
@@ -105,9 +106,11 @@ def relative_links(text: str) -> list[str]:
 
 
 def test_the_link_finder_finds_links_and_images_but_not_urls_anchors_or_code():
-    text = ("See [the docs](docs/data.md#limits) and ![a picture](tests/screenshots/x.png \"title\").\n"
-            "[web](https://example.com) [anchor](#layout) `[code](not/a/link.md)`\n"
-            "```\n[block](not/a/link/either.md)\n```\n[ref]: ../Makefile\n")
+    text = (
+        'See [the docs](docs/data.md#limits) and ![a picture](tests/screenshots/x.png "title").\n'
+        "[web](https://example.com) [anchor](#layout) `[code](not/a/link.md)`\n"
+        "```\n[block](not/a/link/either.md)\n```\n[ref]: ../Makefile\n"
+    )
     assert relative_links(text) == ["docs/data.md", "tests/screenshots/x.png", "../Makefile"]
 
 
@@ -125,8 +128,9 @@ def test_every_relative_link_in_the_readme_and_docs_resolves_to_a_file_a_clone_h
     # An ignored file (a DVC output such as metrics/predictions.png) exists here but not in a fresh clone.
     if targets and (ROOT / ".git").exists() and shutil.which("git"):
         listed = "".join(f"{path.relative_to(ROOT)}\n" for _, path in targets)
-        ignored = subprocess.run(["git", "check-ignore", "--stdin"], cwd=ROOT, input=listed, capture_output=True,
-                                 text=True, timeout=60).stdout.split()
+        ignored = subprocess.run(
+            ["git", "check-ignore", "--stdin"], cwd=ROOT, input=listed, capture_output=True, text=True, timeout=60
+        ).stdout.split()
         assert not ignored, f"links to files git ignores, which a clone lacks: {ignored}"
 
 
@@ -142,6 +146,10 @@ def test_the_readme_and_the_performance_page_stay_short(name):
 
 def test_no_page_keeps_a_dated_log():
     date = re.compile(r"\b20\d\d-\d\d-\d\d\b")
-    dated = [f"{page.relative_to(ROOT)}:{number}: {line.strip()}" for page in pages()
-             for number, line in enumerate(page.read_text().splitlines(), start=1) if date.search(line)]
+    dated = [
+        f"{page.relative_to(ROOT)}:{number}: {line.strip()}"
+        for page in pages()
+        for number, line in enumerate(page.read_text().splitlines(), start=1)
+        if date.search(line)
+    ]
     assert not dated, "the current figure and the command that measures it, not a dated log:\n" + "\n".join(dated)

@@ -152,7 +152,8 @@ def deform_panels(
     """
     if pixels <= 0:
         return images, labels
-    return gather_pixels(images, labels, deform_sources(*labels.shape, pixels, grid, generator))
+    count, height, width = labels.shape
+    return gather_pixels(images, labels, deform_sources(count, height, width, pixels, grid, generator))
 
 
 @dataclass(frozen=True)
@@ -191,7 +192,8 @@ def augment(
     if config.deform_pixels <= 0 and (config.overlay_partners == 0 or config.overlay_probability <= 0):
         return images, labels
     if config.deform_pixels > 0:
-        sources = deform_sources(*labels.shape, config.deform_pixels, config.deform_grid, generator)
+        count, height, width = labels.shape
+        sources = deform_sources(count, height, width, config.deform_pixels, config.deform_grid, generator)
     else:
         sources = identity_sources(*labels.shape)
     for _ in range(config.overlay_partners):

@@ -5,6 +5,12 @@ from segnet.model.network import SegNet, SegNetConfig, transform_input
 from segnet.model.storage import MODEL_FILE, check_model_folder, load_model, read_model, save_model
 
 __all__ = [
-    "MODEL_FILE", "SegNet", "SegNetConfig", "check_model_folder", "load_model", "read_model", "save_model",
+    "MODEL_FILE",
+    "SegNet",
+    "SegNetConfig",
+    "check_model_folder",
+    "load_model",
+    "read_model",
+    "save_model",
     "transform_input",
 ]

@@ -5,6 +5,7 @@ decoder level is max unpooling with the matching level's indices -> conv -> batc
 A final linear 1x1 conv maps to class scores. Softmax lives in the loss and in prediction.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -61,27 +62,26 @@ class SegNetConfig:
                 f"indices fit, got {self.decoder_channels}"
             )
         if self.kernel_size < 1 or self.kernel_size % 2 == 0:
-            raise ValueError(
-                f"kernel_size: must be odd and >= 1 (to keep the size), got {self.kernel_size}"
-            )
+            raise ValueError(f"kernel_size: must be odd and >= 1 (to keep the size), got {self.kernel_size}")
         if self.input_transform not in INPUT_TRANSFORMS:
-            raise ValueError(
-                f"input_transform: must be one of {INPUT_TRANSFORMS}, got {self.input_transform!r}"
-            )
+            raise ValueError(f"input_transform: must be one of {INPUT_TRANSFORMS}, got {self.input_transform!r}")
         if self.num_classes < 2 or self.in_channels < 1:
-            raise ValueError(f"num_classes and in_channels: need >= 2 and >= 1, got {self.num_classes}, "
-                             f"{self.in_channels}")
+            raise ValueError(
+                f"num_classes and in_channels: need >= 2 and >= 1, got {self.num_classes}, {self.in_channels}"
+            )
 
     @property
     def downsampling(self) -> int:
         """Input height and width must be multiples of this."""
         return 2 ** len(self.encoder_channels)
 
-    def check_input_size(self, size: tuple[int, int], source: object) -> None:
+    def check_input_size(self, size: Sequence[int], source: object) -> None:
         """Refuses panels of `size` (height, width) from `source` whose sides the levels cannot halve evenly."""
         if size[0] % self.downsampling or size[1] % self.downsampling:
-            raise ValueError(f"{source}: panels are {tuple(size)}, but a {len(self.encoder_channels)}-level SegNet "
-                             f"(model.encoder_channels) needs sides divisible by {self.downsampling}")
+            raise ValueError(
+                f"{source}: panels are {tuple(size)}, but a {len(self.encoder_channels)}-level SegNet "
+                f"(model.encoder_channels) needs sides divisible by {self.downsampling}"
+            )
 
 
 class ConvBatchNormReLU(nn.Sequential):
@@ -127,6 +127,8 @@ class DecoderLevel(nn.Module):
 class SegNet(nn.Module):
     """Encoder-decoder segmentation network returning per-pixel class logits (N, classes, H, W)."""
 
+    byte_values: torch.Tensor
+
     def __init__(self, config: SegNetConfig):
         super().__init__()
         self.config = config
@@ -159,7 +161,7 @@ class SegNet(nn.Module):
         for level in self.encoder:  # (N, 3, 64, 64) -> (N, 512, 4, 4) with defaults
             x, indices = level(x)
             pool_indices.append(indices)
-        for level, indices in zip(self.decoder, reversed(pool_indices)):  # -> (N, 32, 64, 64)
+        for level, indices in zip(self.decoder, reversed(pool_indices), strict=True):  # -> (N, 32, 64, 64)
             x = level(x, indices)
         return self.classifier(x)  # (N, classes, H, W) logits
 

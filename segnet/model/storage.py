@@ -24,8 +24,9 @@ def check_model_folder(model_dir: Path, *other_outputs: Path) -> None:
     check_replaceable(model_dir, MODEL_NAMES)
     for path in other_outputs:
         if path.resolve().is_relative_to(model_dir.resolve()):
-            raise ValueError(f"{path}: inside the model folder {model_dir}, which holds only the model; name a path "
-                             "outside it")
+            raise ValueError(
+                f"{path}: inside the model folder {model_dir}, which holds only the model; name a path outside it"
+            )
 
 
 def save_model(model_dir: Path, state: dict, config: SegNetConfig, record: dict) -> None:
@@ -52,8 +53,10 @@ def read_model(model_dir: Path) -> tuple[dict, dict]:
         raise ValueError(f"{record_path}: not JSON ({error}); rerun the train stage (dvc repro train)") from error
     missing = [key for key in RECORD_KEYS if not isinstance(record, dict) or key not in record]
     if missing:
-        raise ValueError(f"{record_path}: not a record the train stage writes (no {', '.join(missing)}); rerun the "
-                         "train stage (dvc repro train)")
+        raise ValueError(
+            f"{record_path}: not a record the train stage writes (no {', '.join(missing)}); rerun the "
+            "train stage (dvc repro train)"
+        )
     # Named by type only: torch's message advises weights_only=False, which would run whatever the file holds.
     not_weights = f"{weights_path}: not weights the train stage writes ({{}}); rerun the train stage (dvc repro train)"
     try:
@@ -75,14 +78,17 @@ def load_model(model_dir: Path) -> tuple[SegNet, dict]:
     try:
         model = SegNet(SegNetConfig(**record["model"]))
     except (TypeError, ValueError) as error:  # unknown or missing keys, or values SegNetConfig refuses
-        raise ValueError(f"{model_dir / RECORD_FILE}: its model settings do not make a SegNet ({error}); rerun "
-                         "the train stage (dvc repro train)") from error
+        raise ValueError(
+            f"{model_dir / RECORD_FILE}: its model settings do not make a SegNet ({error}); rerun "
+            "the train stage (dvc repro train)"
+        ) from error
     try:
         model.load_state_dict(weights)
     except RuntimeError as error:
         # torch's first line only says that loading failed; the next one says what does not fit.
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-        raise ValueError(f"{model_dir / MODEL_FILE}: does not fit the model in {model_dir / RECORD_FILE} "
-                         f"({lines[1] if len(lines) > 1 else lines[0]}); rerun the train stage (dvc repro train)"
-                         ) from error
+        raise ValueError(
+            f"{model_dir / MODEL_FILE}: does not fit the model in {model_dir / RECORD_FILE} "
+            f"({lines[1] if len(lines) > 1 else lines[0]}); rerun the train stage (dvc repro train)"
+        ) from error
     return model, record

@@ -87,10 +87,11 @@ def extension():
     """The compiled kernels, or None (with a warning) where they cannot be built, e.g. without a C++ compiler."""
     from torch.utils import cpp_extension
 
-    # torch runs `ninja` from PATH; a virtual environment's own (requirements.txt) is there only when the
-    # environment is activated, so look beside this Python too.
+    # torch runs `ninja` from PATH. The environment's own (requirements.txt) comes first, also where it is not
+    # activated: with two ninjas (a system one too), processes that found different ones rebuilt the shared
+    # build each time they took turns.
     beside_python = Path(sys.executable).parent
-    if shutil.which("ninja") is None and (beside_python / "ninja").is_file():
+    if (beside_python / "ninja").is_file() and shutil.which("ninja") != str(beside_python / "ninja"):
         os.environ["PATH"] = f"{beside_python}{os.pathsep}{os.environ.get('PATH', '')}"
     try:
         folder = build_directory()

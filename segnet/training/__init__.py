@@ -6,6 +6,15 @@ from segnet.training.config import RuntimeConfig, TrainConfig
 from segnet.training.loop import TrainingInterrupted, TrainResult, set_seed, train
 
 __all__ = [
-    "Callback", "Checkpointer", "EpochLog", "ProgressBar", "RuntimeConfig", "TrainConfig", "TrainResult",
-    "TrainingInterrupted", "load_checkpoint", "set_seed", "train",
+    "Callback",
+    "Checkpointer",
+    "EpochLog",
+    "ProgressBar",
+    "RuntimeConfig",
+    "TrainConfig",
+    "TrainResult",
+    "TrainingInterrupted",
+    "load_checkpoint",
+    "set_seed",
+    "train",
 ]

@@ -32,14 +32,15 @@ class ProgressBar(Callback):
 
     def __init__(self, epochs: int):
         self.epochs = epochs
-        self.bar = None
-        self.val_miou = None
+        self.bar: tqdm | None = None  # from on_train_start
+        self.val_miou: float | None = None
 
     def on_train_start(self, total_steps: int, steps_per_epoch: int, start_step: int) -> None:
         self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, mininterval=1.0)
         self.bar.set_description(f"epoch {start_step // steps_per_epoch + 1}/{self.epochs}")
 
     def on_step_end(self, step: int, loss: "torch.Tensor") -> None:
+        assert self.bar is not None, "on_train_start comes first"
         self.bar.update(1)
         # Reading the loss stalls a GPU's queue of work, so it is read only now and then.
         if step % self.LOSS_EVERY == 0:
@@ -50,6 +51,7 @@ class ProgressBar(Callback):
 
     def on_epoch_end(self, record: dict) -> None:
         self.val_miou = record["val_miou"]
+        assert self.bar is not None, "on_train_start comes first"
         self.bar.set_description(f"epoch {min(record['epoch'] + 1, self.epochs)}/{self.epochs}")
 
     def on_train_end(self) -> None:

@@ -64,6 +64,10 @@ class Checkpointer:
             {"format_version": FORMAT_VERSION, "fingerprint": self.fingerprint, "extra": self.extra, "state": state},
         )
 
+    def due(self, step: int) -> bool:
+        """Whether a save is due after optimizer step `step` (every_steps; epochs' ends are the loop's)."""
+        return self.every_steps > 0 and step % self.every_steps == 0
+
     def remove(self) -> None:
         """Deletes the checkpoint once the run has finished: a later forced rerun must start afresh."""
         self.path.unlink(missing_ok=True)
@@ -81,7 +85,7 @@ def load_checkpoint(path: Path, expected_fingerprint: str) -> dict | None:
         return None
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for a damaged file; resuming is then impossible
+    except Exception as error:  # noqa: BLE001 - torch raises many types for a damaged file; resuming is impossible
         log.warning("%s: unreadable checkpoint (%s); training starts from the beginning", path, error)
         return None
     if not isinstance(checkpoint, dict) or checkpoint.get("format_version") != FORMAT_VERSION:
@@ -93,8 +97,14 @@ def load_checkpoint(path: Path, expected_fingerprint: str) -> dict | None:
     return {"state": checkpoint["state"], "extra": checkpoint.get("extra", {})}
 
 
-def run_checkpointer(folder: Path, settings: dict, every_steps: int, extra: dict | None = None) -> Checkpointer:
-    """The checkpoint of the train stage's run with `settings` (all that decides its result) under its code:
-    a file named after their fingerprint, so that a checkpoint of other settings or code is never resumed."""
+def run_checkpointer(
+    folder: Path, params: dict, dataset: dict, processes: int, every_steps: int, extra: dict | None = None
+) -> Checkpointer:
+    """The checkpoint of the train stage's run, named after the fingerprint of all that decides its result: the
+    params it logs (but how often checkpoints are saved, which does not), the dataset's record, the number of
+    processes (a checkpoint of N processes resumes only in N) and the stage's code. A checkpoint of other
+    settings, data or code is then never resumed."""
+    runtime = {key: value for key, value in params["runtime"].items() if key != "checkpoint_steps"}
+    settings = {**params, "runtime": runtime, "dataset": dataset, "processes": processes}
     digest = fingerprint(settings, stage_code("train"))
     return Checkpointer(folder / f"train-{digest[:16]}.pt", every_steps, digest, extra or {})

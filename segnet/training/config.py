@@ -16,7 +16,6 @@ CLASS_WEIGHTINGS = ("none", "median_frequency")
 PRECISIONS = ("auto", "float32", "bfloat16")
 
 
-
 def _one_of(choices: tuple[str, ...]) -> str:
     return "one of " + ", ".join(choices)
 
@@ -44,18 +43,21 @@ class TrainConfig:
     class_weighting: str
 
     def __post_init__(self):
-        _check(self, {
-            "epochs": (self.epochs >= 1, "an integer >= 1"),
-            "batch_size": (self.batch_size >= 2, "an integer >= 2 (batch norm needs two values per channel)"),
-            "optimizer": (self.optimizer in OPTIMIZERS, _one_of(OPTIMIZERS)),
-            "lr": (self.lr > 0, "a number > 0"),
-            "momentum": (0 <= self.momentum < 1, "a number in [0, 1)"),
-            "weight_decay": (self.weight_decay >= 0, "a number >= 0"),
-            "schedule": (self.schedule in SCHEDULES, _one_of(SCHEDULES)),
-            "warmup_fraction": (0 < self.warmup_fraction < 1, "a number in (0, 1)"),
-            "val_fraction": (0 < self.val_fraction < 1, "a number in (0, 1)"),
-            "class_weighting": (self.class_weighting in CLASS_WEIGHTINGS, _one_of(CLASS_WEIGHTINGS)),
-        })
+        _check(
+            self,
+            {
+                "epochs": (self.epochs >= 1, "an integer >= 1"),
+                "batch_size": (self.batch_size >= 2, "an integer >= 2 (batch norm needs two values per channel)"),
+                "optimizer": (self.optimizer in OPTIMIZERS, _one_of(OPTIMIZERS)),
+                "lr": (self.lr > 0, "a number > 0"),
+                "momentum": (0 <= self.momentum < 1, "a number in [0, 1)"),
+                "weight_decay": (self.weight_decay >= 0, "a number >= 0"),
+                "schedule": (self.schedule in SCHEDULES, _one_of(SCHEDULES)),
+                "warmup_fraction": (0 < self.warmup_fraction < 1, "a number in (0, 1)"),
+                "val_fraction": (0 < self.val_fraction < 1, "a number in (0, 1)"),
+                "class_weighting": (self.class_weighting in CLASS_WEIGHTINGS, _one_of(CLASS_WEIGHTINGS)),
+            },
+        )
 
 
 @dataclass(frozen=True)
@@ -76,19 +78,24 @@ class RuntimeConfig:
     val_batch_size: int
 
     def __post_init__(self):
-        _check(self, {
-            "precision": (self.precision in PRECISIONS, _one_of(PRECISIONS)),
-            "winograd_min_channels": (self.winograd_min_channels >= 1, "an integer >= 1"),
-            "threads": (self.threads >= 0, "an integer >= 0 (0: one per core)"),
-            "processes": (self.processes >= 1, "an integer >= 1"),
-            "distributed_backend": (self.distributed_backend in BACKENDS, _one_of(BACKENDS)),
-            "checkpoint_steps": (self.checkpoint_steps >= 0, "an integer >= 0"),
-            "val_batch_size": (self.val_batch_size >= 1, "an integer >= 1"),
-        })
+        _check(
+            self,
+            {
+                "precision": (self.precision in PRECISIONS, _one_of(PRECISIONS)),
+                "winograd_min_channels": (self.winograd_min_channels >= 1, "an integer >= 1"),
+                "threads": (self.threads >= 0, "an integer >= 0 (0: one per core)"),
+                "processes": (self.processes >= 1, "an integer >= 1"),
+                "distributed_backend": (self.distributed_backend in BACKENDS, _one_of(BACKENDS)),
+                "checkpoint_steps": (self.checkpoint_steps >= 0, "an integer >= 0"),
+                "val_batch_size": (self.val_batch_size >= 1, "an integer >= 1"),
+            },
+        )
         select_device(self.device)  # a name torch and this machine take
         # More threads than cores wait on each other at every step: a tiny model on a 2-core machine trained
         # 4.4x slower at 4 threads and 19x slower at 16, and 100,000 failed to start with an unrelated traceback.
         cores = available_cores()
         if self.threads > cores:
-            raise ValueError(f"threads: {self.threads} is more than the {cores} cores this process may use; 0 uses "
-                             "one thread per core")
+            raise ValueError(
+                f"threads: {self.threads} is more than the {cores} cores this process may use; 0 uses "
+                "one thread per core"
+            )

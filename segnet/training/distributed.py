@@ -111,11 +111,21 @@ def run_in_processes(processes: int, module: str, arguments: list[str]) -> int:
     with socket.socket() as probe:  # a free port for rank 0's rendezvous store
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    job = {"OMP_NUM_THREADS": str(threads), **os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-           "WORLD_SIZE": str(processes), "LOCAL_WORLD_SIZE": str(processes)}
+    job = {
+        "OMP_NUM_THREADS": str(threads),
+        **os.environ,
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+        "WORLD_SIZE": str(processes),
+        "LOCAL_WORLD_SIZE": str(processes),
+    }
     workers = [
-        subprocess.Popen([sys.executable, "-m", module, *arguments], start_new_session=True,
-                         env={**job, "RANK": str(rank), "LOCAL_RANK": str(rank)}, preexec_fn=_die_with_parent)
+        subprocess.Popen(
+            [sys.executable, "-m", module, *arguments],
+            start_new_session=True,
+            env={**job, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+            preexec_fn=_die_with_parent,
+        )
         for rank in range(processes)
     ]
     signalled = []
@@ -248,6 +258,9 @@ class CrossProcessBatchNorm(nn.BatchNorm2d):
         mean = _SumAcross.apply(x.sum(dim=(0, 2, 3))) / count
         centred = x - mean.view(channels)
         variance = _SumAcross.apply(centred.square().sum(dim=(0, 2, 3))) / count
+        # Plain batch norm modules become these (synchronize_batch_norm): with running statistics and a momentum.
+        assert self.running_mean is not None and self.running_var is not None and self.momentum is not None
+        assert self.num_batches_tracked is not None
         with torch.no_grad():
             self.running_mean.lerp_(mean, self.momentum)
             self.running_var.lerp_(variance * count / (count - 1), self.momentum)

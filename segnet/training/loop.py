@@ -26,7 +26,12 @@ from segnet.training.callbacks import Callback
 from segnet.training.checkpoint import Checkpointer
 from segnet.training.config import RuntimeConfig, TrainConfig
 from segnet.training.distributed import (
-    SINGLE_PROCESS, World, any_across, barrier, sum_across, synchronize_batch_norm,
+    SINGLE_PROCESS,
+    World,
+    any_across,
+    barrier,
+    sum_across,
+    synchronize_batch_norm,
 )
 from segnet.training.losses import training_class_weights
 from segnet.training.optim import make_optimizer, make_schedule
@@ -186,7 +191,7 @@ def train(
             state.order = order[: setup.steps_per_epoch * config.batch_size].view(setup.steps_per_epoch, -1)
             state.batch = 0
             state.running_loss = torch.zeros((), dtype=torch.float64)
-        state.running_loss = state.running_loss.to(setup.device)
+        state.running_loss = torch.as_tensor(state.running_loss).to(setup.device)
         while state.batch < setup.steps_per_epoch:
             batch = train_index[state.order[state.batch]]
             loss = _step(setup, *augment(images[batch], labels[batch], batch_order, augmentation), runtime, world)
@@ -195,8 +200,7 @@ def train(
             for callback in callbacks:
                 callback.on_step_end(state.step, loss)
             # Mid-epoch checkpoints; the epoch's last step is covered by the end-of-epoch one below.
-            if (checkpointer and checkpointer.every_steps and state.step % checkpointer.every_steps == 0
-                    and state.batch < setup.steps_per_epoch):
+            if checkpointer and checkpointer.due(state.step) and state.batch < setup.steps_per_epoch:
                 save()
             stop_if_requested(save_first=True)
         record = _validate(setup, state, images, labels, val_index, num_classes, runtime, world, elapsed)
@@ -206,14 +210,17 @@ def train(
         stop_if_requested(save_first=False)  # the state was saved just above
     for callback in callbacks:
         callback.on_train_end()
-    return TrainResult(state.best_state, state.best_epoch, state.best_miou, state.history, elapsed(),
-                       str(setup.device), str(setup.amp_dtype or "float32").replace("torch.", ""), setup.cpu_kernels,
-                       setup.winograd_layers, resumed_from_step, state.step * config.batch_size)
+    return _result(setup, state, elapsed(), resumed_from_step, config.batch_size)
 
 
 def _set_up(
-    model: nn.Module, labels: torch.Tensor, train_index: torch.Tensor, num_classes: int, config: TrainConfig,
-    runtime: RuntimeConfig, world: World,
+    model: nn.Module,
+    labels: torch.Tensor,
+    train_index: torch.Tensor,
+    num_classes: int,
+    config: TrainConfig,
+    runtime: RuntimeConfig,
+    world: World,
 ) -> Setup:
     """Puts the model on its device with the speed code the runtime settings ask for, and builds the optimizer,
     the schedule and the loss weights."""
@@ -226,7 +233,8 @@ def _set_up(
     device = select_device(runtime.device, world.local_rank if world.is_distributed else None)
     amp_dtype = select_amp_dtype(runtime.precision, device)
     use_exact_float32()  # what autocast leaves in float32 (or all of it, at precision float32) stays exact on GPUs
-    model.to(device=device, memory_format=torch.channels_last if runtime.channels_last else torch.contiguous_format)
+    memory_format = torch.channels_last if runtime.channels_last else torch.contiguous_format
+    model.to(device=device, memory_format=memory_format)  # type: ignore[call-overload]  # torch's stubs omit it
     kernels = runtime.cpu_kernels and device.type == "cpu" and use_cpu_kernels(model)
     winograd_layers = use_winograd(model, runtime.winograd_min_channels) if kernels and runtime.winograd else []
     forward = model
@@ -245,9 +253,18 @@ def _set_up(
     local_batch_size = config.batch_size // world.size
     local = slice(world.rank * local_batch_size, (world.rank + 1) * local_batch_size)
     return Setup(
-        model=model, forward=forward, device=device, amp_dtype=amp_dtype, optimizer=optimizer,
-        schedule=make_schedule(optimizer, config, steps_per_epoch * config.epochs), weights=weights,
-        steps_per_epoch=steps_per_epoch, total_steps=steps_per_epoch * config.epochs, cpu_kernels=kernels, winograd_layers=winograd_layers, local=local,
+        model=model,
+        forward=forward,
+        device=device,
+        amp_dtype=amp_dtype,
+        optimizer=optimizer,
+        schedule=make_schedule(optimizer, config, steps_per_epoch * config.epochs),
+        weights=weights,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=steps_per_epoch * config.epochs,
+        cpu_kernels=kernels,
+        winograd_layers=winograd_layers,
+        local=local,
     )
 
 
@@ -272,20 +289,36 @@ def _step(
 
 
 def _validate(
-    setup: Setup, state: LoopState, images: torch.Tensor, labels: torch.Tensor, val_index: torch.Tensor,
-    num_classes: int, runtime: RuntimeConfig, world: World, elapsed: Callable[[], float],
+    setup: Setup,
+    state: LoopState,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    val_index: torch.Tensor,
+    num_classes: int,
+    runtime: RuntimeConfig,
+    world: World,
+    elapsed: Callable[[], float],
 ) -> dict:
     """Scores the epoch's weights on the validation panels, keeps them if they are the best so far, and moves
     the state to the next epoch; returns the epoch's record."""
     # Each process scores its share of the validation panels; the confusion matrices add up.
-    confusion = sum_across(accumulate_confusion(
-        setup.model, images, labels, num_classes, runtime.val_batch_size, setup.device, setup.amp_dtype,
-        runtime.channels_last, index=val_index[world.rank::world.size],
-    ).to(setup.device)).cpu()
+    confusion = sum_across(
+        accumulate_confusion(
+            setup.model,
+            images,
+            labels,
+            num_classes,
+            runtime.val_batch_size,
+            setup.device,
+            setup.amp_dtype,
+            runtime.channels_last,
+            index=val_index[world.rank :: world.size],
+        ).to(setup.device)
+    ).cpu()
     record = {
         "epoch": state.epoch,
         "step": state.step,
-        "train_loss": float(state.running_loss) / setup.steps_per_epoch,
+        "train_loss": float(torch.as_tensor(state.running_loss)) / setup.steps_per_epoch,
         "val_miou": mean_iou(confusion),
         "lr": setup.optimizer.param_groups[0]["lr"],
         "elapsed_s": elapsed(),
@@ -296,6 +329,23 @@ def _validate(
         state.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in setup.model.state_dict().items()})
     state.epoch, state.order, state.running_loss = state.epoch + 1, None, None
     return record
+
+
+def _result(setup: Setup, state: LoopState, seconds: float, resumed_from_step: int, batch_size: int) -> TrainResult:
+    assert state.best_state is not None, "no epoch ran"
+    return TrainResult(
+        best_state=state.best_state,
+        best_epoch=state.best_epoch,
+        best_val_miou=state.best_miou,
+        history=state.history,
+        train_seconds=seconds,
+        device=str(setup.device),
+        amp_dtype=str(setup.amp_dtype or "float32").replace("torch.", ""),
+        cpu_kernels=setup.cpu_kernels,
+        winograd_layers=setup.winograd_layers,
+        resumed_from_step=resumed_from_step,
+        images_trained=state.step * batch_size,
+    )
 
 
 def _snapshot(setup: Setup, batch_order: torch.Generator, state: LoopState, elapsed_s: float) -> dict:

@@ -14,5 +14,7 @@ def class_weights(label_counts: torch.Tensor) -> torch.Tensor:
 
 def training_class_weights(labels: torch.Tensor, index: torch.Tensor, num_classes: int) -> torch.Tensor:
     """class_weights of the labels of the panels in `index`, counted a chunk at a time (labels may be mapped)."""
-    counts = sum(torch.bincount(labels[chunk].reshape(-1).long(), minlength=num_classes) for chunk in index.split(4096))
+    counts = torch.zeros(num_classes, dtype=torch.long)
+    for chunk in index.split(4096):
+        counts += torch.bincount(labels[chunk].reshape(-1).long(), minlength=num_classes)
     return class_weights(counts)

@@ -30,7 +30,10 @@ def make_schedule(
         # One-cycle also cycles momentum against the learning rate, 0.95 -> 0.85 -> 0.95 (PyTorch's default).
         # AdamW's beta1 keeps that cycle (the defaults were measured with it); SGD keeps train.momentum as set.
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=config.lr, total_steps=total_steps, pct_start=warmup_steps / total_steps,
+            optimizer,
+            max_lr=config.lr,
+            total_steps=total_steps,
+            pct_start=warmup_steps / total_steps,
             cycle_momentum=config.optimizer != "sgd",
         )
     if config.schedule == "cosine":

@@ -48,7 +48,7 @@ def test_each_decoder_level_unpools_with_the_indices_of_its_mirrored_encoder_lev
         level.unpool.register_forward_hook(lambda module, args, output: unpooled.append(args[1]))
     model(torch.rand(2, 3, 64, 64))
     assert len(pooled) == len(unpooled) == 4
-    for indices_used, indices_made in zip(unpooled, reversed(pooled)):
+    for indices_used, indices_made in zip(unpooled, reversed(pooled), strict=True):
         assert indices_used is indices_made
 
 
@@ -86,9 +86,14 @@ def test_input_size_must_fit_the_pooling_levels():
         SegNet(TINY)(torch.rand(1, 3, 60, 60))
 
 
-@pytest.mark.parametrize("transform, faint, full", [
-    ("linear", 1 / 255, 1.0), ("sqrt", (1 / 255) ** 0.5, 1.0), ("ink_sqrt", 0.5 + 0.5 * (1 / 255) ** 0.5, 1.0),
-])
+@pytest.mark.parametrize(
+    "transform, faint, full",
+    [
+        ("linear", 1 / 255, 1.0),
+        ("sqrt", (1 / 255) ** 0.5, 1.0),
+        ("ink_sqrt", 0.5 + 0.5 * (1 / 255) ** 0.5, 1.0),
+    ],
+)
 def test_input_transforms_lift_faint_ink_keep_background_at_zero_and_are_part_of_the_model(transform, faint, full):
     model = SegNet(model_config(encoder_channels=(1,), decoder_channels=(1,), in_channels=1, input_transform=transform))
     seen = {}

@@ -169,7 +169,10 @@ def test_runs_that_cannot_be_compared_stop_with_one_line(store, case, message):
 @pytest.mark.parametrize(
     "bootstrap, message",
     [
-        ({"resamples": 0, "confidence": 0.95, "seed": 0}, "params.yaml evaluate.bootstrap.resamples: 0 turns the intervals off"),
+        (
+            {"resamples": 0, "confidence": 0.95, "seed": 0},
+            "params.yaml evaluate.bootstrap.resamples: 0 turns the intervals off",
+        ),
         (5, "params.yaml evaluate.bootstrap: must be a mapping of settings, got 5"),
     ],
 )

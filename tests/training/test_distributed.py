@@ -17,8 +17,8 @@ import pytest
 import torch
 import yaml
 
-from segnet.training import distributed
 from segnet.params import load_params
+from segnet.training import distributed
 from tests.helpers import PREPARE_STAGE, REPO, course_zip, kill_process_group, stage_env
 
 TRAIN_STAGE = [sys.executable, "-m", "stages.train", "prepared"]
@@ -73,9 +73,15 @@ def _train(root: Path, name: str, store: str, processes: int) -> dict:
 def _stop_at_first_checkpoint(root: Path, name: str, store: str) -> str:
     """Runs the train stage in its own process group and Ctrl-Cs the group, as a terminal does, as soon as the
     first checkpoint exists; returns the stage's stderr after checking it stopped as Ctrl-C stops it."""
-    stage = subprocess.Popen(TRAIN_STAGE + _outputs(name), cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True, env=stage_env() | {"MLFLOW_TRACKING_URI": f"sqlite:///{root / store}"},
-                             start_new_session=True)
+    stage = subprocess.Popen(
+        TRAIN_STAGE + _outputs(name),
+        cwd=root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=stage_env() | {"MLFLOW_TRACKING_URI": f"sqlite:///{root / store}"},
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 300
         while not list((root / name / "checkpoints").glob("*.pt")):
@@ -116,7 +122,8 @@ def test_two_gloo_processes_stopped_by_ctrl_c_and_resumed_train_what_one_process
     # (each process scores half of the validation panels).
     columns = single["history"][0].split(",")
     for one, two in zip(single["history"][1:], double["history"][1:], strict=True):
-        one, two = dict(zip(columns, map(float, one.split(",")))), dict(zip(columns, map(float, two.split(","))))
+        one = dict(zip(columns, map(float, one.split(",")), strict=True))
+        two = dict(zip(columns, map(float, two.split(",")), strict=True))
         assert two["train_loss"] == pytest.approx(one["train_loss"], rel=1e-5)
         assert two["val_miou"] == pytest.approx(one["val_miou"], abs=1e-4)
 
@@ -128,7 +135,8 @@ def test_two_gloo_processes_stopped_by_ctrl_c_and_resumed_train_what_one_process
     assert runs[0].info.status == "FINISHED"
     assert runs[0].data.tags["processes"] == "2" and runs[0].data.params["runtime.processes"] == "2"
     assert runs[0].data.metrics["best_val_miou"] == pytest.approx(
-        json.loads((project / "single" / "train.json").read_text())["best_val_miou"], abs=1e-4)
+        json.loads((project / "single" / "train.json").read_text())["best_val_miou"], abs=1e-4
+    )
 
 
 def test_a_global_batch_that_does_not_split_evenly_is_refused(project):
@@ -137,9 +145,14 @@ def test_a_global_batch_that_does_not_split_evenly_is_refused(project):
     params["train"].update(batch_size=9, processes=2)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     try:
-        result = subprocess.run(TRAIN_STAGE + _outputs("odd"), cwd=project, capture_output=True, text=True,
-                                env=stage_env() | {"MLFLOW_TRACKING_URI": f"sqlite:///{project / 'odd.db'}"},
-                                timeout=300)
+        result = subprocess.run(
+            TRAIN_STAGE + _outputs("odd"),
+            cwd=project,
+            capture_output=True,
+            text=True,
+            env=stage_env() | {"MLFLOW_TRACKING_URI": f"sqlite:///{project / 'odd.db'}"},
+            timeout=300,
+        )
     finally:
         (project / "params.yaml").write_text(original)
     assert result.returncode != 0
@@ -147,12 +160,15 @@ def test_a_global_batch_that_does_not_split_evenly_is_refused(project):
     assert not (project / "odd" / "model").exists()
 
 
-@pytest.mark.parametrize("prepared, model, message", [
-    ("nowhere", {}, "nowhere: no dataset.json, so not a complete prepared dataset"),
-    # Seven levels halve 64x64 panels seven times: 128 does not divide 64.
-    ("prepared", dict(encoder_channels=[8] * 7, decoder_channels=[8] * 7), "needs sides divisible by 128"),
-    ("prepared", dict(in_channels=1), "params.yaml model.in_channels: the panels have 3 colour channels, got 1"),
-])
+@pytest.mark.parametrize(
+    "prepared, model, message",
+    [
+        ("nowhere", {}, "nowhere: no dataset.json, so not a complete prepared dataset"),
+        # Seven levels halve 64x64 panels seven times: 128 does not divide 64.
+        ("prepared", dict(encoder_channels=[8] * 7, decoder_channels=[8] * 7), "needs sides divisible by 128"),
+        ("prepared", dict(in_channels=1), "params.yaml model.in_channels: the panels have 3 colour channels, got 1"),
+    ],
+)
 def test_bad_input_stops_several_processes_before_they_start_with_one_line(project, prepared, model, message):
     # Checked in the launching process: otherwise every process would report it.
     original = (project / "params.yaml").read_text()
@@ -161,9 +177,14 @@ def test_bad_input_stops_several_processes_before_they_start_with_one_line(proje
     params["model"].update(model)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     try:
-        result = subprocess.run([*TRAIN_STAGE[:3], prepared, *_outputs("bad")], cwd=project, capture_output=True,
-                                text=True, timeout=300,
-                                env=stage_env() | {"MLFLOW_TRACKING_URI": f"sqlite:///{project / 'bad.db'}"})
+        result = subprocess.run(
+            [*TRAIN_STAGE[:3], prepared, *_outputs("bad")],
+            cwd=project,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=stage_env() | {"MLFLOW_TRACKING_URI": f"sqlite:///{project / 'bad.db'}"},
+        )
     finally:
         (project / "params.yaml").write_text(original)
     assert result.returncode == 1
@@ -233,7 +254,8 @@ def _ctrl_c_once_ready(folder):
 
 
 def test_a_process_that_fails_while_the_job_stops_on_ctrl_c_is_reported_and_the_blocked_one_killed(
-        tmp_path, monkeypatch):
+    tmp_path, monkeypatch
+):
     (tmp_path / "stopping_job.py").write_text(FAILING_WHILE_STOPPING)
     monkeypatch.chdir(tmp_path)
 

@@ -1,23 +1,18 @@
-import dataclasses
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
-import segnet
-from segnet.speed import cpu_kernels, winograd
-from segnet.training.callbacks import Callback
-from segnet.training.checkpoint import Checkpointer, fingerprint, load_checkpoint
-from segnet.data.loading import split_indices, to_float_input, to_input
 from segnet.cores import available_cores
+from segnet.data.loading import split_indices, to_float_input, to_input
 from segnet.devices import select_amp_dtype
 from segnet.evaluation.inference import accumulate_confusion
 from segnet.evaluation.metrics import mean_iou
 from segnet.model import SegNet
 from segnet.params import build
+from segnet.speed import cpu_kernels, winograd
 from segnet.training import RuntimeConfig, TrainConfig, TrainingInterrupted, set_seed, train
-from segnet.training.checkpoint import stage_code
+from segnet.training.callbacks import Callback
+from segnet.training.checkpoint import Checkpointer, fingerprint, load_checkpoint, stage_code
 from segnet.training.losses import class_weights
 from segnet.training.optim import make_optimizer, make_schedule
 from tests.helpers import PARAMS, REPO, digit_panels, model_config, random_panels, settings, training_settings
@@ -74,16 +69,19 @@ def test_training_turns_off_tf32_so_float32_on_a_gpu_is_ieee_float32():
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
 
 
-@pytest.mark.parametrize("section, bad, message", [
-    ("train", dict(epochs=0), "epochs: must be an integer >= 1, got 0"),
-    ("train", dict(lr=-1.0), "lr: must be a number > 0, got -1.0"),
-    ("train", dict(schedule="step"), "schedule: must be one of onecycle, cosine, constant, got 'step'"),
-    ("train", dict(val_fraction=1.0), r"val_fraction: must be a number in \(0, 1\), got 1.0"),
-    ("runtime", dict(precision="float16"), "precision: must be one of auto, float32, bfloat16, got 'float16'"),
-    ("runtime", dict(threads=-1), r"threads: must be an integer >= 0 \(0: one per core\), got -1"),
-    ("runtime", dict(winograd_min_channels=0), "winograd_min_channels: must be an integer >= 1, got 0"),
-    ("runtime", dict(device="gpu"), r"device: 'gpu' is not a device \(use auto, cpu, cuda or cuda:N\)"),
-])
+@pytest.mark.parametrize(
+    "section, bad, message",
+    [
+        ("train", dict(epochs=0), "epochs: must be an integer >= 1, got 0"),
+        ("train", dict(lr=-1.0), "lr: must be a number > 0, got -1.0"),
+        ("train", dict(schedule="step"), "schedule: must be one of onecycle, cosine, constant, got 'step'"),
+        ("train", dict(val_fraction=1.0), r"val_fraction: must be a number in \(0, 1\), got 1.0"),
+        ("runtime", dict(precision="float16"), "precision: must be one of auto, float32, bfloat16, got 'float16'"),
+        ("runtime", dict(threads=-1), r"threads: must be an integer >= 0 \(0: one per core\), got -1"),
+        ("runtime", dict(winograd_min_channels=0), "winograd_min_channels: must be an integer >= 1, got 0"),
+        ("runtime", dict(device="gpu"), r"device: 'gpu' is not a device \(use auto, cpu, cuda or cuda:N\)"),
+    ],
+)
 def test_nonsense_train_settings_are_refused_by_name_with_the_rule(section, bad, message):
     config_class = {"train": TrainConfig, "runtime": RuntimeConfig}[section]
     with pytest.raises(ValueError, match=f"^params.yaml {section}.{message}$"):
@@ -102,14 +100,17 @@ def test_more_threads_than_cores_are_refused_by_name():
 
 # Values of the wrong YAML type (`dvc exp run -S train.channels_last=yes` gives the string "yes"), one per
 # field type; a YAML true is not an integer, and an integer is a fine number.
-@pytest.mark.parametrize("section, values, message", [
-    ("train", {"epochs": 2.5}, "train.epochs: must be an integer, got 2.5"),
-    ("train", {"epochs": True}, "train.epochs: must be an integer, got True"),
-    ("train", {"lr": "0.1"}, "train.lr: must be a number, got '0.1'"),
-    ("train", {"optimizer": 1}, "train.optimizer: must be a string, got 1"),
-    ("runtime", {"channels_last": "yes"}, "runtime.channels_last: must be true or false, got 'yes'"),
-    ("train", {"ema_decay": 0.9}, r"train: unknown key\(s\) \['ema_decay'\]; known: .*"),
-])
+@pytest.mark.parametrize(
+    "section, values, message",
+    [
+        ("train", {"epochs": 2.5}, "train.epochs: must be an integer, got 2.5"),
+        ("train", {"epochs": True}, "train.epochs: must be an integer, got True"),
+        ("train", {"lr": "0.1"}, "train.lr: must be a number, got '0.1'"),
+        ("train", {"optimizer": 1}, "train.optimizer: must be a string, got 1"),
+        ("runtime", {"channels_last": "yes"}, "runtime.channels_last: must be true or false, got 'yes'"),
+        ("train", {"ema_decay": 0.9}, r"train: unknown key\(s\) \['ema_decay'\]; known: .*"),
+    ],
+)
 def test_train_settings_of_the_wrong_type_are_refused_by_name(section, values, message):
     config_class = {"train": TrainConfig, "runtime": RuntimeConfig}[section]
     with pytest.raises(ValueError, match=f"^params.yaml {message}$"):
@@ -117,6 +118,7 @@ def test_train_settings_of_the_wrong_type_are_refused_by_name(section, values, m
     assert build(TrainConfig, "train", {**PARAMS["train"], "lr": 1}).lr == 1
     with pytest.raises(ValueError, match=r"^params.yaml train: missing key\(s\) \['lr'\]$"):
         build(TrainConfig, "train", {k: v for k, v in PARAMS["train"].items() if k != "lr"})
+
 
 class Recorder(Callback):
     def __init__(self):
@@ -142,8 +144,17 @@ def test_training_learns_and_returns_the_best_epochs_weights(changes, monkeypatc
     model = SegNet(model_config(encoder_channels=(8, 8, 8, 8), decoder_channels=(8, 8, 8, 8)))
     config = training_settings(epochs=4, batch_size=8, lr=0.01, precision="float32", overlay_probability=0.5, **changes)
     recorder = Recorder()
-    result = train(model, images, labels, torch.arange(40), torch.arange(40, len(images)), 11, *config, seed=0,
-                   callbacks=[recorder])
+    result = train(
+        model,
+        images,
+        labels,
+        torch.arange(40),
+        torch.arange(40, len(images)),
+        11,
+        *config,
+        seed=0,
+        callbacks=[recorder],
+    )
     assert recorder.steps == 4 * (40 // 8)
     # Winograd's F(2x2, 3x3) only where asked (the default needs 64 channels): then in every conv-bn-relu block
     # but the first, whose input has 3 channels.
@@ -187,14 +198,31 @@ def _fresh_model():
 
 
 def _fit(images, labels, config, **options):
-    return train(_fresh_model(), images, labels, torch.arange(32), torch.arange(32, len(images)), 11,
-                 *training_settings(**config), seed=0, **options)
+    return train(
+        _fresh_model(),
+        images,
+        labels,
+        torch.arange(32),
+        torch.arange(32, len(images)),
+        11,
+        *training_settings(**config),
+        seed=0,
+        **options,
+    )
 
 
-@pytest.mark.parametrize("stop_after, every, changes", [
-    (1, 3, {}), (4, 3, {}), (8, 0, {}), (9, 2, {}), (11, 5, {}), (6, 0, dict(overlay_partners=1, class_weighting="median_frequency")),
-    (5, 2, dict(winograd_min_channels=8)),
-])
+@pytest.mark.parametrize(
+    "stop_after, every, changes",
+    [
+        (1, 3, {}),
+        (4, 3, {}),
+        (8, 0, {}),
+        (9, 2, {}),
+        (11, 5, {}),
+        (6, 0, dict(overlay_partners=1, class_weighting="median_frequency")),
+        (5, 2, dict(winograd_min_channels=8)),
+    ],
+)
 def test_a_run_stopped_at_any_step_resumes_to_exactly_the_uninterrupted_result(tmp_path, stop_after, every, changes):
     images, labels, config = _resume_setup()  # 4 steps per epoch, 12 in all
     config = {**config, **changes}
@@ -203,8 +231,14 @@ def test_a_run_stopped_at_any_step_resumes_to_exactly_the_uninterrupted_result(t
     fingerprint = "f" * 64
     checkpointer = Checkpointer(tmp_path / "run.pt", every, fingerprint, extra={"run": "a"})
     with pytest.raises(TrainingInterrupted) as stopped:
-        _fit(images, labels, config, checkpointer=checkpointer,
-             callbacks=[StopAfter(stop_after)], stop_requested=StopAfter.requested)
+        _fit(
+            images,
+            labels,
+            config,
+            checkpointer=checkpointer,
+            callbacks=[StopAfter(stop_after)],
+            stop_requested=StopAfter.requested,
+        )
     assert stopped.value.step == stop_after and stopped.value.checkpoint == tmp_path / "run.pt"
 
     resume = load_checkpoint(tmp_path / "run.pt", fingerprint)
@@ -218,6 +252,7 @@ def test_a_run_stopped_at_any_step_resumes_to_exactly_the_uninterrupted_result(t
     for name, tensor in uninterrupted.best_state.items():
         assert torch.equal(resumed.best_state[name], tensor), name
     keep = ("epoch", "step", "train_loss", "val_miou", "lr")
+
     def without_times(history):
         return [{k: r[k] for k in keep} for r in history]
 
@@ -275,10 +310,24 @@ def test_the_checkpoint_fingerprint_covers_exactly_the_train_stages_code(monkeyp
     # evaluation's bootstrap is run by it though) must not throw a resumable checkpoint away.
     monkeypatch.chdir(REPO)
     names = {path.as_posix() for path in stage_code("train")}
-    assert {"segnet/speed/cpu_kernels.cpp", "segnet/speed/winograd.py", "stages/train.py",
-            "segnet/training/loop.py", "segnet/model/network.py"} <= names
-    assert not {"segnet/tracking/server.py", "segnet/tracking/runs.py", "segnet/server.py", "segnet/cli.py",
-                "stages/evaluate.py", "segnet/dataset/generate.py"} & names
+    assert {
+        "segnet/speed/cpu_kernels.cpp",
+        "segnet/speed/winograd.py",
+        "stages/train.py",
+        "segnet/training/loop.py",
+        "segnet/model/network.py",
+    } <= names
+    assert (
+        not {
+            "segnet/tracking/server.py",
+            "segnet/tracking/runs.py",
+            "segnet/server.py",
+            "segnet/cli.py",
+            "stages/evaluate.py",
+            "segnet/dataset/generate.py",
+        }
+        & names
+    )
 
 
 @pytest.mark.parametrize("schedule", ["onecycle", "cosine", "constant"])
