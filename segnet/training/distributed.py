@@ -1,4 +1,4 @@
-"""Training in several processes with DistributedDataParallel: `torchrun`, or `train.processes` on one machine.
+"""Training in several processes with DistributedDataParallel: `torchrun`, or `runtime.processes` on one machine.
 
 Every process holds a replica of the model and trains on its share of each global batch; gradients are
 averaged across processes after every backward pass, so the replicas stay identical. The global batch is
