@@ -43,7 +43,11 @@ def main() -> None:
     runtime = build(RuntimeConfig, "runtime", params["runtime"])
     model_config.check_input_size(images.shape[1:3], prepared_dir)
     check_model_folder(model_dir, metrics_path, history_path, checkpoint_dir)  # now: it is replaced at the end
-    status = distributed.relaunch(runtime.processes, config.batch_size, "stages.train", sys.argv[1:])
+    if config.batch_size % runtime.processes:  # checked before N processes start, each to report it
+        raise ValueError(
+            f"params.yaml train.batch_size: {config.batch_size} does not divide among {runtime.processes} processes"
+        )
+    status = distributed.relaunch(runtime.processes, "stages.train", sys.argv[1:])
     if status is not None:
         sys.exit(status)
     world = distributed.launched_world()

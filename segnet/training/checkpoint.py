@@ -21,24 +21,31 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2
 SOURCES = (".py", ".cpp")
+# The project: the folder that holds this package and dvc.yaml (under `dvc exp run --temp`, the experiment's copy).
+PROJECT = Path(__file__).resolve().parents[2]
 
 
-def fingerprint(settings: dict, code_files: list[Path]) -> str:
-    """A hex digest of `settings` (JSON-serialisable) and the paths and contents of `code_files`."""
+def fingerprint(settings: dict, code_files: list[Path], root: Path) -> str:
+    """A hex digest of `settings` (JSON-serialisable) and the paths (relative to `root`) and contents of
+    `code_files`."""
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     for path in sorted(code_files):
-        digest.update(path.as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+        digest.update(path.as_posix().encode() + b"\0" + (root / path).read_bytes() + b"\0")
     return digest.hexdigest()
 
 
-def stage_code(stage: str, dvc_file: Path = Path("dvc.yaml")) -> list[Path]:
-    """The project source files dvc.yaml lists as `stage`'s deps, folders expanded: exactly the code whose edit
-    reruns the stage (tests/test_stage_deps.py keeps that list equal to what the stage imports)."""
-    deps = yaml.safe_load(dvc_file.read_text())["stages"][stage]["deps"]
+def stage_code(stage: str, project: Path = PROJECT) -> list[Path]:
+    """The project source files dvc.yaml lists as `stage`'s deps, folders expanded, relative to `project`: exactly
+    the code whose edit reruns the stage (tests/test_stage_deps.py keeps that list equal to what it imports)."""
+    deps = yaml.safe_load((project / "dvc.yaml").read_text())["stages"][stage]["deps"]
     files = []
     for dep in map(Path, deps):
         if dep.parts[0] in ("segnet", "stages"):
-            files += sorted(p for p in dep.rglob("*") if p.suffix in SOURCES) if dep.is_dir() else [dep]
+            folder = project / dep
+            found = (
+                [p.relative_to(project) for p in folder.rglob("*") if p.suffix in SOURCES] if folder.is_dir() else []
+            )
+            files += sorted(found) or [dep]
     return files
 
 
@@ -106,5 +113,5 @@ def run_checkpointer(
     settings, data or code is then never resumed."""
     runtime = {key: value for key, value in params["runtime"].items() if key != "checkpoint_steps"}
     settings = {**params, "runtime": runtime, "dataset": dataset, "processes": processes}
-    digest = fingerprint(settings, stage_code("train"))
+    digest = fingerprint(settings, stage_code("train"), PROJECT)
     return Checkpointer(folder / f"train-{digest[:16]}.pt", every_steps, digest, extra or {})

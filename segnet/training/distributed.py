@@ -80,14 +80,11 @@ def stop() -> None:
         dist.destroy_process_group()
 
 
-def relaunch(processes: int, batch_size: int, module: str, arguments: list[str]) -> int | None:
+def relaunch(processes: int, module: str, arguments: list[str]) -> int | None:
     """Where `processes` > 1 and no launcher started this process: runs the job (run_in_processes) and returns
     its exit status. None where this process is to train itself."""
     if processes == 1 or launched():
         return None
-    # Checked here too (train() checks any job's size), so that a bad size fails before N processes start.
-    if batch_size % processes:
-        raise ValueError(f"batch_size {batch_size} does not divide among {processes} processes")
     return run_in_processes(processes, module, arguments)
 
 

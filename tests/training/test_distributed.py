@@ -142,7 +142,8 @@ def test_two_gloo_processes_stopped_by_ctrl_c_and_resumed_train_what_one_process
 def test_a_global_batch_that_does_not_split_evenly_is_refused(project):
     original = (project / "params.yaml").read_text()
     params = load_params(project / "params.yaml")
-    params["train"].update(batch_size=9, processes=2)
+    params["train"].update(batch_size=9)
+    params["runtime"].update(processes=2)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     try:
         result = subprocess.run(
@@ -156,7 +157,7 @@ def test_a_global_batch_that_does_not_split_evenly_is_refused(project):
     finally:
         (project / "params.yaml").write_text(original)
     assert result.returncode != 0
-    assert "train.batch_size 9 does not divide among 2 processes" in result.stderr
+    assert "params.yaml train.batch_size: 9 does not divide among 2 processes" in result.stderr
     assert not (project / "odd" / "model").exists()
 
 
@@ -166,14 +167,15 @@ def test_a_global_batch_that_does_not_split_evenly_is_refused(project):
         ("nowhere", {}, "nowhere: no dataset.json, so not a complete prepared dataset"),
         # Seven levels halve 64x64 panels seven times: 128 does not divide 64.
         ("prepared", dict(encoder_channels=[8] * 7, decoder_channels=[8] * 7), "needs sides divisible by 128"),
-        ("prepared", dict(in_channels=1), "params.yaml model.in_channels: the panels have 3 colour channels, got 1"),
+        ("prepared", dict(kernel_size=4), "params.yaml model.kernel_size: must be odd and >= 1"),
     ],
 )
 def test_bad_input_stops_several_processes_before_they_start_with_one_line(project, prepared, model, message):
     # Checked in the launching process: otherwise every process would report it.
     original = (project / "params.yaml").read_text()
     params = load_params(project / "params.yaml")
-    params["train"].update(batch_size=8, processes=2)
+    params["train"].update(batch_size=8)
+    params["runtime"].update(processes=2)
     params["model"].update(model)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     try:

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -15,7 +17,7 @@ from segnet.training.callbacks import Callback
 from segnet.training.checkpoint import Checkpointer, fingerprint, load_checkpoint, stage_code
 from segnet.training.losses import class_weights
 from segnet.training.optim import make_optimizer, make_schedule
-from tests.helpers import PARAMS, REPO, digit_panels, model_config, random_panels, settings, training_settings
+from tests.helpers import PARAMS, digit_panels, model_config, random_panels, settings, training_settings
 
 
 def test_median_frequency_weights_by_hand():
@@ -297,18 +299,18 @@ def test_a_checkpoint_for_other_settings_or_a_damaged_one_is_not_resumed(tmp_pat
 def test_the_fingerprint_follows_settings_and_code(tmp_path):
     code = tmp_path / "train.py"
     code.write_text("x = 1\n")
-    first = fingerprint({"lr": 0.1}, [code])
-    assert fingerprint({"lr": 0.1}, [code]) == first
-    assert fingerprint({"lr": 0.2}, [code]) != first
+    first = fingerprint({"lr": 0.1}, [Path("train.py")], tmp_path)
+    assert fingerprint({"lr": 0.1}, [Path("train.py")], tmp_path) == first
+    assert fingerprint({"lr": 0.2}, [Path("train.py")], tmp_path) != first
     code.write_text("x = 2\n")
-    assert fingerprint({"lr": 0.1}, [code]) != first
+    assert fingerprint({"lr": 0.1}, [Path("train.py")], tmp_path) != first
 
 
 def test_the_checkpoint_fingerprint_covers_exactly_the_train_stages_code(monkeypatch):
     # The C++ kernels compute batch norm and pooling in training: a checkpoint made with other kernels must
     # not resume, or the weights would mix two versions of them. Code train does not run (the tracking server,
     # evaluation's bootstrap is run by it though) must not throw a resumable checkpoint away.
-    monkeypatch.chdir(REPO)
+    monkeypatch.chdir("/")  # the project's dvc.yaml is found beside the package, wherever the stage runs
     names = {path.as_posix() for path in stage_code("train")}
     assert {
         "segnet/speed/cpu_kernels.cpp",
