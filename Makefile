@@ -37,7 +37,7 @@ lint: venv
 
 # One worker per core; a test file stays on one worker, since its module fixtures (a tiny project after
 # `dvc repro`) are built once per worker that runs its tests.
-PYTEST := python -m pytest -rs -n auto --dist loadfile
+PYTEST := python -m pytest -rs -n auto --dist loadfile --durations=15
 test: lint
 	$(PYTEST) tests
 
