@@ -9,11 +9,9 @@ export PATH := $(BIN):$(PATH)
 
 venv: $(VENV)/.installed
 
-# --no-compile: Python compiles a module on its first import instead of pip compiling every module of every
-# package up front, which took half of the environment's build (50 of about 110 s on the 2-core machine).
 $(VENV)/.installed: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-compile -r requirements.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $@
 
 # requirements.txt from pyproject.toml: pip-compile keeps the pins already in requirements.txt and pins only what
