@@ -92,3 +92,16 @@ def build(config_class: type[T], section: str, values: object, **from_data: obje
 _TYPES: dict[object, tuple[type, ...]] = {int: (int,), float: (int, float), str: (str,), bool: (bool,)}
 # The same types in the words of the error message, which read like read_seed's.
 _WORDS: dict[object, str] = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def one_of(choices: tuple[str, ...]) -> str:
+    """The words of check_rules for a setting that must be one of `choices`."""
+    return "one of " + ", ".join(choices)
+
+
+def check_rules(config: object, rules: dict[str, tuple[bool, str]]) -> None:
+    """Raises ValueError("key: must be RULE, got VALUE") for the first of a settings dataclass's rules that
+    does not hold: {field: (holds, what it must be)}. build() adds the file and section."""
+    for name, (holds, rule) in rules.items():
+        if not holds:
+            raise ValueError(f"{name}: must be {rule}, got {getattr(config, name)!r}")

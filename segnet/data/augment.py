@@ -7,6 +7,7 @@ import torch
 from torch.nn import functional as F
 
 from segnet import CELL_OFFSETS, DIGIT_SIZE
+from segnet.params import check_rules
 
 # Rows (and columns) that only one grid cell's 28x28 window covers: ink there can only belong to the
 # digit in that cell, so it tells which cells of a panel hold a digit.
@@ -173,15 +174,15 @@ class AugmentConfig:
     deform_grid: int
 
     def __post_init__(self):
-        rules = {
-            "overlay_probability": (0 <= self.overlay_probability <= 1, "a number in [0, 1]"),
-            "overlay_partners": (self.overlay_partners >= 0, "an integer >= 0"),
-            "deform_pixels": (self.deform_pixels >= 0, "a number >= 0"),
-            "deform_grid": (self.deform_grid >= 2, "an integer >= 2"),
-        }
-        for name, (holds, rule) in rules.items():
-            if not holds:
-                raise ValueError(f"{name}: must be {rule}, got {getattr(self, name)!r}")
+        check_rules(
+            self,
+            {
+                "overlay_probability": (0 <= self.overlay_probability <= 1, "a number in [0, 1]"),
+                "overlay_partners": (self.overlay_partners >= 0, "an integer >= 0"),
+                "deform_pixels": (self.deform_pixels >= 0, "a number >= 0"),
+                "deform_grid": (self.deform_grid >= 2, "an integer >= 2"),
+            },
+        )
 
 
 def augment(

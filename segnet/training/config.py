@@ -8,23 +8,13 @@ from dataclasses import dataclass
 
 from segnet.cores import available_cores
 from segnet.devices import select_device
+from segnet.params import check_rules, one_of
 from segnet.training.distributed import BACKENDS
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("onecycle", "cosine", "constant")
 CLASS_WEIGHTINGS = ("none", "median_frequency")
 PRECISIONS = ("auto", "float32", "bfloat16")
-
-
-def _one_of(choices: tuple[str, ...]) -> str:
-    return "one of " + ", ".join(choices)
-
-
-def _check(config: object, rules: dict[str, tuple[bool, str]]) -> None:
-    """Raises for the first rule that does not hold: {field: (holds, what it must be)}."""
-    for name, (holds, rule) in rules.items():
-        if not holds:
-            raise ValueError(f"{name}: must be {rule}, got {getattr(config, name)!r}")
 
 
 @dataclass(frozen=True)
@@ -43,19 +33,19 @@ class TrainConfig:
     class_weighting: str
 
     def __post_init__(self):
-        _check(
+        check_rules(
             self,
             {
                 "epochs": (self.epochs >= 1, "an integer >= 1"),
                 "batch_size": (self.batch_size >= 2, "an integer >= 2 (batch norm needs two values per channel)"),
-                "optimizer": (self.optimizer in OPTIMIZERS, _one_of(OPTIMIZERS)),
+                "optimizer": (self.optimizer in OPTIMIZERS, one_of(OPTIMIZERS)),
                 "lr": (self.lr > 0, "a number > 0"),
                 "momentum": (0 <= self.momentum < 1, "a number in [0, 1)"),
                 "weight_decay": (self.weight_decay >= 0, "a number >= 0"),
-                "schedule": (self.schedule in SCHEDULES, _one_of(SCHEDULES)),
+                "schedule": (self.schedule in SCHEDULES, one_of(SCHEDULES)),
                 "warmup_fraction": (0 < self.warmup_fraction < 1, "a number in (0, 1)"),
                 "val_fraction": (0 < self.val_fraction < 1, "a number in (0, 1)"),
-                "class_weighting": (self.class_weighting in CLASS_WEIGHTINGS, _one_of(CLASS_WEIGHTINGS)),
+                "class_weighting": (self.class_weighting in CLASS_WEIGHTINGS, one_of(CLASS_WEIGHTINGS)),
             },
         )
 
@@ -78,14 +68,14 @@ class RuntimeConfig:
     val_batch_size: int
 
     def __post_init__(self):
-        _check(
+        check_rules(
             self,
             {
-                "precision": (self.precision in PRECISIONS, _one_of(PRECISIONS)),
+                "precision": (self.precision in PRECISIONS, one_of(PRECISIONS)),
                 "winograd_min_channels": (self.winograd_min_channels >= 1, "an integer >= 1"),
                 "threads": (self.threads >= 0, "an integer >= 0 (0: one per core)"),
                 "processes": (self.processes >= 1, "an integer >= 1"),
-                "distributed_backend": (self.distributed_backend in BACKENDS, _one_of(BACKENDS)),
+                "distributed_backend": (self.distributed_backend in BACKENDS, one_of(BACKENDS)),
                 "checkpoint_steps": (self.checkpoint_steps >= 0, "an integer >= 0"),
                 "val_batch_size": (self.val_batch_size >= 1, "an integer >= 1"),
             },
