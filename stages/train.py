@@ -26,6 +26,7 @@ from segnet.tracking import TRAIN_STAGE, log_metrics, stage_run
 from segnet.tracking.export import log_model, log_training
 from segnet.training import EpochLog, ProgressBar, RuntimeConfig, TrainConfig, distributed, set_seed, train
 from segnet.training.checkpoint import load_checkpoint, run_checkpointer
+from segnet.training.pruning import PRUNED_AT, trial_pruning
 
 USAGE = "python -m stages.train PREPARED_DIR MODEL_DIR METRICS_JSON HISTORY_CSV CHECKPOINT_DIR"
 
@@ -61,11 +62,11 @@ def main() -> None:
     )
     tags = {"dataset_sha256": dataset["archive_sha256"], "processes": str(world.size)}
     # Only the main process tracks: one MLflow run for the whole job.
+    resumed_run = resume["extra"].get("mlflow_run_id") if resume else None
     tracked = (
-        stage_run(TRAIN_STAGE, experiment, logged, tags, resume["extra"].get("mlflow_run_id") if resume else None)
-        if world.is_main
-        else contextlib.nullcontext()
+        stage_run(TRAIN_STAGE, experiment, logged, tags, resumed_run) if world.is_main else contextlib.nullcontext()
     )
+    pruning = trial_pruning() if world.is_main else None  # a search's trial, stopped early when it falls behind
     with tracked as run:
         train_index, val_index = split_indices(len(images), config.val_fraction, seed)
         set_seed(seed)
@@ -73,12 +74,12 @@ def main() -> None:
         if run is not None:  # the main process's
             checkpointer.extra["mlflow_run_id"] = run.info.run_id
         progress = ProgressBar(config.epochs)
-        # While the bar is shown, log lines (Ctrl-C's notice) print above it; when training stops or fails, the
-        # bar is closed before the stage reports why, so neither message lands on the bar's line.
+        # Log lines (Ctrl-C's notice) print above the bar, and it closes before the stage says why training stopped.
         with StopSignals() as stop, logging_redirect_tqdm(), contextlib.closing(progress):
             hooks: dict[str, Any] = {"resume": resume["state"] if resume else None, "stop_requested": stop.requested}
-            if world.is_main:  # rank 0 alone shows progress, logs and checkpoints
-                hooks |= {"callbacks": [progress, EpochLog(log_metrics)], "checkpointer": checkpointer}
+            if world.is_main:  # rank 0 alone shows progress, logs, checkpoints and reports to a search
+                callbacks = [progress, EpochLog(log_metrics), *([pruning] if pruning else [])]
+                hooks |= {"callbacks": callbacks, "checkpointer": checkpointer}
             split = (images, labels, train_index, val_index, model_config.num_classes)
             result = train(model, *split, config, augmentation, runtime, seed, world=world, **hooks)
         distributed.stop()
@@ -86,7 +87,7 @@ def main() -> None:
             return
         record = {**logged, "dataset_sha256": dataset["archive_sha256"], "best_epoch": result.best_epoch}
         save_model(model_dir, result.best_state, model_config, record)
-        summary = result.summary()
+        summary = result.summary() | ({PRUNED_AT: pruning.pruned_at} if pruning and pruning.pruned_at else {})
         write_json(metrics_path, summary)
         write_bytes(history_path, result.history_csv())
         log_training(result, summary, model_dir / MODEL_FILE, [model_dir / "config.json", metrics_path, history_path])

@@ -23,6 +23,7 @@ from mlflow.tracking import MlflowClient
 
 from segnet.errors import TrackingError
 from segnet.params import flatten
+from segnet.tracking.executions import PARENT_TAG, close_execution, open_execution
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +172,14 @@ def _experiment_id(client: MlflowClient, name: str, uri: str) -> str:
     )
 
 
+def project_experiment(experiment: str, root: Path) -> tuple[MlflowClient, str]:
+    """A client of the project's store and the id of `experiment` in it, created if new."""
+    uri = use_project_store(root)
+    client = MlflowClient()
+    with _store_lock(uri):
+        return client, _experiment_id(client, experiment, uri)
+
+
 def _git_commit(cwd: Path) -> str | None:
     try:
         result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True)
@@ -194,30 +203,44 @@ def stage_run(
         raise ValueError(f"the MLflow experiment must be a non-empty name, got {experiment!r}")
     root = project_root()
     uri = use_project_store(root)
-    with _store_lock(uri):
-        experiment_id = _experiment_id(MlflowClient(), experiment, uri)
+    client = MlflowClient()
+    execution_tags = {"project_root": str(root)}
     dvc_experiment = os.environ.get("DVC_EXP_NAME")
-    run_tags = {"stage": stage, "project_root": str(root)}
     if dvc_experiment:
-        run_tags["dvc_experiment"] = dvc_experiment
+        execution_tags["dvc_experiment"] = dvc_experiment
     if os.environ.get("DVC_EXP_BASELINE_REV"):
-        run_tags["dvc_baseline_rev"] = os.environ["DVC_EXP_BASELINE_REV"]
+        execution_tags["dvc_baseline_rev"] = os.environ["DVC_EXP_BASELINE_REV"]
     commit = _git_commit(Path.cwd())
     if commit:
-        run_tags["git_commit"] = commit
-        run_tags["mlflow.source.git.commit"] = commit
-    run_tags.update(tags or {})
+        execution_tags["git_commit"] = commit
+        execution_tags["mlflow.source.git.commit"] = commit
+    with _store_lock(uri):
+        experiment_id = _experiment_id(client, experiment, uri)
+        parent_id = open_execution(client, experiment_id, execution_tags)
+    run_tags = {"stage": stage, **execution_tags, **(tags or {})}
+    if parent_id:
+        run_tags[PARENT_TAG] = parent_id  # a resumed training run moves under the execution that resumes it
     run_name = f"{stage} {dvc_experiment}" if dvc_experiment else stage
     if resume_run_id and not _run_exists(resume_run_id, experiment_id):
         log.warning("run %s to resume is not in this tracking store; starting a new run", resume_run_id)
         resume_run_id = None
-    with mlflow.start_run(run_id=resume_run_id, experiment_id=experiment_id, run_name=run_name, tags=run_tags) as run:
-        try:
-            _log_params(flatten(params), run if resume_run_id else None)
-            yield run
-        except KeyboardInterrupt:
-            mlflow.end_run(status="KILLED")
-            raise
+    status, run_id = "FAILED", None
+    try:
+        with mlflow.start_run(
+            run_id=resume_run_id, experiment_id=experiment_id, run_name=run_name, tags=run_tags
+        ) as run:
+            run_id = run.info.run_id
+            try:
+                _log_params(flatten(params), run if resume_run_id else None)
+                yield run
+                status = "FINISHED"
+            except KeyboardInterrupt:
+                status = "KILLED"
+                mlflow.end_run(status=status)
+                raise
+    finally:
+        if parent_id:
+            close_execution(client, parent_id, run_id, status)
 
 
 def _log_params(params: dict, resumed: mlflow.ActiveRun | None) -> None:

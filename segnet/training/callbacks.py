@@ -12,6 +12,9 @@ if TYPE_CHECKING:  # annotations only: the generate and prepare stages import th
 class Callback:
     """Base class: override the hooks you need."""
 
+    stop_training = False
+    """Set to True (in on_epoch_end) to end training after this epoch, keeping the best epoch so far."""
+
     def on_train_start(self, total_steps: int, steps_per_epoch: int, start_step: int) -> None:
         """`start_step` is 0, or the step a resumed run continues after."""
 

@@ -208,6 +208,8 @@ def train(
         for callback in callbacks:
             callback.on_epoch_end(record)
         stop_if_requested(save_first=False)  # the state was saved just above
+        if any_across(any(callback.stop_training for callback in callbacks), setup.device):
+            break  # a callback ends training early (a search prunes its trial); the best epoch so far stands
     for callback in callbacks:
         callback.on_train_end()
     return _result(setup, state, elapsed(), resumed_from_step, config.batch_size)
