@@ -15,6 +15,7 @@ SLOW_FILES = {
     "tests/training/test_distributed.py",
     "tests/dataset/test_fuzz.py",
     "tests/dataset/test_hostile_input.py",
+    "tests/tuning/test_search.py",
 }
 """Files all of whose tests are slow, relative to the repository."""
 

@@ -126,7 +126,10 @@ def test_evaluate_scores_a_model_trained_on_a_gpu_with_its_own_device_setting(pr
 
 
 def test_every_stage_is_one_linked_mlflow_run_in_the_root_store(project, monkeypatch, tmp_path):
-    runs = FIRST_REPRO["runs"]
+    runs = dict(FIRST_REPRO["runs"])
+    # One pipeline execution, one parent run: `dvc repro` runs in the workspace, and the parent is named so.
+    (execution,) = runs.pop("pipeline")
+    assert execution.info.run_name == "workspace" and execution.info.status == "FINISHED"
     assert {stage: len(found) for stage, found in runs.items()} == {
         "generate": 1,
         "prepare": 1,
@@ -134,6 +137,12 @@ def test_every_stage_is_one_linked_mlflow_run_in_the_root_store(project, monkeyp
         "evaluate": 1,
     }
     assert all(found[0].info.status == "FINISHED" for found in runs.values())
+    assert all(found[0].data.tags["mlflow.parentRunId"] == execution.info.run_id for found in runs.values())
+    # Its row compares with other executions': the stages' params and last metric values.
+    assert execution.data.params["train.lr"] == runs["train"][0].data.params["train.lr"]
+    assert execution.data.params["generate.seed"] == runs["generate"][0].data.params["generate.seed"]
+    assert execution.data.metrics["miou"] == runs["evaluate"][0].data.metrics["miou"]
+    assert execution.data.metrics["best_val_miou"] == runs["train"][0].data.metrics["best_val_miou"]
     train_run, evaluate_run = runs["train"][0], runs["evaluate"][0]
     prepare_run = runs["prepare"][0]
     dataset = json.loads((project / "data" / "prepared" / "dataset.json").read_text())
@@ -282,7 +291,7 @@ def stop_queue_workers(root: Path, grace_s: float = 30) -> None:
                 os.kill(pid, signal.SIGKILL)
 
 
-def test_two_queued_experiments_on_two_workers_both_land_in_a_fresh_root_store(project, tmp_path):
+def test_a_grid_sweep_queued_on_two_workers_runs_every_combination_into_dvc_and_mlflow(project, tmp_path):
     # A fresh store is where two workers race to create MLflow's tables. A copy of the project (with its
     # DVC cache, without its store) gives one, and leaves the shared project's store alone.
     copy = tmp_path / "project"
@@ -298,11 +307,13 @@ def test_two_queued_experiments_on_two_workers_both_land_in_a_fresh_root_store(p
         ),
     )
     run(["git", "checkout", "--", "params.yaml"], copy)
-    # Learning rates no earlier run used: DVC would restore a seen one from its run cache, not train.
-    names = {f"queued-{index}": f"0.001{index}" for index in range(1, 3)}
+    # A key DVC does not know stops the sweep with its own message before anything is queued.
+    refused = run(["dvc", "exp", "run", "--queue", "-S", "train.lrr=0.1,0.2"], copy, check=False)
+    assert refused.returncode != 0 and "Key 'lrr' is not in struct" in refused.stderr
+    # DVC's grid syntax: 2 learning rates x 2 seeds. Rates no earlier run used: DVC would restore a seen one
+    # from its run cache, not train.
+    run(["dvc", "exp", "run", "--queue", "-S", "train.lr=0.0011,0.0012", "-S", "seed=1,2"], copy)
     try:
-        for name, lr in names.items():
-            run(["dvc", "exp", "run", "--queue", "-n", name, "-S", f"train.lr={lr}"], copy)
         # `dvc queue start` returns at once, but its background workers keep its stdout: capturing that output
         # would wait for the workers to exit, and one may never exit (stop_queue_workers).
         with open(tmp_path / "queue-start.log", "w") as log:
@@ -318,21 +329,43 @@ def test_two_queued_experiments_on_two_workers_both_land_in_a_fresh_root_store(p
         deadline = time.monotonic() + 420
         while time.monotonic() < deadline:
             status = run(["dvc", "queue", "status"], copy).stdout
-            if all(name in status for name in names) and not any(word in status for word in ("Queued", "Running")):
+            if status.count("Success") + status.count("Failed") >= 4:
                 break
             time.sleep(5)  # each `dvc queue status` takes a second of CPU from the workers
     finally:
         run(["dvc", "queue", "stop"], copy, check=False)
         stop_queue_workers(copy)
-    assert status.count("Success") >= 2, status
+    assert status.count("Success") == 4, status
+
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], copy).stdout)
+    swept = {
+        exp["name"]: exp["data"]["params"]["params.yaml"]["data"]
+        for baseline in shown
+        for exp in (baseline.get("experiments") or [])
+        for exp in exp["revs"]
+    }
+    combinations = {(params["train"]["lr"], params["seed"]) for params in swept.values()}
+    assert combinations == {(lr, seed) for lr in (0.0011, 0.0012) for seed in (1, 2)}, swept
+
+    # In MLflow: one parent run per experiment, named after it, holding the stages it ran. Generate and prepare
+    # were restored from DVC's cache (the data did not change), so they left no run.
     runs = runs_by_stage(copy)
+    executions = {found.info.run_name: found for found in runs["pipeline"]}
+    assert set(executions) == set(swept)
     for stage in ("train", "evaluate"):
-        finished = {
-            found.data.tags.get("dvc_experiment"): found for found in runs[stage] if found.info.status == "FINISHED"
-        }
-        assert set(finished) == set(names), (stage, status)
-        assert {name: finished[name].data.params["train.lr"] for name in names} == names
+        by_parent = {found.data.tags["mlflow.parentRunId"]: found for found in runs[stage]}
+        assert set(by_parent) == {found.info.run_id for found in executions.values()}
+        assert all(found.info.status == "FINISHED" for found in by_parent.values())
+    for name, execution in executions.items():
+        assert execution.info.status == "FINISHED" and execution.data.tags["dvc_experiment"] == name
+        assert execution.data.params["train.lr"] == str(swept[name]["train"]["lr"])
+    assert "generate" not in runs and "prepare" not in runs
     assert not list((copy / ".dvc" / "tmp").rglob("mlflow.db"))
+
+    # The settings compared: two seeds per learning rate, on the same test panels.
+    compared = run([sys.executable, "-m", "segnet.compare", "--by", "train.lr"], copy).stdout
+    assert "train.lr=0.0011" in compared and "train.lr=0.0012" in compared, compared
+    assert compared.strip().splitlines()[-1].startswith("train.lr=0.0012"), compared
 
 
 def _output_bytes(root: Path) -> dict[str, bytes]:

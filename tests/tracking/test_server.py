@@ -65,7 +65,12 @@ def test_the_pipeline_tracks_its_runs_in_a_shared_server_with_a_postgresql_datab
             experiment = client.get_experiment_by_name("segnet-multi-digit-mnist")
             found = client.search_runs([experiment.experiment_id])
             runs = {found_run.data.tags["stage"]: found_run for found_run in found}
-            assert len(found) == len(STAGES) and set(runs) == STAGES
+            # The stages' runs, and the execution's parent run above them.
+            assert len(found) == len(STAGES) + 1 and set(runs) == STAGES | {"pipeline"}
+            assert {found_run.data.tags.get("mlflow.parentRunId") for found_run in found} == {
+                None,
+                runs["pipeline"].info.run_id,
+            }
             assert all(found_run.info.status == "FINISHED" for found_run in found)
             assert runs["train"].data.params["train.epochs"] == "2"
             assert set(runs["train"].data.metrics) >= {"train_loss", "val_miou"}
