@@ -6,21 +6,28 @@ Both must have scored the same test panels. Each run's own interval says how far
 other test panels; the difference B - A gets a paired bootstrap: every resample draws the same panels for
 both models, so the panels' shared difficulty cancels and the interval of the difference is narrower than
 the two intervals side by side suggest. The resampling settings are params.yaml's `evaluate.bootstrap`.
+
+`python -m segnet.compare --by KEY` compares settings instead of models: groups of runs, one per value of the
+param KEY and each of several seeds (segnet.tracking.groups selects them), by a bootstrap over both the seeds
+and the panels (segnet.evaluation.bootstrap.seed_and_panel_resamples).
 """
 
 import dataclasses
+import itertools
 import logging
 from pathlib import Path
 
+import numpy as np
 import torch
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from segnet.evaluation.bootstrap import BootstrapConfig, percentile_interval
+from segnet.evaluation.bootstrap import BootstrapConfig, percentile_interval, seed_and_panel_resamples
 from segnet.evaluation.metrics import mean_iou
 from segnet.files import sha256_file
 from segnet.params import flatten
+from segnet.tracking.groups import Group
 from segnet.tracking.runs import EVALUATE_STAGE, find_run, load_panel_confusions, project_root
 
 log = logging.getLogger(__name__)
@@ -145,3 +152,62 @@ def warn_of_other_settings(runs: list[Run], config: BootstrapConfig) -> None:
                 logged,
                 current,
             )
+
+
+def compare_groups(key: str, groups: list[Group], config: BootstrapConfig) -> list[str]:
+    """The table's lines: each group's mean test mIoU over its runs with its interval and the spread of its
+    seeds, then for each pair of groups (A before B) the difference B - A, its interval and a verdict."""
+    confusions = _load_confusions([run for group in groups for run in group.runs])
+    members, start = [], 0
+    for group in groups:
+        members.append(list(range(start, start + len(group.runs))))
+        start += len(group.runs)
+    resampled = seed_and_panel_resamples(confusions, members, config).numpy()  # (resamples, groups)
+    mious = np.array([mean_iou(matrices.sum(0)) for matrices in confusions])
+    means = [float(mious[runs].mean()) for runs in members]
+    rows = [[key, "runs (seeds)", "miou", "interval", "seed std"]]
+    for index, group in enumerate(groups):
+        low, high = _percentiles(resampled[:, index], config.confidence)
+        seeds = f"{len(group.runs)} ({', '.join(group.seeds)})"
+        spread = mious[members[index]].std(ddof=1)
+        rows.append([group.value, seeds, f"{means[index]:.4f}", f"[{low:.4f}, {high:.4f}]", f"{spread:.4f}"])
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    lines = [
+        f"test miou by {key} on the same {confusions.shape[1]:,} panels; {config.confidence * 100:g}% intervals "
+        f"from {config.resamples} resamples of each group's seeds and of the panels (the same panels for all runs)"
+    ]
+    lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
+    pairs = list(itertools.combinations(range(len(groups)), 2))
+    names = [f"{key}={group.value}" for group in groups]
+    width = max(len(f"{names[b]} - {names[a]}") for a, b in pairs)
+    for a, b in pairs:
+        low, high = _percentiles(resampled[:, b] - resampled[:, a], config.confidence)
+        lines.append(f"{f'{names[b]} - {names[a]}':<{width}}  {means[b] - means[a]:+.4f}  [{low:+.4f}, {high:+.4f}]")
+        if low > 0 or high < 0:
+            verdict = f"{names[b]} is {'above' if low > 0 else 'below'} {names[a]}"
+            lines.append(f"  {verdict}: the interval of the difference excludes 0")
+        else:
+            lines.append(
+                f"  the runs do not tell {names[a]} and {names[b]} apart: the interval of the difference holds 0"
+            )
+    return lines
+
+
+def _load_confusions(runs: list[Run]) -> torch.Tensor:
+    """The runs' per-panel confusion matrices, stacked: (runs, N, classes, classes).
+
+    Raises:
+        ValueError: A run has none, or their shapes differ.
+    """
+    confusions = [torch.from_numpy(load_panel_confusions(run.info.run_id)) for run in runs]
+    if len({matrices.shape for matrices in confusions}) > 1:
+        shapes = ", ".join(f"{describe(run)} {tuple(c.shape)}" for run, c in zip(runs, confusions, strict=True))
+        raise ValueError(f"per-panel matrices of different shapes: {shapes}; the same test set gives the same shape")
+    return torch.stack(confusions)
+
+
+def _percentiles(scores: np.ndarray, confidence: float) -> tuple[float, float]:
+    """The central `confidence` share of `scores`, as percentile_interval takes it."""
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(scores, [tail, 100 - tail])
+    return float(low), float(high)
