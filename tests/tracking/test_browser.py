@@ -29,6 +29,7 @@ project = test_pipeline.project  # the fixture: a tiny project after `dvc repro`
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 SCREENSHOT = Path(__file__).parents[1] / "artifacts" / "mlflow-compare-runs.png"
+NESTED_SCREENSHOT = SCREENSHOT.with_name("mlflow-nested-runs.png")
 # Without the background-networking flags Chromium keeps calling home, and a closed network refuses it.
 CHROMIUM_FLAGS = [
     "--headless",
@@ -63,6 +64,21 @@ const top = name.closest("[style*=top]").style.top;
 values.scrollTop = parseFloat(top);  // the row in view, for the screenshot
 return [...values.querySelectorAll("[style*=top]")].filter(cell => cell.style.top === top)
   .sort((a, b) => parseFloat(a.style.left) - parseFloat(b.style.left)).map(cell => cell.innerText.trim());
+"""
+# The run names the experiment's runs table shows, top to bottom; with a name, first clicks the expander of
+# that run's row (a parent run's "+"), and returns [] if the row or its expander is not rendered yet.
+RUN_NAMES = """
+const cells = () => [...document.querySelectorAll("[role=row]")]
+  .sort((a, b) => a.getAttribute("aria-rowindex") - b.getAttribute("aria-rowindex"))
+  .map(row => row.querySelector("[role=gridcell][col-id='attributes.`Run Name`']")).filter(cell => cell);
+const name = cell => (cell.querySelector("a") || cell).innerText.trim();
+if (arguments[0]) {
+  const cell = cells().find(cell => name(cell) === arguments[0]);
+  const expander = cell && cell.querySelector("button[data-component-id*='runnamecellrenderer']");
+  if (!expander) return [];
+  expander.click();
+}
+return cells().map(name);
 """
 # The row labels of one section's table.
 READ_LABELS = """
@@ -198,11 +214,34 @@ def test_mlflow_ui_compares_two_runs_that_differ_in_one_param(browser, project):
         finally:
             SCREENSHOT.parent.mkdir(exist_ok=True)
             browser.save_screenshot(str(SCREENSHOT))
+        # The runs table: one row per pipeline execution; expanding lr-high's shows the stage runs it holds.
+        browser.get(f"{url}/#/experiments/{baseline.info.experiment_id}/runs")
+        try:
+            WebDriverWait(browser, 120).until(
+                lambda page: "lr-high" in page.execute_script(RUN_NAMES, None), message="no lr-high row within 120 s"
+            )
+            collapsed = browser.execute_script(RUN_NAMES, None)
+            WebDriverWait(browser, 60).until(
+                lambda page: page.execute_script(RUN_NAMES, "lr-high"), message="lr-high's row has no expander"
+            )
+            WebDriverWait(browser, 60).until(
+                lambda page: "train lr-high" in page.execute_script(RUN_NAMES, None), message="lr-high did not expand"
+            )
+            expanded = browser.execute_script(RUN_NAMES, None)
+        finally:
+            browser.save_screenshot(str(NESTED_SCREENSHOT))
 
     assert shown["Run ID:"] == ids
     assert shown["Run Name:"] == ["evaluate", "evaluate lr-high"]
     assert shown["train.lr"] == [baseline.data.params["train.lr"], "0.01"]
     assert differing_shown == ["train.lr"]
+    # Collapsed, the table lists the two executions, newest first, and no stage run.
+    assert collapsed == ["lr-high", "workspace"]
+    # Expanded, lr-high's stage runs follow its row. Generate and prepare did not run again (their data did not
+    # change), so only train and evaluate are there.
+    position = expanded.index("lr-high")
+    assert sorted(expanded[position + 1 : position + 3]) == ["evaluate lr-high", "train lr-high"]
+    assert expanded[position + 3 :] == ["workspace"]
     # The page rounds metrics to three decimals (or three significant digits below 0.001).
     assert [float(value) for value in shown["miou"]] == pytest.approx(
         [baseline.data.metrics["miou"], changed.data.metrics["miou"]], abs=5e-4
