@@ -363,9 +363,20 @@ def test_a_grid_sweep_queued_on_two_workers_runs_every_combination_into_dvc_and_
     assert not list((copy / ".dvc" / "tmp").rglob("mlflow.db"))
 
     # The settings compared: two seeds per learning rate, on the same test panels.
-    compared = run([sys.executable, "-m", "segnet.compare", "--by", "train.lr"], copy).stdout
-    assert "train.lr=0.0011" in compared and "train.lr=0.0012" in compared, compared
-    assert compared.strip().splitlines()[-1].startswith("train.lr=0.0012"), compared
+    lines = run([sys.executable, "-m", "segnet.compare", "--by", "train.lr"], copy).stdout.splitlines()
+    assert lines[0].startswith("test miou by train.lr on the same 12 panels"), lines
+    means = {}
+    for line, lr in zip(lines[2:4], ("0.0011", "0.0012"), strict=True):
+        scores = [found.data.metrics["miou"] for found in runs["evaluate"] if found.data.params["train.lr"] == lr]
+        means[lr] = sum(scores) / 2
+        assert line.split()[:5] == [lr, "2", "(1,", "2)", f"{means[lr]:.4f}"], lines
+    difference = lines[4].split()
+    assert difference[:4] == ["train.lr=0.0012", "-", "train.lr=0.0011", f"{means['0.0012'] - means['0.0011']:+.4f}"]
+    assert (
+        lines[5]
+        .strip()
+        .endswith(("the interval of the difference excludes 0", "the interval of the difference holds 0"))
+    )
 
 
 def _output_bytes(root: Path) -> dict[str, bytes]:

@@ -175,8 +175,8 @@ def _experiment_id(client: MlflowClient, name: str, uri: str) -> str:
 def project_experiment(experiment: str, root: Path) -> tuple[MlflowClient, str]:
     """A client of the project's store and the id of `experiment` in it, created if new."""
     uri = use_project_store(root)
-    client = MlflowClient()
-    with _store_lock(uri):
+    with _store_lock(uri):  # the client's first use creates a fresh store's tables
+        client = MlflowClient()
         return client, _experiment_id(client, experiment, uri)
 
 
@@ -203,7 +203,6 @@ def stage_run(
         raise ValueError(f"the MLflow experiment must be a non-empty name, got {experiment!r}")
     root = project_root()
     uri = use_project_store(root)
-    client = MlflowClient()
     execution_tags = {"project_root": str(root)}
     dvc_experiment = os.environ.get("DVC_EXP_NAME")
     if dvc_experiment:
@@ -214,7 +213,8 @@ def stage_run(
     if commit:
         execution_tags["git_commit"] = commit
         execution_tags["mlflow.source.git.commit"] = commit
-    with _store_lock(uri):
+    with _store_lock(uri):  # the client's first use creates a fresh store's tables
+        client = MlflowClient()
         experiment_id = _experiment_id(client, experiment, uri)
         parent_id = open_execution(client, experiment_id, execution_tags)
     run_tags = {"stage": stage, **execution_tags, **(tags or {})}

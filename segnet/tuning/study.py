@@ -12,6 +12,7 @@ and pruned trials of the study, and a trial cut short by Ctrl-C is run again fro
 is one run (`search STUDY`), each trial's pipeline run is a child of it, and its stage runs are their children.
 """
 
+import contextlib
 import json
 import logging
 import os
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
+from dvc.repo import Repo
 from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
 from optuna.trial import FrozenTrial, Trial, TrialState
@@ -173,6 +175,7 @@ def _run_trial(
         PARENT_RUN_ENV: study_run,
     }
     start = time.monotonic()
+    cached = _run_cache_entries(root)
     with tempfile.NamedTemporaryFile("w", prefix=f"{name}-", suffix=".log", delete=False) as output:
         try:
             returncode = subprocess.run(command, cwd=root, env=env, stdout=output, stderr=subprocess.STDOUT).returncode
@@ -193,6 +196,7 @@ def _run_trial(
     reported = study.get_trials(deepcopy=False)[trial.number]
     trial.set_user_attr("seconds", round(seconds, 1))
     if PRUNED_AT in reported.user_attrs:
+        _forget_trainings(root, _run_cache_entries(root) - cached)
         study.tell(trial, state=TrialState.PRUNED)
         print(f"  pruned after epoch {reported.user_attrs[PRUNED_AT]} ({seconds:.0f} s)", flush=True)
         return TrialState.PRUNED, None
@@ -201,6 +205,25 @@ def _run_trial(
     study.tell(trial, value)
     print(f"  best validation miou {value:.4f} ({seconds:.0f} s)", flush=True)
     return TrialState.COMPLETE, value
+
+
+def _run_cache_entries(root: Path) -> set[Path]:
+    """The entries of DVC's run cache: one file per stage run, which DVC restores for the same params, data and
+    code instead of running the stage."""
+    return set(Path(Repo(str(root)).stage_cache.cache_dir).glob("*/*/*"))
+
+
+def _forget_trainings(root: Path, entries: set[Path]) -> None:
+    """Removes the train stage's runs among run-cache `entries`.
+
+    A pruned training stopped early because of other trials, which its params do not say: left in the run cache,
+    it would be restored for a later `dvc exp run` with the same params, which asks for the whole training.
+    """
+    for entry in entries:
+        if entry.read_text().startswith("cmd: python -m stages.train"):
+            entry.unlink()
+            with contextlib.suppress(OSError):  # other runs of the same stage and params share the folder
+                entry.parent.rmdir()
 
 
 def _restored_value(root: Path, name: str) -> float:

@@ -74,6 +74,10 @@ def test_a_search_prunes_a_trial_that_falls_behind_tracks_all_and_names_the_best
     assert experiments["space-1"]["params"]["params.yaml"]["data"]["train"]["lr"] == pytest.approx(1e-7)
     train_metrics = experiments["space-1"]["metrics"]["metrics/train.json"]["data"]
     assert train_metrics["pruned_at_epoch"] == 1 and train_metrics["epochs"] == 1
+    # DVC's run cache keeps the finished training only: a later `dvc exp run` with the pruned trial's params asks
+    # for the whole training, which the pruned one is not.
+    entries = [entry.read_text() for entry in (project / ".dvc" / "cache" / "runs").glob("*/*/*")]
+    assert sum(entry.startswith("cmd: python -m stages.train") for entry in entries) == 1
     # Not scored on the test set: its evaluate metrics are still the committed ones.
     committed = json.loads((project / "metrics" / "evaluate.json").read_text())
     assert experiments["space-0"]["metrics"]["metrics/evaluate.json"]["data"] == committed
