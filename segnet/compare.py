@@ -20,11 +20,10 @@ from segnet.tracking.comparison import (
     compare,
     compare_groups,
     find_evaluate_run,
-    find_project,
     warn_of_other_settings,
 )
 from segnet.tracking.groups import evaluate_runs, parse_where, select_groups, split_values
-from segnet.tracking.runs import use_project_store
+from segnet.tracking.runs import find_project, use_project_store
 
 USAGE = "python -m segnet.compare A B, or python -m segnet.compare --by KEY [--where KEY=VALUE ...] [--values V1,V2]"
 

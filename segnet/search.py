@@ -12,8 +12,7 @@ from ruamel.yaml import YAML
 
 from segnet.cli import run_stage
 from segnet.params import build, load_params, read_experiment
-from segnet.tracking.comparison import find_project
-from segnet.tracking.runs import project_experiment
+from segnet.tracking.runs import find_project, project_experiment
 from segnet.tuning import SearchConfig, open_study, read_space, run_search, trainable_params
 from segnet.tuning.study import STORAGE_FILE, trial_name
 

@@ -28,7 +28,7 @@ from segnet.evaluation.metrics import mean_iou
 from segnet.files import sha256_file
 from segnet.params import flatten
 from segnet.tracking.groups import Group
-from segnet.tracking.runs import EVALUATE_STAGE, find_run, load_panel_confusions, project_root
+from segnet.tracking.runs import EVALUATE_STAGE, find_run, load_panel_confusions
 
 log = logging.getLogger(__name__)
 
@@ -80,18 +80,6 @@ def find_evaluate_run(client: MlflowClient, experiment: str, name: str, root: Pa
     if run_id is None:
         raise ValueError(missing)
     return client.get_run(run_id)
-
-
-def find_project(start: Path) -> Path:
-    """The project `start` lies in: the nearest folder at or above it with a params.yaml (as DVC's root has).
-
-    Raises:
-        ValueError: There is none.
-    """
-    for folder in (start, *start.parents):
-        if (folder / "params.yaml").is_file():
-            return project_root(folder)
-    raise ValueError(f"{start}: no params.yaml here or above; run from the project")
 
 
 def describe(run: Run) -> str:

@@ -43,6 +43,18 @@ def project_root(start: Path | None = None) -> Path:
     return path
 
 
+def find_project(start: Path) -> Path:
+    """The project `start` lies in: the nearest folder at or above it with a params.yaml (as DVC's root has).
+
+    Raises:
+        ValueError: There is none.
+    """
+    for folder in (start, *start.parents):
+        if (folder / "params.yaml").is_file():
+            return project_root(folder)
+    raise ValueError(f"{start}: no params.yaml here or above; run from the project")
+
+
 def default_tracking_uri(root: Path) -> str:
     return f"sqlite:///{root / 'mlflow.db'}"
 
