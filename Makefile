@@ -9,9 +9,13 @@ export PATH := $(BIN):$(PATH)
 
 venv: $(VENV)/.installed
 
+# pip compiles each installed module on one core; compileall does it afterwards on all of them (about 20 s less
+# here). Compiled they must be: this machine sets PYTHONDONTWRITEBYTECODE, so nothing would compile them later.
+# Like pip, it passes over files that do not compile (test data some packages ship).
 $(VENV)/.installed: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-compile -r requirements.txt
+	$(BIN)/python -m compileall -q -j 0 $(VENV)/lib > /dev/null || true
 	touch $@
 
 # requirements.txt from pyproject.toml: pip-compile keeps the pins already in requirements.txt and pins only what
