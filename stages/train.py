@@ -66,7 +66,7 @@ def main() -> None:
     tracked = (
         stage_run(TRAIN_STAGE, experiment, logged, tags, resumed_run) if world.is_main else contextlib.nullcontext()
     )
-    pruning = trial_pruning() if world.is_main else None  # a search's trial, stopped early when it falls behind
+    pruning = trial_pruning(config.epochs) if world.is_main else None  # a search's trial, stopped if behind
     with tracked as run:
         train_index, val_index = split_indices(len(images), config.val_fraction, seed)
         set_seed(seed)

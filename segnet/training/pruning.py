@@ -19,10 +19,13 @@ PRUNER = "median_pruner"
 
 
 class Pruning(Callback):
-    """Reports validation mIoU to an Optuna trial after every epoch; stops training when the pruner says so."""
+    """Reports validation mIoU to an Optuna trial after every epoch; stops training when the pruner says so, but
+    never after the last of `epochs`: a training that ran to its end is a finished trial, whatever its score."""
 
-    def __init__(self, storage: str, study: str, trial_id: int):
+    def __init__(self, storage: str, study: str, trial_id: int, epochs: int):
         import optuna  # only a search's trials need it
+
+        self.epochs = epochs
 
         settings = optuna.load_study(study_name=study, storage=storage).user_attrs[PRUNER]
         pruner = optuna.pruners.MedianPruner(**settings)
@@ -31,14 +34,14 @@ class Pruning(Callback):
 
     def on_epoch_end(self, record: dict) -> None:
         self.trial.report(record["val_miou"], record["epoch"])
-        if self.trial.should_prune():
+        if record["epoch"] < self.epochs and self.trial.should_prune():
             self.pruned_at = record["epoch"]
             self.trial.set_user_attr(PRUNED_AT, self.pruned_at)
             self.stop_training = True
 
 
-def trial_pruning() -> Pruning | None:
-    """The Pruning callback of the search trial this process runs for, or None outside a search.
+def trial_pruning(epochs: int) -> Pruning | None:
+    """The Pruning callback of the search trial this process runs for, training `epochs`; None outside a search.
 
     Raises:
         ValueError: The variable is set but malformed.
@@ -49,4 +52,4 @@ def trial_pruning() -> Pruning | None:
     storage, study, trial_id = value.rsplit("|", 2)
     if not trial_id.isdigit():
         raise ValueError(f"{TRIAL_ENV}={value}: not STORAGE|STUDY|TRIAL_ID")
-    return Pruning(storage, study, int(trial_id))
+    return Pruning(storage, study, int(trial_id), epochs)
