@@ -174,8 +174,7 @@ def _run_trial(
         TRIAL_ENV: f"{storage_url(root)}|{study.study_name}|{trial._trial_id}",
         PARENT_RUN_ENV: study_run,
     }
-    start = time.monotonic()
-    cached = _run_cache_entries(root)
+    start, started_at = time.monotonic(), time.time()
     with tempfile.NamedTemporaryFile("w", prefix=f"{name}-", suffix=".log", delete=False) as output:
         try:
             returncode = subprocess.run(command, cwd=root, env=env, stdout=output, stderr=subprocess.STDOUT).returncode
@@ -196,7 +195,7 @@ def _run_trial(
     reported = study.get_trials(deepcopy=False)[trial.number]
     trial.set_user_attr("seconds", round(seconds, 1))
     if PRUNED_AT in reported.user_attrs:
-        _forget_trainings(root, _run_cache_entries(root) - cached)
+        _forget_trainings(root, since=started_at)
         study.tell(trial, state=TrialState.PRUNED)
         print(f"  pruned after epoch {reported.user_attrs[PRUNED_AT]} ({seconds:.0f} s)", flush=True)
         return TrialState.PRUNED, None
@@ -207,20 +206,16 @@ def _run_trial(
     return TrialState.COMPLETE, value
 
 
-def _run_cache_entries(root: Path) -> set[Path]:
-    """The entries of DVC's run cache: one file per stage run, which DVC restores for the same params, data and
-    code instead of running the stage."""
-    return set(Path(Repo(str(root)).stage_cache.cache_dir).glob("*/*/*"))
+def _forget_trainings(root: Path, since: float) -> None:
+    """Removes from DVC's run cache the train stage's runs written since `since` (a time.time()).
 
-
-def _forget_trainings(root: Path, entries: set[Path]) -> None:
-    """Removes the train stage's runs among run-cache `entries`.
-
-    A pruned training stopped early because of other trials, which its params do not say: left in the run cache,
-    it would be restored for a later `dvc exp run` with the same params, which asks for the whole training.
+    The run cache holds one file per stage run, which DVC restores for the same params, data and code instead of
+    running the stage. A pruned training stopped early because of other trials, which its params do not say:
+    left there, it would be restored for a later `dvc exp run` with the same params, which asks for the whole
+    training.
     """
-    for entry in entries:
-        if entry.read_text().startswith("cmd: python -m stages.train"):
+    for entry in Path(Repo(str(root)).stage_cache.cache_dir).glob("*/*/*"):
+        if entry.stat().st_mtime >= since and entry.read_text().startswith("cmd: python -m stages.train"):
             entry.unlink()
             with contextlib.suppress(OSError):  # other runs of the same stage and params share the folder
                 entry.parent.rmdir()
