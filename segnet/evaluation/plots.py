@@ -10,11 +10,21 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from matplotlib.colors import ListedColormap
+from matplotlib.patches import Patch
 
 from segnet import CLASS_NAMES
 
 # Background black, then one distinct colour per class, fixed so pictures compare across runs.
-_LABEL_COLOURS = ListedColormap(["#000000"] + [plt.get_cmap("tab10")(i) for i in range(10)])
+LABEL_COLOURS = ListedColormap(["#000000"] + [plt.get_cmap("tab10")(i) for i in range(10)])
+
+
+def class_legend(figure, **placement) -> None:
+    """A legend of the class colours on `figure`: one swatch per class, labelled with its name; `placement`
+    goes to Figure.legend (loc, ncols, bbox_to_anchor...)."""
+    swatches = [
+        Patch(facecolor=LABEL_COLOURS(index), edgecolor="grey", label=name) for index, name in enumerate(CLASS_NAMES)
+    ]
+    figure.legend(handles=swatches, title="class", **placement)
 
 
 def _png(figure) -> bytes:
@@ -60,7 +70,7 @@ def predictions_png(images: torch.Tensor, labels: torch.Tensor, predictions: tor
             if column == 0:
                 axis.imshow(panel, vmin=0, vmax=1)
             else:
-                axis.imshow(panel, cmap=_LABEL_COLOURS, vmin=0, vmax=len(CLASS_NAMES) - 1, interpolation="nearest")
+                axis.imshow(panel, cmap=LABEL_COLOURS, vmin=0, vmax=len(CLASS_NAMES) - 1, interpolation="nearest")
             axis.set_axis_off()
             if row == 0:
                 axis.set_title(title)
