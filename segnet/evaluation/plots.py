@@ -56,25 +56,52 @@ def confusion_png(confusion: torch.Tensor) -> bytes:
     return _png(figure)
 
 
+ERROR_COLOUR = (1.0, 0.0, 0.0)
+"""The colour of a wrongly predicted pixel in the predictions picture."""
+
+
+def mark_errors(pixels: np.ndarray, truth: np.ndarray, prediction: np.ndarray) -> np.ndarray:
+    """The image at half brightness with the wrongly predicted pixels in ERROR_COLOUR.
+
+    Args:
+        pixels: The image, float (H, W, 3) in [0, 1].
+        truth: True labels (H, W).
+        prediction: Predicted labels (H, W).
+
+    Returns:
+        float (H, W, 3). Dimmed, no pixel of the image is as bright a red as the mark, so the marks are exactly
+        the pixels where prediction != truth.
+    """
+    marked = pixels * 0.5
+    marked[truth != prediction] = ERROR_COLOUR
+    return marked
+
+
 def predictions_png(images: torch.Tensor, labels: torch.Tensor, predictions: torch.Tensor) -> bytes:
-    """One row per sample: the image, the true labels and the predicted labels."""
-    rows = len(images)
-    figure, axes = plt.subplots(rows, 3, figsize=(6, 2 * rows), squeeze=False)
+    """One row per sample: the image, the true labels, the predicted labels and the image with the wrong pixels
+    marked, titled with their count and share; a legend of the class colours below."""
+    rows, legend_inches = len(images), 0.9
+    figure, axes = plt.subplots(rows, 4, figsize=(8, 2 * rows + legend_inches), squeeze=False, layout="constrained")
     for row in range(rows):
         pixels = images[row].float().numpy()
         if images.dtype == torch.uint8:
             pixels = pixels / 255.0
-        panels = (pixels, labels[row].numpy(), predictions[row].numpy())
-        for column, (panel, title) in enumerate(zip(panels, ("image", "truth", "prediction"), strict=True)):
+        truth, prediction = labels[row].numpy(), predictions[row].numpy()
+        wrong = int((truth != prediction).sum())
+        titles = ("image", "truth", "prediction", f"{wrong} px wrong ({wrong / truth.size:.1%})")
+        if row == 0:
+            titles = (*titles[:3], f"wrong pixels in red\n{titles[3]}")
+        panels = (pixels, truth, prediction, mark_errors(pixels, truth, prediction))
+        for column, (panel, title) in enumerate(zip(panels, titles, strict=True)):
             axis = axes[row, column]
-            if column == 0:
-                axis.imshow(panel, vmin=0, vmax=1)
+            if column in (0, 3):
+                axis.imshow(panel, interpolation="nearest")
             else:
                 axis.imshow(panel, cmap=LABEL_COLOURS, vmin=0, vmax=len(CLASS_NAMES) - 1, interpolation="nearest")
             axis.set_axis_off()
-            if row == 0:
-                axis.set_title(title)
-    figure.tight_layout()
+            if row == 0 or column == 3:
+                axis.set_title(title, fontsize=9)
+    class_legend(figure, loc="outside lower center", ncols=6, fontsize=8, title_fontsize=8)
     return _png(figure)
 
 
