@@ -52,8 +52,9 @@ def results_table(metrics: Path) -> str:
             f"**{score['miou']}** [{score['miou_ci_low']}, {score['miou_ci_high']}]",
         ),
         ("test mIoU, the 10 digit classes", score["miou_digits"]),
-        ("test pixel accuracy", score["pixel_accuracy"]),
-        ("test mean class accuracy", score["mean_class_accuracy"]),
+        ("test global accuracy (G)", score["pixel_accuracy"]),
+        ("test class average accuracy (C)", score["mean_class_accuracy"]),
+        ("test boundary F1 (BF)", _boundary_f1(contents["evaluate"], files["evaluate"])),
         ("lowest class IoU", f"{per_class[weakest]:.4f} ({'' if weakest == 'background' else 'digit '}{weakest})"),
         (
             "best validation mIoU",
@@ -129,6 +130,13 @@ def _read_json(path: Path) -> dict:
     if not isinstance(value, dict):
         raise ValueError(f"{path}: must hold a JSON object, got {type(value).__name__}")
     return value
+
+
+def _boundary_f1(scores: dict, path: Path) -> str:
+    """The BF cell; an evaluate.json from an evaluate stage that did not score boundaries says so."""
+    if "boundary_f1" not in scores:
+        return f"not scored: {path.name} has no boundary_f1 (dvc repro)"
+    return f"{_number(scores, path, 'boundary_f1'):.4f}"
 
 
 def _number(data: dict, path: Path, key: str) -> float:

@@ -1,4 +1,4 @@
-"""DVC stage `evaluate`: scores the trained model on the whole test split with one confusion matrix."""
+"""DVC stage `evaluate`: scores the trained model on the whole test split (one confusion matrix, boundary F1)."""
 
 import json
 import logging
@@ -10,6 +10,7 @@ from segnet.cli import run_stage, stage_paths
 from segnet.data.loading import load_split
 from segnet.devices import select_device, use_exact_float32
 from segnet.evaluation.bootstrap import panel_confusions, percentile_interval, read_bootstrap
+from segnet.evaluation.boundary import panel_boundary_f1
 from segnet.evaluation.inference import EvaluateConfig, predict_batches
 from segnet.evaluation.metrics import mean_iou, summarize
 from segnet.evaluation.plots import confusion_png, predictions_png
@@ -54,25 +55,27 @@ def main() -> None:
         # Evaluation runs in float32 whatever training used: the reported numbers must not depend on it.
         use_exact_float32()
         # One confusion matrix per test panel: their sum scores the set, their resamples give the interval.
-        panels = torch.cat(
-            [
-                panel_confusions(labels[window], prediction, model.config.num_classes)
-                for window, prediction in predict_batches(model, images, config.batch_size, device)
-            ]
-        )
+        # One boundary F1 per panel: their mean is the set's.
+        confusions, boundary_scores = [], []
+        for window, prediction in predict_batches(model, images, config.batch_size, device):
+            confusions.append(panel_confusions(labels[window], prediction, model.config.num_classes))
+            boundary_scores.append(panel_boundary_f1(labels[window], prediction, model.config.num_classes))
+        panels = torch.cat(confusions)
         confusion = panels.sum(0)
         metrics = summarize(confusion)
+        per_class_iou = metrics.pop("per_class_iou")
+        metrics["boundary_f1"] = float(torch.cat(boundary_scores).mean())
         if interval.resamples:
             low, high = percentile_interval(panels, mean_iou, interval)
             # Next to miou, so that `dvc exp show` shows the three together.
             metrics = {"miou": metrics.pop("miou"), "miou_ci_low": low, "miou_ci_high": high, **metrics}
-        write_json(metrics_path, metrics)
+        write_json(metrics_path, metrics | {"per_class_iou": per_class_iou})
         write_bytes(confusion_path, confusion_png(confusion))
         samples = slice(0, config.samples)
         _, predictions = next(predict_batches(model, images[samples], config.samples, device))
         write_bytes(predictions_path, predictions_png(images[samples], labels[samples], predictions))
 
-        per_class = {f"iou_{name}": value for name, value in metrics.pop("per_class_iou").items()}
+        per_class = {f"iou_{name}": value for name, value in per_class_iou.items()}
         log_metrics({**metrics, **per_class})
         mlflow.log_text(json.dumps(confusion.tolist(), indent=2), "confusion_matrix.json")
         log_panel_confusions(panels.numpy())
