@@ -67,7 +67,7 @@ def main() -> None:
         return
     first, second = (find_evaluate_run(client, experiment, name, root) for name in given)
     warn_of_other_settings([first, second], config)
-    print("\n".join(compare(first, second, config)))
+    print("\n".join(compare(first, second, config).lines))
 
 
 if __name__ == "__main__":

@@ -53,9 +53,18 @@ def read_seed(params: dict) -> int:
 
 def read_experiment(params: dict) -> str:
     """params.yaml's `tracking.experiment`: the MLflow experiment every stage logs its run to."""
-    value = params["tracking"]["experiment"]
+    return _tracking_name(params, "experiment")
+
+
+def read_registered_model(params: dict) -> str:
+    """params.yaml's `tracking.registered_model`: the Model Registry name `python -m segnet.promote` uses."""
+    return _tracking_name(params, "registered_model")
+
+
+def _tracking_name(params: dict, key: str) -> str:
+    value = params["tracking"].get(key)
     if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"params.yaml tracking.experiment: must be a non-empty name, got {value!r}")
+        raise ValueError(f"params.yaml tracking.{key}: must be a non-empty name, got {value!r}")
     return value
 
 

@@ -34,7 +34,8 @@ def main() -> None:
     # The input is checked before the MLflow run starts: bad input leaves no failed run behind.
     model, trained = load_model(model_dir)
     images, labels = load_split(prepared_dir, "test")
-    scored = json.loads((prepared_dir / "dataset.json").read_text())["archive_sha256"]
+    dataset = json.loads((prepared_dir / "dataset.json").read_text())
+    scored = dataset["archive_sha256"]
     if scored != trained["dataset_sha256"]:
         log.warning("%s: the test split of another archive than the model was trained on", prepared_dir)
     # The training params come from the model's own record, so the evaluate run carries exactly what
@@ -43,7 +44,7 @@ def main() -> None:
     tags = {"model_sha256": model_sha256, "dataset_sha256": scored, "train_dataset_sha256": trained["dataset_sha256"]}
     logged = {key: trained[key] for key in ("seed", "model", "train", "augment")} | {"evaluate": settings}
 
-    with stage_run(EVALUATE_STAGE, experiment, logged, tags):
+    with stage_run(EVALUATE_STAGE, experiment, logged, tags, dataset=dataset):
         # The weights' hash names the train run that wrote them, in whatever workspace it ran.
         train_run_id = find_run(experiment, TRAIN_STAGE, "model_sha256", model_sha256)
         if train_run_id:

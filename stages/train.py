@@ -63,11 +63,9 @@ def main() -> None:
     tags = {"dataset_sha256": dataset["archive_sha256"], "processes": str(world.size)}
     # Only the main process tracks: one MLflow run for the whole job.
     resumed_run = resume["extra"].get("mlflow_run_id") if resume else None
-    tracked = (
-        stage_run(TRAIN_STAGE, experiment, logged, tags, resumed_run) if world.is_main else contextlib.nullcontext()
-    )
+    tracked = stage_run(TRAIN_STAGE, experiment, logged, tags, resumed_run, dataset) if world.is_main else None
     pruning = trial_pruning(config.epochs) if world.is_main else None  # a search's trial, stopped if behind
-    with tracked as run:
+    with tracked or contextlib.nullcontext() as run:
         train_index, val_index = split_indices(len(images), config.val_fraction, seed)
         set_seed(seed)
         model = SegNet(model_config)

@@ -12,6 +12,7 @@ SLOW_FILES = {
     "tests/tracking/test_server.py",
     "tests/tracking/test_browser.py",
     "tests/tracking/test_compare.py",
+    "tests/tracking/test_registry.py",
     "tests/training/test_distributed.py",
     "tests/dataset/test_fuzz.py",
     "tests/dataset/test_hostile_input.py",

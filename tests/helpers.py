@@ -13,6 +13,8 @@ import struct
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -233,6 +235,37 @@ def kill_process_group(process: subprocess.Popen) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
     process.communicate()
+
+
+@contextlib.contextmanager
+def serving(command: list[str], cwd: Path, env: dict[str, str], probe: str, log: Path) -> Iterator[None]:
+    """Runs the server `command` in its own process group (its workers stop with it), its output in `log`,
+    until the URL `probe` answers; stops it on leaving, with SIGTERM, then SIGKILL after 20 s.
+
+    Generous: on two busy cores an MLflow server takes 20-40 s to import itself twice (command, then worker).
+    """
+    with log.open("w") as output:
+        server = subprocess.Popen(
+            command, cwd=cwd, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert server.poll() is None, f"{command[:3]} exited ({server.returncode}):\n{log.read_text()}"
+            assert time.monotonic() < deadline, f"{probe} did not answer within 180 s:\n{log.read_text()}"
+            try:
+                with urllib.request.urlopen(probe, timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.2)
+        yield
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            kill_process_group(server)
 
 
 def run(

@@ -36,7 +36,8 @@ FIRST_REPRO: dict[str, dict] = {}
 def project(tmp_path_factory) -> Path:
     """A fresh clone-like copy of the repository (tracked files only), with tiny params, after dvc repro."""
     root = tiny_project(tmp_path_factory.mktemp("project"))
-    run(["dvc", "repro"], root)
+    # The tiny training lasts seconds; MLflow samples the machine every 10 s unless told otherwise.
+    run(["dvc", "repro"], root, env=clean_env(MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="1"))
     FIRST_REPRO.update(runs=runs_by_stage(root), evaluate=json.loads((root / "metrics" / "evaluate.json").read_text()))
     return root
 
@@ -64,6 +65,7 @@ def test_repro_writes_metrics_model_and_plots(project):
         "miou_digits",
         "pixel_accuracy",
         "mean_class_accuracy",
+        "boundary_f1",
         "per_class_iou",
     ]
     assert len(metrics["per_class_iou"]) == 11 and 0.0 <= metrics["miou"] <= 1.0
@@ -165,6 +167,14 @@ def test_every_stage_is_one_linked_mlflow_run_in_the_root_store(project, monkeyp
     assert [point.step for point in elapsed] == [1, 2] and 0 < elapsed[0].value < elapsed[1].value
     train_artifacts = {item.path for item in store(project).list_artifacts(train_run.info.run_id)}
     assert {"miou_vs_time.png", "train_history.csv", "train.json", "config.json"} <= train_artifacts
+    # The machine's figures while it trained (sampled each second here: MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL).
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(train_run.data.metrics)
+    # Both runs name what they read as an MLflow dataset input: the archive by its path and hash.
+    for found, context, split in ((train_run, "training", "train"), (evaluate_run, "evaluation", "test")):
+        (used,) = found.inputs.dataset_inputs
+        assert (used.dataset.name, used.dataset.digest) == ("multi-digit-mnist.zip", dataset["archive_sha256"][:32])
+        assert json.loads(used.dataset.source)["uri"] == str(project / dataset["archive"])
+        assert {tag.key: tag.value for tag in used.tags} == {"mlflow.data.context": context, "split": split}
 
     # The evaluate run names its train run and carries the training params next to the test metrics.
     assert evaluate_run.data.tags["train_run_id"] == train_run.info.run_id

@@ -87,8 +87,18 @@ def describe(run: Run) -> str:
     return f"{experiment} (run {run.info.run_id[:8]})" if experiment else f"run {run.info.run_id[:8]}"
 
 
-def compare(first: Run, second: Run, config: BootstrapConfig) -> list[str]:
-    """The table's lines: each run's test mIoU with its interval, and the paired difference second - first."""
+@dataclasses.dataclass
+class Comparison:
+    """The table's lines, and the interval of the difference second - first."""
+
+    lines: list[str]
+    low: float
+    high: float
+
+
+def compare(first: Run, second: Run, config: BootstrapConfig, names: tuple[str, str] = ("A", "B")) -> Comparison:
+    """Each run's test mIoU with its interval, and the paired difference second - first, the runs labelled
+    `names` in the table."""
     if first.data.tags.get("dataset_sha256") != second.data.tags.get("dataset_sha256"):
         raise ValueError(
             f"{describe(first)} and {describe(second)} scored different test sets (dataset_sha256 tags "
@@ -101,30 +111,30 @@ def compare(first: Run, second: Run, config: BootstrapConfig) -> list[str]:
             f"and {tuple(b.shape)}; the same test set gives the same shape"
         )
     rows = []
-    for label, run, confusions in (("A", first, a), ("B", second, b)):
+    for label, run, confusions in zip(names, (first, second), (a, b), strict=True):
         low, high = percentile_interval(confusions, mean_iou, config)
         rows.append((f"{label}  {describe(run)}", mean_iou(confusions.sum(0)), low, high))
     # Each panel's two matrices side by side (N, 2, classes, classes): a resample draws them together.
     gain_low, gain_high = percentile_interval(
         torch.stack([a, b], dim=1), lambda pair: mean_iou(pair[1]) - mean_iou(pair[0]), config
     )
-    rows.append(("B - A", rows[1][1] - rows[0][1], gain_low, gain_high))
-    width = max(len(row[0]) for row in rows)
+    difference = f"{names[1]} - {names[0]}"
+    width = max(len(row[0]) for row in rows + [(difference,)])
     lines = [
         f"test miou on the same {len(a):,} panels; {config.confidence * 100:g}% intervals from "
-        f"{config.resamples} resamples of the panels (B - A: the same panels for both)"
+        f"{config.resamples} resamples of the panels ({difference}: the same panels for both)"
     ]
-    lines += [
-        f"{name:<{width}}  {value:+.4f}  [{low:+.4f}, {high:+.4f}]"
-        if name == "B - A"
-        else f"{name:<{width}}  {value:.4f}   [{low:.4f}, {high:.4f}]"
-        for name, value, low, high in rows
-    ]
+    lines += [f"{name:<{width}}  {value:.4f}   [{low:.4f}, {high:.4f}]" for name, value, low, high in rows]
+    gain = rows[1][1] - rows[0][1]
+    lines.append(f"{difference:<{width}}  {gain:+.4f}  [{gain_low:+.4f}, {gain_high:+.4f}]")
     if gain_low > 0 or gain_high < 0:
-        lines.append(f"B is {'above' if gain_low > 0 else 'below'} A: the interval of the difference excludes 0")
+        side = "above" if gain_low > 0 else "below"
+        lines.append(f"{names[1]} is {side} {names[0]}: the interval of the difference excludes 0")
     else:
-        lines.append("the test set does not tell A and B apart: the interval of the difference holds 0")
-    return lines
+        lines.append(
+            f"the test set does not tell {names[0]} and {names[1]} apart: the interval of the difference holds 0"
+        )
+    return Comparison(lines, gain_low, gain_high)
 
 
 def warn_of_other_settings(runs: list[Run], config: BootstrapConfig) -> None:

@@ -24,11 +24,14 @@ from mlflow.tracking import MlflowClient
 from segnet.errors import TrackingError
 from segnet.params import flatten
 from segnet.tracking.executions import PARENT_TAG, close_execution, open_execution
+from segnet.tracking.lineage import log_dataset
 
 log = logging.getLogger(__name__)
 
 TRAIN_STAGE = "train"
 EVALUATE_STAGE = "evaluate"
+# What each stage's run does with its dataset (MLflow's context), and the split it reads.
+DATASET_USE = {TRAIN_STAGE: ("training", "train"), EVALUATE_STAGE: ("evaluation", "test")}
 # The evaluate run's per-panel confusion matrices, from which `python -m segnet.compare` resamples two runs.
 PANEL_CONFUSIONS = "panel_confusions.npz"
 
@@ -202,9 +205,16 @@ def _git_commit(cwd: Path) -> str | None:
 
 @contextlib.contextmanager
 def stage_run(
-    stage: str, experiment: str, params: dict, tags: dict | None = None, resume_run_id: str | None = None
+    stage: str,
+    experiment: str,
+    params: dict,
+    tags: dict | None = None,
+    resume_run_id: str | None = None,
+    dataset: dict | None = None,
 ) -> Iterator[mlflow.ActiveRun]:
-    """Opens the MLflow run of one stage execution, with its params and identifying tags.
+    """Opens the MLflow run of one stage execution, with its params, identifying tags and the `dataset` it
+    reads (a prepared folder's dataset.json) as an MLflow dataset input. A train run samples the machine's
+    CPU, memory and GPU use as MLflow system metrics while it runs.
 
     A stage that raises ends its run as FAILED; one stopped by Ctrl-C or SIGTERM (KeyboardInterrupt) ends it
     as KILLED. `resume_run_id` reopens that run (a training resumed from its checkpoint) when the store
@@ -233,17 +243,25 @@ def stage_run(
     if parent_id:
         run_tags[PARENT_TAG] = parent_id  # a resumed training run moves under the execution that resumes it
     run_name = f"{stage} {dvc_experiment}" if dvc_experiment else stage
+    # The system metrics monitor announces its start, its GPU search and its stop at INFO on every run.
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
     if resume_run_id and not _run_exists(resume_run_id, experiment_id):
         log.warning("run %s to resume is not in this tracking store; starting a new run", resume_run_id)
         resume_run_id = None
     status, run_id = "FAILED", None
     try:
         with mlflow.start_run(
-            run_id=resume_run_id, experiment_id=experiment_id, run_name=run_name, tags=run_tags
+            run_id=resume_run_id,
+            experiment_id=experiment_id,
+            run_name=run_name,
+            tags=run_tags,
+            log_system_metrics=stage == TRAIN_STAGE,
         ) as run:
             run_id = run.info.run_id
             try:
                 _log_params(flatten(params), run if resume_run_id else None)
+                if dataset is not None:
+                    log_dataset(dataset, root, *DATASET_USE[stage])
                 yield run
                 status = "FINISHED"
             except KeyboardInterrupt:

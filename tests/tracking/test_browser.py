@@ -5,11 +5,6 @@ skips, saying why, where it cannot. Its screenshot, pass or fail, is tests/artif
 """
 
 import json
-import os
-import signal
-import subprocess
-import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,7 +16,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.wait import WebDriverWait
 
 from tests import test_pipeline
-from tests.helpers import apt_install_or_skip, free_port
+from tests.helpers import apt_install_or_skip, free_port, serving
 from tests.test_pipeline import clean_env, run, runs_by_stage
 
 project = test_pipeline.project  # the fixture: a tiny project after `dvc repro`, built once for this module
@@ -135,37 +130,9 @@ def mlflow_ui(root: Path) -> Iterator[str]:
         "--workers",
         "1",
     ]
-    log = root / "mlflow-ui.log"
-    with log.open("w") as output:
-        # Its own process group: the server's worker processes stop with it.
-        server = subprocess.Popen(
-            command,
-            cwd=root,
-            env=clean_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"),
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        # Generous: on two busy cores `mlflow ui` takes 20-40 s to import its server twice (command, then worker).
-        deadline = time.monotonic() + 180
-        while True:
-            assert server.poll() is None, f"mlflow ui exited ({server.returncode}):\n{log.read_text()}"
-            assert time.monotonic() < deadline, f"mlflow ui gave no /health within 180 s:\n{log.read_text()}"
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.2)
+    env = clean_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    with serving(command, root, env, f"{url}/health", root / "mlflow-ui.log"):
         yield url
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
 
 
 def _row(browser: webdriver.Chrome, section: str, label: str) -> list[str]:
