@@ -90,6 +90,16 @@ def test_the_pipeline_tracks_its_runs_in_a_shared_server_with_a_postgresql_datab
             assert list(shared.artifacts.rglob("evaluate.json"))
             assert not (project / "mlflow.db").exists() and not (project / "mlartifacts").exists()
 
+            # The server's Model Registry takes the first model as champion.
+            promoted = run(
+                [sys.executable, "-m", "segnet.promote", "workspace"],
+                project,
+                env=clean_env(MLFLOW_TRACKING_URI=shared.uri, PYTHONPATH=str(REPO)),
+            )
+            assert "has no champion yet" in promoted.stdout
+            champion = client.get_model_version_by_alias("segnet-multi-digit-mnist", "champion")
+            assert champion.run_id == runs["train"].info.run_id
+
             # The runs' metadata lives in PostgreSQL.
             with psycopg.connect(shared.backend_uri) as connection:
                 rows = connection.execute("SELECT run_uuid, status FROM runs").fetchall()
