@@ -44,7 +44,15 @@ def results_table(metrics: Path) -> str:
     weakest = min(CLASS_NAMES, key=lambda name: _number(per_class, files["evaluate"], name))
     score = {
         key: f"{number('evaluate', key):.4f}"
-        for key in ("miou", "miou_ci_low", "miou_ci_high", "miou_digits", "pixel_accuracy", "mean_class_accuracy")
+        for key in (
+            "miou",
+            "miou_ci_low",
+            "miou_ci_high",
+            "miou_digits",
+            "pixel_accuracy",
+            "mean_class_accuracy",
+            "boundary_f1",
+        )
     }
     rows = [
         (
@@ -54,7 +62,7 @@ def results_table(metrics: Path) -> str:
         ("test mIoU, the 10 digit classes", score["miou_digits"]),
         ("test global accuracy (G)", score["pixel_accuracy"]),
         ("test class average accuracy (C)", score["mean_class_accuracy"]),
-        ("test boundary F1 (BF)", _boundary_f1(contents["evaluate"], files["evaluate"])),
+        ("test boundary F1 (BF)", score["boundary_f1"]),
         ("lowest class IoU", f"{per_class[weakest]:.4f} ({'' if weakest == 'background' else 'digit '}{weakest})"),
         (
             "best validation mIoU",
@@ -130,13 +138,6 @@ def _read_json(path: Path) -> dict:
     if not isinstance(value, dict):
         raise ValueError(f"{path}: must hold a JSON object, got {type(value).__name__}")
     return value
-
-
-def _boundary_f1(scores: dict, path: Path) -> str:
-    """The BF cell; an evaluate.json from an evaluate stage that did not score boundaries says so."""
-    if "boundary_f1" not in scores:
-        return f"not scored: {path.name} has no boundary_f1 (dvc repro)"
-    return f"{_number(scores, path, 'boundary_f1'):.4f}"
 
 
 def _number(data: dict, path: Path, key: str) -> float:

@@ -17,6 +17,7 @@ SLOW_FILES = {
     "tests/dataset/test_fuzz.py",
     "tests/dataset/test_hostile_input.py",
     "tests/tuning/test_search.py",
+    "tests/prediction/test_predict.py",
 }
 """Files all of whose tests are slow, relative to the repository."""
 
@@ -38,6 +39,10 @@ SLOW_TESTS = {
         "test_without_a_compiler_the_kernels_are_off_with_a_warning_and_training_still_runs",
         "test_a_build_in_progress_is_waited_for_and_one_that_was_killed_is_cleared",
         "test_training_after_a_killed_build_loads_the_kernels_instead_of_waiting_forever",
+    },
+    "tests/prediction/test_models.py": {
+        "test_an_mlflow_model_gives_the_masks_of_the_folder_it_was_logged_from",
+        "test_an_mlflow_model_that_is_not_there_is_one_line_naming_it",
     },
     "tests/tracking/test_runs.py": {
         "test_processes_opening_runs_on_a_fresh_sqlite_store_at_once_all_succeed",
