@@ -58,11 +58,21 @@ def mask_png(mask: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+# Fewer pixels of a class than this are stray pixels at a digit's edge, not a digit: the thinnest MNIST digit,
+# a 1, covers about 60 pixels, and the default model's stray labels on test panels cover 1-15.
+MIN_DIGIT_PIXELS = 20
+
+
 def summary_line(picture: Picture, segmentation: Segmentation) -> str:
-    """`SOURCE: WxH[, inverted]: found 3 (412 px), 7 (388 px)`, or `...: no digits`; digits in their order."""
+    """`SOURCE: WxH[, inverted]: found 3 (412 px), 7 (388 px)[; stray pixels: 4 (2 px)]`, or `...: no digits`;
+    digits in their order, those under MIN_DIGIT_PIXELS as stray pixels."""
     height, width = segmentation.mask.shape
     counts = np.bincount(segmentation.mask.ravel(), minlength=NUM_CLASSES)
     digits = sorted((CLASS_NAMES[index], int(counts[index])) for index in range(1, NUM_CLASSES) if counts[index])
-    found = "found " + ", ".join(f"{name} ({count} px)" for name, count in digits) if digits else "no digits"
+    found = [f"{name} ({count} px)" for name, count in digits if count >= MIN_DIGIT_PIXELS]
+    stray = [f"{name} ({count} px)" for name, count in digits if count < MIN_DIGIT_PIXELS]
+    text = "found " + ", ".join(found) if found else "no digits"
+    if stray:
+        text += "; stray pixels: " + ", ".join(stray)
     inverted = ", inverted (dark ink on light)" if segmentation.inverted else ""
-    return f"{picture.source}: {width}x{height}{inverted}: {found}"
+    return f"{picture.source}: {width}x{height}{inverted}: {text}"

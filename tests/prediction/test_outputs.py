@@ -5,6 +5,7 @@ import pytest
 from PIL import Image
 
 from segnet.prediction import Picture, Segmentation, check_outputs, mask_png, output_paths, overlay_png, summary_line
+from segnet.prediction.outputs import MIN_DIGIT_PIXELS
 
 GREY = np.zeros((3, 5), dtype=np.float32)
 
@@ -17,14 +18,18 @@ def test_the_mask_is_an_8_bit_grey_png_of_the_class_indices_at_the_pictures_size
 
 
 def test_the_summary_names_the_size_the_inversion_and_each_digit_found_with_its_pixels():
-    mask = np.zeros((3, 5), dtype=np.uint8)
-    mask[0, :4] = 10  # the digit 0
-    mask[2, :2] = 3
+    mask = np.zeros((30, 50), dtype=np.uint8)
+    mask[0, :40] = 10  # the digit 0
+    mask[2, :MIN_DIGIT_PIXELS] = 3
+    mask[4, : MIN_DIGIT_PIXELS - 1] = 4  # too few pixels for a digit
     picture = Picture("a", "scans/a.png", GREY)
-    assert summary_line(picture, Segmentation(mask, False)) == "scans/a.png: 5x3: found 0 (4 px), 3 (2 px)"
-    assert summary_line(picture, Segmentation(mask * 0, True)) == (
-        "scans/a.png: 5x3, inverted (dark ink on light): no digits"
+    assert summary_line(picture, Segmentation(mask, False)) == (
+        f"scans/a.png: 50x30: found 0 (40 px), 3 ({MIN_DIGIT_PIXELS} px); stray pixels: 4 ({MIN_DIGIT_PIXELS - 1} px)"
     )
+    assert summary_line(picture, Segmentation(mask * (mask == 4), True)) == (
+        f"scans/a.png: 50x30, inverted (dark ink on light): no digits; stray pixels: 4 ({MIN_DIGIT_PIXELS - 1} px)"
+    )
+    assert summary_line(picture, Segmentation(mask * 0, False)) == "scans/a.png: 50x30: no digits"
 
 
 def pictures(*names: str) -> list[Picture]:
