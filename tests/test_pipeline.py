@@ -544,6 +544,7 @@ def test_killed_training_resumes_exactly_and_ctrl_c_saves_and_marks_the_run_kill
         finished = store(project).get_run(killed_run)
         assert finished.info.status == "FINISHED" and finished.data.tags["resumed_from_step"] == str(killed_at)
         assert finished.data.params["runtime.checkpoint_steps"] == str(every)
+        assert len(finished.inputs.dataset_inputs) == 1  # the resumed part read the same archive
         assert finished.data.tags["resumed_with.runtime.checkpoint_steps"] == str(every + 1)
         resumed_weights = (project / "data" / "model" / "model.pt").read_bytes()
         resumed_metrics = (project / "metrics" / "evaluate.json").read_bytes()
