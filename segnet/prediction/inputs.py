@@ -12,8 +12,8 @@ from segnet.prediction.images import luminance, read_image
 
 # What predict writes; in a folder these are its own earlier outputs, not inputs.
 OUTPUT_SUFFIXES = (".mask.png", ".overlay.png")
-# A .mat file's inflated size limit: params.yaml's data.max_member_bytes default (256 MiB), which the course's
-# files of 500 panels pass with room.
+# The most one .mat file may inflate to: predict's own guard against a zip-bomb-like file, which the course's files
+# of 500 panels (33-41 MB) pass with room. predict runs outside a project too, so it does not read params.yaml.
 MAX_MAT_BYTES = 256 * 1024 * 1024
 
 
