@@ -166,7 +166,7 @@ def interleaved_rounds(measures: Mapping[str, Callable[[], float]], rounds: int 
 
 
 def machine() -> dict:
-    """The CPU's model name, its cores, and the torch and Python versions."""
+    """The CPU's model name, its cores, the GPU torch sees (None without one), and the torch and Python versions."""
     cpu = platform.processor() or platform.machine()
     try:
         cpu = next(
@@ -179,6 +179,7 @@ def machine() -> dict:
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),
