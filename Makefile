@@ -9,10 +9,10 @@ export PATH := $(BIN):$(PATH)
 
 venv: $(VENV)/.installed
 
-# uv installs the lock, compiling every module on all cores, in a quarter of pip's time; pip installs only uv itself,
+# uv installs the lock, compiling every module on all cores, several times faster than pip; pip installs only uv itself,
 # at the version the lock pins. uv is given pip's own find-links, so it takes the same local CPU wheel of torch.
 # Compiled the modules must be: this machine sets PYTHONDONTWRITEBYTECODE, so nothing would compile them later.
-FIND_LINKS := $(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null)
+FIND_LINKS = $(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null)
 $(VENV)/.installed: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check "$$(grep '^uv==' requirements.txt)"

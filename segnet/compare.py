@@ -8,7 +8,6 @@ seeds and panels. The resampling settings are params.yaml's `evaluate.bootstrap`
 """
 
 import argparse
-import os
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
@@ -57,7 +56,6 @@ def main() -> None:
         raise ValueError(
             "params.yaml evaluate.bootstrap.resamples: 0 turns the intervals off; set it (to 1000, say) to compare"
         )
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # small files: stderr stays clean
     use_project_store(root)
     client = MlflowClient()
     experiment = params["tracking"]["experiment"]

@@ -40,10 +40,12 @@ def main() -> None:
     found = read_inputs(arguments.inputs)
     pictures = [item for item in found if isinstance(item, Picture)]
     check_outputs(arguments.out, pictures, arguments.overwrite)  # before the model: a refusal costs nothing
-    segmenter = load_segmenter(arguments.model)
+    segmenter = load_segmenter(arguments.model) if pictures else None
     for item in found:
         if isinstance(item, Unreadable):
             log.error("%s", item.problem)
+            continue
+        if segmenter is None:  # loaded whenever a picture was read: never here
             continue
         segmentation = segment(segmenter, item.grey)
         mask_path, overlay_path = output_paths(arguments.out, item.name)
@@ -52,7 +54,10 @@ def main() -> None:
         print(summary_line(item, segmentation), flush=True)
     failed = len(found) - len(pictures)
     if failed:
-        raise ValueError(f"{failed} of {len(found)} inputs could not be read (the lines above say why)")
+        raise ValueError(
+            f"{failed} file(s) or folder(s) could not be read, {len(pictures)} picture(s) were segmented "
+            "(the lines above say why)"
+        )
 
 
 if __name__ == "__main__":

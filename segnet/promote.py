@@ -9,7 +9,6 @@ the alias regardless. Use the champion as `models:/NAME@champion` (python -m seg
 """
 
 import argparse
-import os
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
@@ -30,15 +29,16 @@ def main() -> None:
     root = find_project(Path.cwd())
     params = load_params(root / "params.yaml")
     experiment, name = read_experiment(params), read_registered_model(params)
+    if any(character in name for character in "/:'"):  # MLflow refuses / and :, and ' would end its filters
+        raise ValueError(f"params.yaml tracking.registered_model: {name!r} may not hold /, : or '")
     config = read_bootstrap(params["evaluate"])
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # small files: stderr stays clean
     use_project_store(root)
     client = MlflowClient()
     if is_train_run(client, arguments.run):
         candidate = evaluate_run_of_training(client, experiment, arguments.run)
     else:
         candidate = find_evaluate_run(client, experiment, arguments.run, root)
-    train_run_id = training_run(client, candidate)
+    train_run_id = training_run(candidate)
     try:
         decision = decide(client, experiment, name, candidate, config)
     except ValueError as error:

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from segnet import PANEL_SIZE
+
 FORMATS = ("PNG", "JPEG")
 # 4096 x 4096: at 11 classes of float32 scores per pixel, about 1.5 GB while the image is segmented. Pillow's own
 # limit (about 179 million pixels) would allow a few hundred GB of scores.
@@ -36,7 +38,8 @@ def read_image(path: Path) -> np.ndarray:
         except Exception as error:  # Pillow raises many types on damaged headers
             raise _damaged(path, error) from error
         with image:
-            if image.width * image.height > MAX_PIXELS:
+            # The windows pad a side shorter than a panel to a panel's length: that is the area scored.
+            if max(image.width, PANEL_SIZE) * max(image.height, PANEL_SIZE) > MAX_PIXELS:
                 raise _too_large(path, f"{image.width}x{image.height} pixels")
             try:
                 return _grey(ImageOps.exif_transpose(image))

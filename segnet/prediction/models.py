@@ -57,7 +57,6 @@ def _mlflow_segmenter(uri: str) -> Segmenter:
     from mlflow.exceptions import MlflowException
 
     _use_tracking_store()
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # small files: stderr stays clean
     # The pt2 archive's example inputs are a pickle: MLflow checks it with torch's weights-only unpickler first,
     # so a model someone else logged cannot run code as it loads (docs/reliability.md). The caller may opt out.
     os.environ.setdefault("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")

@@ -6,7 +6,7 @@ segnet.tracking.comparison, on the test panels both models scored, puts its test
 the interval of the difference must exclude 0. The first model registered becomes champion unopposed.
 """
 
-import logging
+import contextlib
 from dataclasses import dataclass
 
 from mlflow.entities import Run
@@ -17,8 +17,6 @@ from mlflow.tracking import MlflowClient
 from segnet.evaluation.bootstrap import BootstrapConfig
 from segnet.tracking.comparison import compare, describe
 from segnet.tracking.runs import EVALUATE_STAGE, TRAIN_STAGE, find_run
-
-log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 # Where the train stage logs its model in its run (segnet.tracking.export.log_model).
@@ -35,7 +33,7 @@ class Decision:
     current: bool = False
 
 
-def training_run(client: MlflowClient, evaluate: Run) -> str:
+def training_run(evaluate: Run) -> str:
     """The id of the train run whose model `evaluate` scored (its `train_run_id` tag).
 
     Raises:
@@ -66,6 +64,7 @@ def evaluate_run_of_training(client: MlflowClient, experiment: str, train_run_id
 
 
 def is_train_run(client: MlflowClient, run_id: str) -> bool:
+    """Whether `run_id` names a train run of this store."""
     try:
         return client.get_run(run_id).data.tags.get("stage") == TRAIN_STAGE
     except MlflowException:
@@ -94,16 +93,40 @@ def decide(client: MlflowClient, experiment: str, name: str, candidate: Run, con
         return Decision([f"{name} has no champion yet: {describe(candidate)} becomes the first"], beats=True)
     if not current.run_id:  # registered by hand from a file, say
         raise ValueError(f"the champion, {name} version {current.version}, names no training run to compare with")
-    if current.run_id == training_run(client, candidate):
+    # The same weights from another training (training is bit-exact) are the champion too.
+    champion_weights = current.tags.get("model_sha256")
+    same_weights = bool(champion_weights) and candidate.data.tags.get("model_sha256") == champion_weights
+    if current.run_id == training_run(candidate) or same_weights:
         return Decision(
             [f"{describe(candidate)} is already the champion ({name} version {current.version})"], False, True
         )
-    defending = evaluate_run_of_training(client, experiment, current.run_id)
     try:
+        defending = champion_score(client, experiment, current, candidate)
         comparison = compare(defending, candidate, config, names=(f"champion v{current.version}", "candidate"))
     except ValueError as error:
         raise ValueError(f"cannot compare with the champion ({name} version {current.version}): {error}") from error
     return Decision(comparison.lines, beats=comparison.low > 0)
+
+
+def champion_score(client: MlflowClient, experiment: str, current: ModelVersion, candidate: Run) -> Run:
+    """The evaluate run that scored the champion `current` on the candidate's test set: the one that won it the
+    alias (its `evaluate_run_id` tag), else the latest that scored its training's model on those panels.
+
+    Raises:
+        ValueError: None did.
+    """
+    panels = candidate.data.tags.get("dataset_sha256")
+    with contextlib.suppress(MlflowException):
+        won = client.get_run(current.tags.get("evaluate_run_id", ""))
+        if won.data.tags.get("dataset_sha256") == panels and won.info.status == "FINISHED":
+            return won
+    found = find_run(experiment, EVALUATE_STAGE, "train_run_id", str(current.run_id), finished=True)
+    if found is None or client.get_run(found).data.tags.get("dataset_sha256") != panels:
+        raise ValueError(
+            f"no finished evaluate run in experiment '{experiment}' scored it on the candidate's test set "
+            f"(dataset_sha256 {panels})"
+        )
+    return client.get_run(found)
 
 
 def register(client: MlflowClient, name: str, train_run_id: str) -> ModelVersion:
@@ -126,14 +149,17 @@ def register(client: MlflowClient, name: str, train_run_id: str) -> ModelVersion
         raise ValueError(f"train run {train_run_id}: logged no model (status {run.info.status.lower()})")
     try:
         client.get_registered_model(name)
-    except MlflowException:
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
         client.create_registered_model(name, description="SegNet on multi-digit MNIST (python -m segnet.promote)")
     model_id = logged[0].model_id
     return client.create_model_version(name, f"models:/{model_id}", run_id=train_run_id, model_id=model_id)
 
 
 def crown(client: MlflowClient, name: str, version: ModelVersion, evaluate: Run) -> None:
-    """Moves the alias `champion` to `version`, recording on it the test score that won."""
+    """Moves the alias `champion` to `version`, recording on it the evaluate run that won it and its score."""
     client.set_model_version_tag(name, version.version, "evaluate_run_id", evaluate.info.run_id)
+    client.set_model_version_tag(name, version.version, "model_sha256", evaluate.data.tags.get("model_sha256", ""))
     client.set_model_version_tag(name, version.version, "test_miou", str(evaluate.data.metrics.get("miou")))
     client.set_registered_model_alias(name, CHAMPION, version.version)

@@ -134,6 +134,8 @@ def use_project_store(root: Path) -> str:
         check_server(user_uri)
     uri = resolve_tracking_uri(user_uri, root) if user_uri else default_tracking_uri(root)
     mlflow.set_tracking_uri(uri)
+    # The files this project downloads are small; MLflow's progress bars would only clutter stderr.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     return uri
 
 

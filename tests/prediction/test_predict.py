@@ -56,7 +56,7 @@ def test_good_pictures_are_written_and_each_bad_input_is_one_line(tmp_path, inpu
         f"ERROR segnet.predict: {inputs}/notes.txt: not a PNG or JPEG image",
         f"ERROR segnet.predict: {inputs}/other.mat: missing the key 'imgMat' (found: ['weights'])",
         f"ERROR segnet.predict: {tmp_path}/nothing: an empty folder (no files to read)",
-        "ERROR segnet: 5 of 9 inputs could not be read (the lines above say why)",
+        "ERROR segnet: 5 file(s) or folder(s) could not be read, 4 picture(s) were segmented (the lines above say why)",
     ]
     names = ["a", "b", "c-000", "c-001"]
     assert sorted(tree(out)) == sorted(f"{name}.{kind}.png" for name in names for kind in ("mask", "overlay"))

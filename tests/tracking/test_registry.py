@@ -35,7 +35,9 @@ def _panels(right_share: float, seed: int) -> np.ndarray:
 
 
 # Each training: (DVC experiment name, seed of its weights, share of pixels its evaluate run got right, panel seed).
-TRAININGS = {"weak": (1, 0.70, 1), "strong": (2, 0.90, 2), "peer": (3, 0.90, 3)}
+TRAININGS = {"weak": (1, 0.70, 1), "strong": (2, 0.90, 2), "peer": (3, 0.90, 3), "elsewhere": (4, 0.95, 4)}
+# The test set each training was scored on (its archive's hash): `elsewhere` scored other panels.
+DATASETS = {"elsewhere": "xyz"}
 
 
 def _model(seed: int) -> SegNet:
@@ -59,7 +61,7 @@ def store(tmp_path_factory):
     ids = {}
     try:
         for name, (seed, right, panel_seed) in TRAININGS.items():
-            tags = {"dvc_experiment": name, "dataset_sha256": "abc"}
+            tags = {"dvc_experiment": name, "dataset_sha256": DATASETS.get(name, "abc"), "model_sha256": name}
             train = client.create_run(experiment, tags={"stage": "train", **tags}).info.run_id
             model = _model(seed)
             with mlflow.start_run(run_id=train):
@@ -98,6 +100,7 @@ def _promote_here(folder: Path, uri: str, monkeypatch, capsys, *arguments: str) 
     """promote's main() in this process (each command's imports cost seconds): its output, and its refusal."""
     monkeypatch.chdir(folder)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # what promote sets, put back afterwards
     monkeypatch.setattr(sys, "argv", ["promote", *arguments])
     try:
         promote.main()
@@ -151,6 +154,14 @@ def test_the_first_model_is_champion_and_only_one_that_beats_it_takes_over(store
     versions = mlflow.MlflowClient(uri, registry_uri=uri).search_model_versions(f"name = '{NAME}'")
     assert sorted(int(version.version) for version in versions) == [1, 2, 3]  # each model registered once
 
+    # Scored on other panels: no comparison, so no promotion, and nothing registered.
+    _, refusal = _promote_here(folder, uri, monkeypatch, capsys, "elsewhere")
+    assert refusal is not None and refusal.startswith("cannot compare with the champion (segnet-multi-digit-mnist")
+    assert "scored it on the candidate's test set (dataset_sha256 xyz)" in refusal
+    assert refusal.endswith("; --force makes it champion without a comparison")
+    versions = mlflow.MlflowClient(uri, registry_uri=uri).search_model_versions(f"name = '{NAME}'")
+    assert len(versions) == 3 and _champion(uri) == ("3", ids["peer"]["train"])
+
 
 @pytest.mark.parametrize(
     ("name", "refusal"),
@@ -161,8 +172,11 @@ def test_the_first_model_is_champion_and_only_one_that_beats_it_takes_over(store
 )
 def test_a_run_that_cannot_be_promoted_is_refused_with_one_line(store, monkeypatch, capsys, name, refusal):
     folder, uri, ids = store
-    _, found = _promote_here(folder, uri, monkeypatch, capsys, ids[name]["train"] if name in ids else name)
+    run_id = ids[name]["train"] if name in ids else name
+    _, found = _promote_here(folder, uri, monkeypatch, capsys, run_id)
     assert found is not None and refusal in found
+    client = mlflow.MlflowClient(uri, registry_uri=uri)
+    assert not client.search_model_versions(f"name = '{NAME}' and run_id = '{run_id}'")  # nothing registered
 
 
 def _post(url: str, body: bytes) -> tuple[int, dict]:
