@@ -296,6 +296,19 @@ def run(
     return result
 
 
+def segnet_command(module: str, folder: Path, tracking_uri: str, *arguments: str) -> subprocess.CompletedProcess:
+    """`python -m segnet.MODULE ARGUMENTS` run in `folder` as a user runs it, on the store `tracking_uri` (not
+    checked: callers assert on its exit status and output)."""
+    return subprocess.run(
+        [sys.executable, "-m", f"segnet.{module}", *arguments],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=clean_env(PYTHONPATH=str(REPO), MLFLOW_TRACKING_URI=tracking_uri),
+    )
+
+
 def set_params(root: Path, overrides: dict) -> None:
     params = load_params(root / "params.yaml")
     for section, values in overrides.items():

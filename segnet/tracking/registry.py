@@ -121,12 +121,13 @@ def champion_score(client: MlflowClient, experiment: str, current: ModelVersion,
         if won.data.tags.get("dataset_sha256") == panels and won.info.status == "FINISHED":
             return won
     found = find_run(experiment, EVALUATE_STAGE, "train_run_id", str(current.run_id), finished=True)
-    if found is None or client.get_run(found).data.tags.get("dataset_sha256") != panels:
+    latest = client.get_run(found) if found else None
+    if latest is None or latest.data.tags.get("dataset_sha256") != panels:
         raise ValueError(
             f"no finished evaluate run in experiment '{experiment}' scored it on the candidate's test set "
             f"(dataset_sha256 {panels})"
         )
-    return client.get_run(found)
+    return latest
 
 
 def register(client: MlflowClient, name: str, train_run_id: str) -> ModelVersion:

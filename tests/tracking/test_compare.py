@@ -1,8 +1,6 @@
 """`python -m segnet.compare` on evaluate runs in a real MLflow store, as evaluate logs them."""
 
 import hashlib
-import subprocess
-import sys
 
 import mlflow
 import numpy as np
@@ -13,7 +11,7 @@ import yaml
 from segnet.evaluation.metrics import mean_iou
 from segnet.params import load_params
 from segnet.tracking.runs import PANEL_CONFUSIONS
-from tests.helpers import REPO, clean_env
+from tests.helpers import REPO, segnet_command
 
 EXPERIMENT = "segnet-multi-digit-mnist"
 
@@ -51,17 +49,6 @@ def store(tmp_path):
     return tmp_path, uri, add_run
 
 
-def _compare(folder, uri, *names) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "segnet.compare", *names],
-        cwd=folder,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=clean_env(PYTHONPATH=str(REPO), MLFLOW_TRACKING_URI=uri),
-    )
-
-
 def _set_bootstrap(folder, bootstrap) -> None:
     params = load_params(folder / "params.yaml")
     params["evaluate"]["bootstrap"] = bootstrap
@@ -76,7 +63,7 @@ def test_a_clearly_better_run_is_found_better_by_name_or_id(store):
     first = add_run(worse, name="baseline")
     add_run(better, name="fixed")
     add_run(None, name="fixed", status="FAILED")  # later, but failed: the name means the finished run
-    result = _compare(folder, uri, first, "fixed")
+    result = segnet_command("compare", folder, uri, first, "fixed")
     assert result.returncode == 0 and not result.stderr, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == (
@@ -87,7 +74,7 @@ def test_a_clearly_better_run_is_found_better_by_name_or_id(store):
     assert lines[1].split()[:5] == ["A", "baseline", "(run", f"{first[:8]})", f"{worse_miou:.4f}"]
     assert lines[2].split()[:2] == ["B", "fixed"] and lines[2].split()[4] == "1.0000"
     assert lines[-1] == "B is above A: the interval of the difference excludes 0"
-    assert _compare(folder, uri, "fixed", first).stdout.splitlines()[-1] == (
+    assert segnet_command("compare", folder, uri, "fixed", first).stdout.splitlines()[-1] == (
         "B is below A: the interval of the difference excludes 0"
     )
 
@@ -96,7 +83,7 @@ def test_two_runs_that_differ_by_chance_are_not_told_apart(store):
     # The same labels, errors on other pixels at the same rate: two models alike but for chance.
     folder, uri, add_run = store
     first, second = add_run(_panels(0.8, 1)), add_run(_panels(0.8, 2))
-    result = _compare(folder, uri, first, second)
+    result = segnet_command("compare", folder, uri, first, second)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == (
         "the test set does not tell A and B apart: the interval of the difference holds 0"
@@ -108,7 +95,7 @@ def test_the_interval_settings_come_from_params_yaml_and_a_run_that_used_others_
     _set_bootstrap(folder, {"resamples": 200, "confidence": 0.975, "seed": 1})
     first, second = add_run(_panels(0.8, 1)), add_run(_panels(0.8, 2))
     (folder / "sub").mkdir()  # from anywhere in the project: params.yaml is the root's
-    result = _compare(folder / "sub", uri, first, second)
+    result = segnet_command("compare", folder / "sub", uri, first, second)
     assert result.stdout.startswith("test miou on the same 200 panels; 97.5% intervals from 200 resamples")
     warnings = result.stderr.strip().splitlines()
     assert len(warnings) == 2 and all("logged its interval with other settings" in line for line in warnings)
@@ -118,19 +105,19 @@ def test_workspace_names_the_evaluate_run_of_the_model_in_data_model(store):
     folder, uri, add_run = store
     other = add_run(_panels(0.8, 1))
     model = folder / "data" / "model" / "model.pt"
-    result = _compare(folder, uri, "workspace", other)
+    result = segnet_command("compare", folder, uri, "workspace", other)
     assert result.returncode == 1
     assert result.stderr.strip() == f"ERROR segnet: workspace: no {model}; run the pipeline first (dvc repro)"
     model.parent.mkdir(parents=True)
     model.write_bytes(b"the weights of the workspace")
-    result = _compare(folder, uri, "workspace", other)
+    result = segnet_command("compare", folder, uri, "workspace", other)
     assert result.returncode == 1
     assert result.stderr.strip() == (
         f"ERROR segnet: workspace: no finished evaluate run scored {model}; run its evaluate stage (dvc repro)"
     )
     scored = add_run(_panels(0.9, 2), model_sha256=hashlib.sha256(model.read_bytes()).hexdigest())
     add_run(_panels(0.7, 3), model_sha256=hashlib.sha256(b"other weights").hexdigest())  # later, another model
-    result = _compare(folder, uri, "workspace", other)
+    result = segnet_command("compare", folder, uri, "workspace", other)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[1].split()[:3] == ["A", "run", scored[:8]]
 
@@ -160,7 +147,7 @@ def test_runs_that_cannot_be_compared_stop_with_one_line(store, case, message):
         "unknown": lambda: "nosuch",
         "other size": lambda: add_run(_panels(0.8, 2)[:100]),
     }[case]()
-    result = _compare(folder, uri, first, second)
+    result = segnet_command("compare", folder, uri, first, second)
     assert result.returncode == 1
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("ERROR segnet: ") and message in line
@@ -179,7 +166,7 @@ def test_runs_that_cannot_be_compared_stop_with_one_line(store, case, message):
 def test_interval_settings_that_allow_no_comparison_stop_it_with_one_line(store, bootstrap, message):
     folder, uri, add_run = store
     _set_bootstrap(folder, bootstrap)
-    result = _compare(folder, uri, add_run(_panels(0.8, 1)), add_run(_panels(0.8, 2)))
+    result = segnet_command("compare", folder, uri, add_run(_panels(0.8, 1)), add_run(_panels(0.8, 2)))
     assert result.returncode == 1
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith(f"ERROR segnet: {message}")

@@ -3,7 +3,6 @@ champion it names."""
 
 import json
 import os
-import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -21,7 +20,7 @@ from segnet.prediction import load_segmenter, segment
 from segnet.tracking.export import log_model
 from segnet.tracking.registry import CHAMPION
 from segnet.tracking.runs import PANEL_CONFUSIONS
-from tests.helpers import REPO, clean_env, digit_panels, free_port, model_config, serving
+from tests.helpers import REPO, clean_env, digit_panels, free_port, model_config, segnet_command, serving
 
 EXPERIMENT = "segnet-multi-digit-mnist"
 NAME = "segnet-multi-digit-mnist"  # params.yaml's tracking.registered_model
@@ -85,17 +84,6 @@ def store(tmp_path_factory):
     return folder, uri, ids
 
 
-def _promote(folder: Path, uri: str, *arguments: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "segnet.promote", *arguments],
-        cwd=folder,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=clean_env(PYTHONPATH=str(REPO), MLFLOW_TRACKING_URI=uri),
-    )
-
-
 def _promote_here(folder: Path, uri: str, monkeypatch, capsys, *arguments: str) -> tuple[str, str | None]:
     """promote's main() in this process (each command's imports cost seconds): its output, and its refusal."""
     monkeypatch.chdir(folder)
@@ -136,7 +124,7 @@ def test_the_first_model_is_champion_and_only_one_that_beats_it_takes_over(store
     assert won.tags["evaluate_run_id"] == ids["strong"]["evaluate"] and 0.8 < float(won.tags["test_miou"]) < 1
 
     # A worse one is refused with both scores and the interval, as a real command: exit 1 and one line.
-    result = _promote(folder, uri, "weak")
+    result = segnet_command("promote", folder, uri, "weak")
     assert result.returncode == 1
     assert "champion v2  strong" in result.stdout and "candidate is below champion v2" in result.stdout
     assert result.stderr.strip().splitlines()[-1] == (
