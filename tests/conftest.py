@@ -10,7 +10,7 @@ SLOW_FILES = {
     "tests/test_pipeline.py",
     "tests/test_benchmarks.py",
     "tests/tracking/test_server.py",
-    "tests/tracking/test_browser.py",
+    "tests/tracking/test_experiments.py",
     "tests/tracking/test_compare.py",
     "tests/tracking/test_registry.py",
     "tests/training/test_distributed.py",

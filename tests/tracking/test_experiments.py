@@ -1,10 +1,12 @@
-"""The comparison a user makes: two runs side by side in `mlflow ui`, read in a real headless Chromium.
+"""What a user does after a change of params: `dvc exp run -S`, tracked in DVC and MLflow, the runs compared by
+`python -m segnet.compare` and side by side in `mlflow ui`, read in a real headless Chromium.
 
-Needs Debian's chromium and chromium-driver; the test installs them with apt-get when it runs as root, and
-skips, saying why, where it cannot. Its screenshot, pass or fail, is tests/artifacts/mlflow-compare-runs.png.
+The browser needs Debian's chromium and chromium-driver; the test installs them with apt-get when it runs as
+root, and skips, saying why, where it cannot. Its screenshot, pass or fail, is tests/artifacts/mlflow-compare-runs.png.
 """
 
 import json
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +22,17 @@ from tests.helpers import apt_install_or_skip, free_port, serving
 from tests.test_pipeline import clean_env, run, runs_by_stage
 
 project = test_pipeline.project  # the fixture: a tiny project after `dvc repro`, built once for this module
+
+
+@pytest.fixture(scope="module")
+def experiments(project) -> dict[str, object]:
+    """The project's two experiments, by name: their evaluate runs, after lr-high ran in the workspace and lr-low
+    in a temporary copy (--temp), whose runs must still land in the root store."""
+    run(["dvc", "exp", "run", "-n", "lr-high", "-S", "train.lr=0.01"], project)
+    # DVC writes this value as `5e-05`, which only a YAML 1.2 reader takes for a number.
+    run(["dvc", "exp", "run", "--temp", "-n", "lr-low", "-S", "train.lr=0.00005"], project)
+    return {found.data.tags.get("dvc_experiment", "workspace"): found for found in runs_by_stage(project)["evaluate"]}
+
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -81,6 +94,54 @@ const header = [...document.querySelectorAll(".du-bois-light-collapse-header")]
   .find(element => element.innerText.trim() === arguments[0]);
 return [...header.closest(".du-bois-light-collapse-item").querySelectorAll("th")].map(th => th.innerText.trim());
 """
+
+
+def test_experiments_with_changed_params_are_tracked_in_dvc_and_mlflow(project, experiments):
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
+    in_dvc = {
+        exp["name"]: exp["data"]
+        for baseline in shown
+        for exp in (baseline.get("experiments") or [])
+        for exp in exp["revs"]
+    }
+    assert {"lr-high", "lr-low"} <= set(in_dvc)
+    assert in_dvc["lr-high"]["params"]["params.yaml"]["data"]["train"]["lr"] == 0.01
+    assert "miou" in in_dvc["lr-low"]["metrics"]["metrics/evaluate.json"]["data"]
+
+    evaluated = experiments
+    assert evaluated["lr-high"].data.params["train.lr"] == "0.01"
+    assert evaluated["lr-low"].data.params["train.lr"] == "5e-05"
+    trained = {found.info.run_id for found in runs_by_stage(project)["train"]}
+    assert evaluated["lr-low"].data.tags["train_run_id"] in trained
+    assert not list((project / ".dvc" / "tmp").rglob("mlflow.db"))
+
+    # The two experiments' test scores, each with the interval its evaluate run logged, and their paired difference.
+    compared = run([sys.executable, "-m", "segnet.compare", "lr-low", "lr-high"], project).stdout.splitlines()
+    assert compared[0].startswith("test miou on the same 12 panels; 95% intervals from 1000 resamples")
+    for line, side, name in zip(compared[1:3], "AB", ["lr-low", "lr-high"], strict=True):
+        metrics = evaluated[name].data.metrics
+        assert line.split()[:4] == [side, name, "(run", f"{evaluated[name].info.run_id[:8]})"]
+        assert line.split()[-3:] == [
+            f"{metrics['miou']:.4f}",
+            f"[{metrics['miou_ci_low']:.4f},",
+            f"{metrics['miou_ci_high']:.4f}]",
+        ]
+    difference = evaluated["lr-high"].data.metrics["miou"] - evaluated["lr-low"].data.metrics["miou"]
+    assert compared[3].split()[:4] == ["B", "-", "A", f"{difference:+.4f}"]
+    low, high = (float(bound.strip("[],")) for bound in compared[3].split()[4:6])
+    above = "B is above A: the interval of the difference excludes 0"
+    below = "B is below A: the interval of the difference excludes 0"
+    holds = "the test set does not tell A and B apart: the interval of the difference holds 0"
+    # The verdict follows from the printed interval; a bound printed as 0.0000 hides which side of 0 it lies on.
+    expected = {above} if low > 0 else {below} if high < 0 else {holds} if low < 0 < high else {holds, above, below}
+    assert low <= high and compared[4] in expected, compared
+    # The workspace holds what the last `dvc exp run` without --temp left there: lr-high's model.
+    workspace = run([sys.executable, "-m", "segnet.compare", "lr-low", "workspace"], project).stdout.splitlines()
+    assert workspace[1:3] == compared[1:3]
+    train_run = evaluated["lr-low"].data.tags["train_run_id"]
+    refused = run([sys.executable, "-m", "segnet.compare", train_run, "lr-high"], project, check=False)
+    assert refused.returncode == 1
+    assert f"run {train_run}: a train run, not an evaluate run" in refused.stderr
 
 
 def _install_chromium_or_skip() -> None:
@@ -145,10 +206,9 @@ def _compared(browser: webdriver.Chrome) -> bool:
     return all(len(_row(browser, section, label)) == 2 for section, label in rows)
 
 
-def test_mlflow_ui_compares_two_runs_that_differ_in_one_param(browser, project):
-    run(["dvc", "exp", "run", "-n", "lr-high", "-S", "train.lr=0.01"], project)
+def test_mlflow_ui_compares_two_runs_that_differ_in_one_param(browser, project, experiments):
     # The evaluate runs carry the training params next to the test metrics: the pair a user compares.
-    baseline, changed = runs_by_stage(project)["evaluate"]
+    baseline, changed = experiments["workspace"], experiments["lr-high"]
     differing = {name for name, value in changed.data.params.items() if baseline.data.params.get(name) != value}
     assert differing == {"train.lr"} and changed.data.params["train.lr"] == "0.01"
 
@@ -202,8 +262,8 @@ def test_mlflow_ui_compares_two_runs_that_differ_in_one_param(browser, project):
     assert shown["Run Name:"] == ["evaluate", "evaluate lr-high"]
     assert shown["train.lr"] == [baseline.data.params["train.lr"], "0.01"]
     assert differing_shown == ["train.lr"]
-    # Collapsed, the table lists the two executions, newest first, and no stage run.
-    assert collapsed == ["lr-high", "workspace"]
+    # Collapsed, the table lists the three executions, newest first, and no stage run.
+    assert collapsed == ["lr-low", "lr-high", "workspace"]
     # Expanded, lr-high's stage runs follow its row. Generate and prepare did not run again (their data did not
     # change), so only train and evaluate are there.
     position = expanded.index("lr-high")
