@@ -4,6 +4,7 @@ import ast
 import contextlib
 import dataclasses
 import fcntl
+import importlib
 import io
 import os
 import shutil
@@ -19,6 +20,7 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -307,6 +309,29 @@ def segnet_command(module: str, folder: Path, tracking_uri: str, *arguments: str
         timeout=120,
         env=clean_env(PYTHONPATH=str(REPO), MLFLOW_TRACKING_URI=tracking_uri),
     )
+
+
+def segnet_in_process(module: str, folder: Path, tracking_uri: str, *arguments: str) -> subprocess.CompletedProcess:
+    """segnet_command's result without its process: `segnet.MODULE`'s main() run here in `folder`, its printout
+    and exit status captured, a refusal (a ValueError, DatasetError included) as the line run_stage prints.
+
+    A process spends seconds importing torch and MLflow, so the refusals and printouts of a command run here;
+    a test or two per command keep the real process (exit status, no traceback, the warnings it logs).
+    """
+    main = importlib.import_module(f"segnet.{module}").main
+    stdout = io.StringIO()
+    with (
+        contextlib.chdir(folder),
+        mock.patch.object(sys, "argv", [f"python -m segnet.{module}", *arguments]),
+        mock.patch.dict(os.environ, {"MLFLOW_TRACKING_URI": tracking_uri}),
+        contextlib.redirect_stdout(stdout),
+    ):
+        try:
+            main()
+            returncode, stderr = 0, ""
+        except ValueError as error:
+            returncode, stderr = 1, f"ERROR segnet: {error}\n"
+    return subprocess.CompletedProcess([module, *arguments], returncode, stdout.getvalue(), stderr)
 
 
 def set_params(root: Path, overrides: dict) -> None:

@@ -1,4 +1,7 @@
-"""`python -m segnet.compare` on evaluate runs in a real MLflow store, as evaluate logs them."""
+"""`python -m segnet.compare` on evaluate runs in a real MLflow store, as evaluate logs them.
+
+Two tests run the real command (a result, and warnings on stderr); the others run its main() in this process.
+"""
 
 import hashlib
 
@@ -11,7 +14,7 @@ import yaml
 from segnet.evaluation.metrics import mean_iou
 from segnet.params import load_params
 from segnet.tracking.runs import PANEL_CONFUSIONS
-from tests.helpers import REPO, segnet_command
+from tests.helpers import REPO, segnet_command, segnet_in_process
 
 EXPERIMENT = "segnet-multi-digit-mnist"
 
@@ -74,7 +77,7 @@ def test_a_clearly_better_run_is_found_better_by_name_or_id(store):
     assert lines[1].split()[:5] == ["A", "baseline", "(run", f"{first[:8]})", f"{worse_miou:.4f}"]
     assert lines[2].split()[:2] == ["B", "fixed"] and lines[2].split()[4] == "1.0000"
     assert lines[-1] == "B is above A: the interval of the difference excludes 0"
-    assert segnet_command("compare", folder, uri, "fixed", first).stdout.splitlines()[-1] == (
+    assert segnet_in_process("compare", folder, uri, "fixed", first).stdout.splitlines()[-1] == (
         "B is below A: the interval of the difference excludes 0"
     )
 
@@ -83,7 +86,7 @@ def test_two_runs_that_differ_by_chance_are_not_told_apart(store):
     # The same labels, errors on other pixels at the same rate: two models alike but for chance.
     folder, uri, add_run = store
     first, second = add_run(_panels(0.8, 1)), add_run(_panels(0.8, 2))
-    result = segnet_command("compare", folder, uri, first, second)
+    result = segnet_in_process("compare", folder, uri, first, second)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == (
         "the test set does not tell A and B apart: the interval of the difference holds 0"
@@ -105,19 +108,19 @@ def test_workspace_names_the_evaluate_run_of_the_model_in_data_model(store):
     folder, uri, add_run = store
     other = add_run(_panels(0.8, 1))
     model = folder / "data" / "model" / "model.pt"
-    result = segnet_command("compare", folder, uri, "workspace", other)
+    result = segnet_in_process("compare", folder, uri, "workspace", other)
     assert result.returncode == 1
     assert result.stderr.strip() == f"ERROR segnet: workspace: no {model}; run the pipeline first (dvc repro)"
     model.parent.mkdir(parents=True)
     model.write_bytes(b"the weights of the workspace")
-    result = segnet_command("compare", folder, uri, "workspace", other)
+    result = segnet_in_process("compare", folder, uri, "workspace", other)
     assert result.returncode == 1
     assert result.stderr.strip() == (
         f"ERROR segnet: workspace: no finished evaluate run scored {model}; run its evaluate stage (dvc repro)"
     )
     scored = add_run(_panels(0.9, 2), model_sha256=hashlib.sha256(model.read_bytes()).hexdigest())
     add_run(_panels(0.7, 3), model_sha256=hashlib.sha256(b"other weights").hexdigest())  # later, another model
-    result = segnet_command("compare", folder, uri, "workspace", other)
+    result = segnet_in_process("compare", folder, uri, "workspace", other)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[1].split()[:3] == ["A", "run", scored[:8]]
 
@@ -147,7 +150,7 @@ def test_runs_that_cannot_be_compared_stop_with_one_line(store, case, message):
         "unknown": lambda: "nosuch",
         "other size": lambda: add_run(_panels(0.8, 2)[:100]),
     }[case]()
-    result = segnet_command("compare", folder, uri, first, second)
+    result = segnet_in_process("compare", folder, uri, first, second)
     assert result.returncode == 1
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("ERROR segnet: ") and message in line
@@ -166,7 +169,7 @@ def test_runs_that_cannot_be_compared_stop_with_one_line(store, case, message):
 def test_interval_settings_that_allow_no_comparison_stop_it_with_one_line(store, bootstrap, message):
     folder, uri, add_run = store
     _set_bootstrap(folder, bootstrap)
-    result = segnet_command("compare", folder, uri, add_run(_panels(0.8, 1)), add_run(_panels(0.8, 2)))
+    result = segnet_in_process("compare", folder, uri, add_run(_panels(0.8, 1)), add_run(_panels(0.8, 2)))
     assert result.returncode == 1
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith(f"ERROR segnet: {message}")

@@ -1,16 +1,11 @@
 """`python -m segnet.compare --by KEY` on evaluate runs in a real MLflow store, and the bootstrap over seeds and
 panels that it rests on."""
 
-import contextlib
-import io
 import itertools
-import os
 import re
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from unittest import mock
 
 import mlflow
 import numpy as np
@@ -19,13 +14,12 @@ import torch
 import yaml
 from mlflow.entities import Param
 
-from segnet import compare
 from segnet.evaluation.bootstrap import BootstrapConfig, percentile_interval, seed_and_panel_resamples
 from segnet.evaluation.metrics import mean_iou
 from segnet.params import load_params
 from segnet.tracking.groups import evaluate_runs, parse_where, same_value, select_groups, split_values
 from segnet.tracking.runs import PANEL_CONFUSIONS
-from tests.helpers import REPO, clean_env
+from tests.helpers import REPO, clean_env, segnet_in_process
 
 RESAMPLES = 400
 # The params an evaluate run carries from the model it scored, flattened as MLflow holds them.
@@ -133,27 +127,12 @@ def store(tmp_path_factory):
     # Each process spends seconds importing torch and mlflow: the real command runs for a success, a refusal by
     # the library and one by the command line; the other refusals run its main() in this process.
     in_process = [name for name in COMMANDS if name not in IN_PROCESSES]
-    results = {name: _in_process(folders[COMMANDS[name][0]], COMMANDS[name][1:], uri) for name in in_process}
+    results = {
+        name: segnet_in_process("compare", folders[COMMANDS[name][0]], uri, *COMMANDS[name][1:]) for name in in_process
+    }
     with ThreadPoolExecutor(max_workers=len(IN_PROCESSES)) as pool:
         results |= dict(zip(IN_PROCESSES, pool.map(command, IN_PROCESSES), strict=True))
     return uri, folders, results
-
-
-def _in_process(folder: Path, arguments: tuple[str, ...], uri: str) -> subprocess.CompletedProcess:
-    """`python -m segnet.compare ARGUMENTS` in `folder` as run_stage runs its main(), in this process."""
-    stdout = io.StringIO()
-    with (
-        contextlib.chdir(folder),
-        mock.patch.object(sys, "argv", ["python -m segnet.compare", *arguments]),
-        mock.patch.dict(os.environ, {"MLFLOW_TRACKING_URI": uri}),
-        contextlib.redirect_stdout(stdout),
-    ):
-        try:
-            compare.main()
-            returncode, stderr = 0, ""
-        except ValueError as error:
-            returncode, stderr = 1, f"ERROR segnet: {error}\n"
-    return subprocess.CompletedProcess(arguments, returncode, stdout.getvalue(), stderr)
 
 
 def _add_run(client, experiment_id, root, order, trained, share, more) -> None:
