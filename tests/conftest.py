@@ -25,15 +25,11 @@ SLOW_TESTS = {
     "tests/test_cli.py": {"test_a_stage_run_by_hand_with_the_wrong_paths_prints_its_usage"},
     "tests/dataset/test_prepare.py": {
         "test_a_killed_prepare_stage_leaves_the_earlier_output_or_a_complete_new_one",
-        "test_bad_data_settings_stop_the_stage_with_one_line_naming_the_key",
-        "test_an_output_path_that_holds_the_users_own_files_is_refused_and_kept",
         "test_an_output_folder_of_other_files_is_refused_and_an_earlier_output_replaced",
         "test_the_train_stage_refuses_a_model_folder_it_cannot_replace_before_it_trains",
     },
     "tests/evaluation/test_evaluate_input.py": {
-        "test_model_settings_that_make_no_segnet_are_named",
         "test_the_stage_refuses_weights_of_another_model_before_its_mlflow_run",
-        "test_bad_interval_settings_stop_the_stage_with_one_line_before_its_mlflow_run",
     },
     "tests/speed/test_cpu_kernels.py": {
         "test_without_a_compiler_the_kernels_are_off_with_a_warning_and_training_still_runs",

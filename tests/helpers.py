@@ -311,19 +311,20 @@ def segnet_command(module: str, folder: Path, tracking_uri: str, *arguments: str
     )
 
 
-def segnet_in_process(module: str, folder: Path, tracking_uri: str, *arguments: str) -> subprocess.CompletedProcess:
-    """segnet_command's result without its process: `segnet.MODULE`'s main() run here in `folder`, its printout
-    and exit status captured, a refusal (a ValueError, DatasetError included) as the line run_stage prints.
+def main_in_process(module: str, folder: Path, *arguments: str, **env: str) -> subprocess.CompletedProcess:
+    """`python -m MODULE ARGUMENTS` run in `folder` without a process of its own: its main() called here, in
+    clean_env() with `env`, its printout and exit status captured, a refusal (a ValueError, DatasetError
+    included) as the one line run_stage prints for it.
 
-    A process spends seconds importing torch and MLflow, so the refusals and printouts of a command run here;
-    a test or two per command keep the real process (exit status, no traceback, the warnings it logs).
+    A process spends seconds importing torch and MLflow, so a command's refusals and printouts run here; each
+    command keeps a test of its real process (the exit status, no traceback, the warnings it logs).
     """
-    main = importlib.import_module(f"segnet.{module}").main
+    main = importlib.import_module(module).main
     stdout = io.StringIO()
     with (
         contextlib.chdir(folder),
-        mock.patch.object(sys, "argv", [f"python -m segnet.{module}", *arguments]),
-        mock.patch.dict(os.environ, {"MLFLOW_TRACKING_URI": tracking_uri}),
+        mock.patch.object(sys, "argv", [f"python -m {module}", *arguments]),
+        mock.patch.dict(os.environ, clean_env(**env), clear=True),
         contextlib.redirect_stdout(stdout),
     ):
         try:
@@ -332,6 +333,11 @@ def segnet_in_process(module: str, folder: Path, tracking_uri: str, *arguments: 
         except ValueError as error:
             returncode, stderr = 1, f"ERROR segnet: {error}\n"
     return subprocess.CompletedProcess([module, *arguments], returncode, stdout.getvalue(), stderr)
+
+
+def segnet_in_process(module: str, folder: Path, tracking_uri: str, *arguments: str) -> subprocess.CompletedProcess:
+    """segnet_command's result from main_in_process: `python -m segnet.MODULE ARGUMENTS` on `tracking_uri`."""
+    return main_in_process(f"segnet.{module}", folder, *arguments, MLFLOW_TRACKING_URI=tracking_uri)
 
 
 def set_params(root: Path, overrides: dict) -> None:

@@ -13,7 +13,7 @@ from segnet.files import save_torch, write_json
 from segnet.model.network import SegNet
 from segnet.model.storage import read_model
 from segnet.params import load_params
-from tests.helpers import REPO, clean_env, model_config
+from tests.helpers import REPO, clean_env, main_in_process, model_config
 
 # A small SegNet's whole config, as the train stage records it (JSON: lists, not tuples).
 SMALL = json.loads(json.dumps(dataclasses.asdict(model_config(encoder_channels=[4] * 4, decoder_channels=[4] * 4))))
@@ -84,15 +84,9 @@ def test_model_settings_that_make_no_segnet_are_named(tmp_path, model, message):
     folder = _model_folder(tmp_path / "model", model=model)
     (tmp_path / "params.yaml").write_bytes((REPO / "params.yaml").read_bytes())
     outputs = [str(tmp_path / name) for name in ("evaluate.json", "confusion.png", "predictions.png")]
-    result = subprocess.run(
-        [sys.executable, "-m", "stages.evaluate", "prepared", str(folder), *outputs],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=clean_env(PYTHONPATH=str(REPO), MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'm.db'}"),
-    )
-    assert result.returncode == 1 and "Traceback" not in result.stderr
+    store = f"sqlite:///{tmp_path / 'm.db'}"
+    result = main_in_process("stages.evaluate", tmp_path, "prepared", str(folder), *outputs, MLFLOW_TRACKING_URI=store)
+    assert result.returncode == 1
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith(f"ERROR segnet: {folder / 'config.json'}: its model settings do not make a SegNet (")
     assert message in line
@@ -138,13 +132,8 @@ def test_bad_interval_settings_stop_the_stage_with_one_line_before_its_mlflow_ru
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     outputs = [str(tmp_path / name) for name in ("evaluate.json", "confusion.png", "predictions.png")]
     store = tmp_path / "mlflow.db"
-    result = subprocess.run(
-        [sys.executable, "-m", "stages.evaluate", "prepared", str(model), *outputs],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=clean_env(PYTHONPATH=str(REPO), MLFLOW_TRACKING_URI=f"sqlite:///{store}"),
+    result = main_in_process(
+        "stages.evaluate", tmp_path, "prepared", str(model), *outputs, MLFLOW_TRACKING_URI=f"sqlite:///{store}"
     )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [f"ERROR segnet: {message}"]
