@@ -42,8 +42,9 @@ lint: venv
 	mypy $(LINTED)
 
 # One worker per core; a test file stays on one worker, since its module fixtures (a tiny project after
-# `dvc repro`) are built once per worker that runs its tests.
-PYTEST := python -m pytest -rs -n auto --dist loadfile --durations=15
+# `dvc repro`) are built once per worker that runs its tests. Files go out in the order tests/conftest.py
+# gives them, the longest first, not in pytest-xdist's own order (by number of tests).
+PYTEST := python -m pytest -rs -n auto --dist loadfile --no-loadscope-reorder --durations=15
 test: lint
 	$(PYTEST) tests
 

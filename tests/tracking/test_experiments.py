@@ -12,26 +12,31 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from mlflow.entities import Run
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.wait import WebDriverWait
 
-from tests import test_pipeline
-from tests.helpers import apt_install_or_skip, free_port, serving
-from tests.test_pipeline import clean_env, run, runs_by_stage
-
-project = test_pipeline.project  # the fixture: a tiny project after `dvc repro`, built once for this module
+from tests.helpers import apt_install_or_skip, clean_env, free_port, run, serving, tiny_project
+from tests.test_pipeline import runs_by_stage
 
 
 @pytest.fixture(scope="module")
-def experiments(project) -> dict[str, object]:
-    """The project's two experiments, by name: their evaluate runs, after lr-high ran in the workspace and lr-low
-    in a temporary copy (--temp), whose runs must still land in the root store."""
-    run(["dvc", "exp", "run", "-n", "lr-high", "-S", "train.lr=0.01"], project)
+def project(tmp_path_factory) -> Path:
+    """A tiny project, committed, in which a user ran two experiments: lr-high in the workspace, then lr-low in
+    a temporary copy (--temp), whose runs must still land in the root store."""
+    root = tiny_project(tmp_path_factory.mktemp("experiments"))
+    run(["dvc", "exp", "run", "-n", "lr-high", "-S", "train.lr=0.01"], root)
     # DVC writes this value as `5e-05`, which only a YAML 1.2 reader takes for a number.
-    run(["dvc", "exp", "run", "--temp", "-n", "lr-low", "-S", "train.lr=0.00005"], project)
-    return {found.data.tags.get("dvc_experiment", "workspace"): found for found in runs_by_stage(project)["evaluate"]}
+    run(["dvc", "exp", "run", "--temp", "-n", "lr-low", "-S", "train.lr=0.00005"], root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def experiments(project) -> dict[str, Run]:
+    """The evaluate run of each experiment, by name."""
+    return {found.data.tags["dvc_experiment"]: found for found in runs_by_stage(project)["evaluate"]}
 
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -208,7 +213,7 @@ def _compared(browser: webdriver.Chrome) -> bool:
 
 def test_mlflow_ui_compares_two_runs_that_differ_in_one_param(browser, project, experiments):
     # The evaluate runs carry the training params next to the test metrics: the pair a user compares.
-    baseline, changed = experiments["workspace"], experiments["lr-high"]
+    baseline, changed = experiments["lr-low"], experiments["lr-high"]
     differing = {name for name, value in changed.data.params.items() if baseline.data.params.get(name) != value}
     assert differing == {"train.lr"} and changed.data.params["train.lr"] == "0.01"
 
@@ -241,34 +246,33 @@ def test_mlflow_ui_compares_two_runs_that_differ_in_one_param(browser, project, 
         finally:
             SCREENSHOT.parent.mkdir(exist_ok=True)
             browser.save_screenshot(str(SCREENSHOT))
-        # The runs table: one row per pipeline execution; expanding lr-high's shows the stage runs it holds.
+        # The runs table: one row per pipeline execution; expanding lr-low's shows the stage runs it holds.
         browser.get(f"{url}/#/experiments/{baseline.info.experiment_id}/runs")
         try:
             WebDriverWait(browser, 120).until(
-                lambda page: "lr-high" in page.execute_script(RUN_NAMES, None), message="no lr-high row within 120 s"
+                lambda page: "lr-low" in page.execute_script(RUN_NAMES, None), message="no lr-low row within 120 s"
             )
             collapsed = browser.execute_script(RUN_NAMES, None)
             WebDriverWait(browser, 60).until(
-                lambda page: page.execute_script(RUN_NAMES, "lr-high"), message="lr-high's row has no expander"
+                lambda page: page.execute_script(RUN_NAMES, "lr-low"), message="lr-low's row has no expander"
             )
             WebDriverWait(browser, 60).until(
-                lambda page: "train lr-high" in page.execute_script(RUN_NAMES, None), message="lr-high did not expand"
+                lambda page: "train lr-low" in page.execute_script(RUN_NAMES, None), message="lr-low did not expand"
             )
             expanded = browser.execute_script(RUN_NAMES, None)
         finally:
             browser.save_screenshot(str(NESTED_SCREENSHOT))
 
     assert shown["Run ID:"] == ids
-    assert shown["Run Name:"] == ["evaluate", "evaluate lr-high"]
-    assert shown["train.lr"] == [baseline.data.params["train.lr"], "0.01"]
+    assert shown["Run Name:"] == ["evaluate lr-low", "evaluate lr-high"]
+    assert shown["train.lr"] == ["5e-05", "0.01"]
     assert differing_shown == ["train.lr"]
-    # Collapsed, the table lists the three executions, newest first, and no stage run.
-    assert collapsed == ["lr-low", "lr-high", "workspace"]
-    # Expanded, lr-high's stage runs follow its row. Generate and prepare did not run again (their data did not
-    # change), so only train and evaluate are there.
-    position = expanded.index("lr-high")
-    assert sorted(expanded[position + 1 : position + 3]) == ["evaluate lr-high", "train lr-high"]
-    assert expanded[position + 3 :] == ["workspace"]
+    # Collapsed, the table lists the two executions, newest first, and no stage run.
+    assert collapsed == ["lr-low", "lr-high"]
+    # Expanded, lr-low's stage runs follow its row. Generate and prepare did not run again (lr-high had made
+    # the same data), so only train and evaluate are there.
+    assert sorted(expanded[1:3]) == ["evaluate lr-low", "train lr-low"]
+    assert expanded[:1] + expanded[3:] == ["lr-low", "lr-high"]
     # The page rounds metrics to three decimals (or three significant digits below 0.001).
     assert [float(value) for value in shown["miou"]] == pytest.approx(
         [baseline.data.metrics["miou"], changed.data.metrics["miou"]], abs=5e-4

@@ -260,6 +260,7 @@ def test_a_process_that_fails_while_the_job_stops_on_ctrl_c_is_reported_and_the_
 ):
     (tmp_path / "stopping_job.py").write_text(FAILING_WHILE_STOPPING)
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(distributed, "_FAILED_JOB_GRACE_S", 1.0)  # the test waits it out: 1 s, not 10
 
     threading.Thread(target=_ctrl_c_once_ready, args=(tmp_path,), daemon=True).start()
     started = time.monotonic()
