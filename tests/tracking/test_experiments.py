@@ -18,7 +18,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.wait import WebDriverWait
 
-from tests.helpers import apt_install_or_skip, clean_env, free_port, run, serving, tiny_project
+from tests.helpers import apt_install_or_skip, clean_env, free_port, main_in_process, run, serving, tiny_project
 from tests.test_pipeline import runs_by_stage
 
 
@@ -113,25 +113,24 @@ def test_experiments_with_changed_params_are_tracked_in_dvc_and_mlflow(project, 
     assert in_dvc["lr-high"]["params"]["params.yaml"]["data"]["train"]["lr"] == 0.01
     assert "miou" in in_dvc["lr-low"]["metrics"]["metrics/evaluate.json"]["data"]
 
-    evaluated = experiments
-    assert evaluated["lr-high"].data.params["train.lr"] == "0.01"
-    assert evaluated["lr-low"].data.params["train.lr"] == "5e-05"
+    assert experiments["lr-high"].data.params["train.lr"] == "0.01"
+    assert experiments["lr-low"].data.params["train.lr"] == "5e-05"
     trained = {found.info.run_id for found in runs_by_stage(project)["train"]}
-    assert evaluated["lr-low"].data.tags["train_run_id"] in trained
+    assert experiments["lr-low"].data.tags["train_run_id"] in trained
     assert not list((project / ".dvc" / "tmp").rglob("mlflow.db"))
 
     # The two experiments' test scores, each with the interval its evaluate run logged, and their paired difference.
     compared = run([sys.executable, "-m", "segnet.compare", "lr-low", "lr-high"], project).stdout.splitlines()
     assert compared[0].startswith("test miou on the same 12 panels; 95% intervals from 1000 resamples")
     for line, side, name in zip(compared[1:3], "AB", ["lr-low", "lr-high"], strict=True):
-        metrics = evaluated[name].data.metrics
-        assert line.split()[:4] == [side, name, "(run", f"{evaluated[name].info.run_id[:8]})"]
+        metrics = experiments[name].data.metrics
+        assert line.split()[:4] == [side, name, "(run", f"{experiments[name].info.run_id[:8]})"]
         assert line.split()[-3:] == [
             f"{metrics['miou']:.4f}",
             f"[{metrics['miou_ci_low']:.4f},",
             f"{metrics['miou_ci_high']:.4f}]",
         ]
-    difference = evaluated["lr-high"].data.metrics["miou"] - evaluated["lr-low"].data.metrics["miou"]
+    difference = experiments["lr-high"].data.metrics["miou"] - experiments["lr-low"].data.metrics["miou"]
     assert compared[3].split()[:4] == ["B", "-", "A", f"{difference:+.4f}"]
     low, high = (float(bound.strip("[],")) for bound in compared[3].split()[4:6])
     above = "B is above A: the interval of the difference excludes 0"
@@ -141,10 +140,10 @@ def test_experiments_with_changed_params_are_tracked_in_dvc_and_mlflow(project, 
     expected = {above} if low > 0 else {below} if high < 0 else {holds} if low < 0 < high else {holds, above, below}
     assert low <= high and compared[4] in expected, compared
     # The workspace holds what the last `dvc exp run` without --temp left there: lr-high's model.
-    workspace = run([sys.executable, "-m", "segnet.compare", "lr-low", "workspace"], project).stdout.splitlines()
+    workspace = main_in_process("segnet.compare", project, "lr-low", "workspace").stdout.splitlines()
     assert workspace[1:3] == compared[1:3]
-    train_run = evaluated["lr-low"].data.tags["train_run_id"]
-    refused = run([sys.executable, "-m", "segnet.compare", train_run, "lr-high"], project, check=False)
+    train_run = experiments["lr-low"].data.tags["train_run_id"]
+    refused = main_in_process("segnet.compare", project, train_run, "lr-high")
     assert refused.returncode == 1
     assert f"run {train_run}: a train run, not an evaluate run" in refused.stderr
 
