@@ -20,7 +20,6 @@ SLOW_FILES = (
     "tests/test_benchmarks.py",
     "tests/prediction/test_predict.py",
     "tests/tracking/test_registry.py",
-    "tests/tracking/test_compare.py",
     "tests/dataset/test_hostile_input.py",
     "tests/dataset/test_fuzz.py",
 )
@@ -32,6 +31,10 @@ SLOW_TESTS = {
         "test_a_killed_prepare_stage_leaves_the_earlier_output_or_a_complete_new_one",
         "test_an_output_folder_of_other_files_is_refused_and_an_earlier_output_replaced",
         "test_the_train_stage_refuses_a_model_folder_it_cannot_replace_before_it_trains",
+    },
+    "tests/tracking/test_compare.py": {
+        "test_a_clearly_better_run_is_found_better_by_name_or_id",
+        "test_the_interval_settings_come_from_params_yaml_and_a_run_that_used_others_is_named",
     },
     "tests/evaluation/test_evaluate_input.py": {
         "test_the_stage_refuses_weights_of_another_model_before_its_mlflow_run",
